@@ -1,0 +1,132 @@
+"""Application factory: configuration, extensions, blueprints, error pages, CLI commands."""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import click
+from flask import Flask, jsonify
+from flask_wtf.csrf import CSRFProtect
+
+from database import db, migrate
+from model_loader import DEFAULT_MODELS_DIR, ModelRegistry
+
+csrf = CSRFProtect()
+DEV_SECRET_FILE = "secret_key"
+
+
+class Config:
+    """Defaults; every value can be overridden by an environment variable of the same name prefixed JOINTSCAN_."""
+
+    MAX_UPLOAD_BYTES = 64 * 2**20           # file size limit for one scan
+    MAX_IMAGE_PIXELS = 40_000_000           # pixel-count limit, checked before decoding
+    MODELS_DIR = str(DEFAULT_MODELS_DIR)
+    RUNS_PER_PAGE = 20
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = False           # set JOINTSCAN_SESSION_COOKIE_SECURE=1 behind HTTPS
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    WTF_CSRF_TIME_LIMIT = None              # token lives as long as the session
+    ENV_NAME = "development"
+
+
+def _from_env(app: Flask) -> None:
+    for key in ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "RUNS_PER_PAGE"):
+        if f"JOINTSCAN_{key}" in os.environ:
+            app.config[key] = int(os.environ[f"JOINTSCAN_{key}"])
+    for key in ("MODELS_DIR", "ENV_NAME"):
+        if f"JOINTSCAN_{key}" in os.environ:
+            app.config[key] = os.environ[f"JOINTSCAN_{key}"]
+    if os.environ.get("JOINTSCAN_SESSION_COOKIE_SECURE", "").lower() in ("1", "true", "yes"):
+        app.config["SESSION_COOKIE_SECURE"] = app.config["REMEMBER_COOKIE_SECURE"] = True
+    if os.environ.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = os.environ["SECRET_KEY"]
+    if os.environ.get("DATABASE_URL"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+
+
+def _secret_key(app: Flask) -> str:
+    """Development: a random key kept in the instance folder. Production: must come from the environment."""
+    if app.config["ENV_NAME"] == "production":
+        raise RuntimeError("SECRET_KEY must be set in the environment when JOINTSCAN_ENV_NAME=production.")
+    path = Path(app.instance_path) / DEV_SECRET_FILE
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_object(Config)
+    if "JOINTSCAN_INSTANCE_PATH" in os.environ:
+        app.instance_path = os.environ["JOINTSCAN_INSTANCE_PATH"]
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{Path(app.instance_path) / 'jointscan.sqlite'}"
+    _from_env(app)
+    if test_config:
+        app.config.update(test_config)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _secret_key(app)
+    # The request body limit sits a little above the file limit, for the multipart envelope.
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_BYTES"] + 1 * 2**20
+    app.config.setdefault("RESULTS_DIR", str(Path(app.instance_path) / "results"))
+    Path(app.config["RESULTS_DIR"]).mkdir(parents=True, exist_ok=True)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent / "migrations"))
+    csrf.init_app(app)
+    app.extensions["jointscan.registry"] = ModelRegistry(app.config["MODELS_DIR"])
+
+    import web
+
+    web.init_app(app)
+
+    @app.get("/healthz")
+    def healthz():
+        # Liveness plus a cheap database round trip, for Docker's health check.
+        db.session.execute(db.text("SELECT 1"))
+        return jsonify(status="ok")
+
+    _register_cli(app)
+    return app
+
+
+def registry(app: Flask | None = None) -> ModelRegistry:
+    from flask import current_app
+
+    return (app or current_app).extensions["jointscan.registry"]
+
+
+def _register_cli(app: Flask) -> None:
+    @app.cli.command("prepare")
+    def prepare() -> None:
+        """Create or migrate the database, then mark runs interrupted by a previous stop as failed."""
+        from flask_migrate import upgrade
+
+        from predict import sweep_interrupted_runs
+
+        upgrade()
+        swept = sweep_interrupted_runs()
+        click.echo(f"database ready; {swept} interrupted run(s) marked failed")
+
+    @app.cli.command("create-user")
+    @click.argument("username")
+    @click.option("--role", default="clinician", type=click.Choice(["clinician", "reviewer", "admin"]))
+    @click.password_option()
+    def create_user(username: str, role: str, password: str) -> None:
+        """Create an account from the command line."""
+        from database import User
+
+        if User.query.filter_by(username=username).first():
+            raise click.ClickException(f"user {username} exists")
+        user = User(username=username, role=role)
+        user.set_password(password)
+        db.session.add(user)
+        db.session.commit()
+        click.echo(f"created {role} {username}")

@@ -1,0 +1,181 @@
+"""Run one uploaded scan through a task's pipeline with chosen models -> a stored Run.
+
+Nothing is stored for an upload that fails to decode or does not suit the
+task. Once a Run row exists, it ends either `done` with all its images on
+disk, or `failed` with a reason and no files: images are written to a
+temporary folder and moved into place in one rename after the models ran.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from database import ModelResult, Run, User, db, utcnow
+from imaging.io import DecodedImage, ImageReadError, read_image
+from imaging.overlay import encode_png, grey_to_rgb
+from model_loader import ModelEntry, ModelRegistry, ModelUnavailable
+from tasks import TaskInputError, TaskOutput, get_task
+
+log = logging.getLogger("jointscan.predict")
+
+
+class PredictionError(Exception):
+    """A request that cannot be served; `message` is safe to show, `status` is the HTTP status."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class Limits:
+    max_bytes: int = 64 * 2**20
+    max_pixels: int = 40_000_000
+
+
+@dataclass
+class Analysis:
+    task: str
+    model_ids: list[str] = field(default_factory=list)   # empty: the task's default models
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def choose_models(registry: ModelRegistry, task_name: str, model_ids: list[str]) -> list[ModelEntry]:
+    """The registry entries to run, validated against the task; defaults when none were chosen."""
+    task = get_task(task_name)
+    if task is None:
+        raise PredictionError(f"Unknown task '{task_name}'.", 400)
+    if not model_ids:
+        model_ids = [e.id for e in registry.entries(task_name) if e.default]
+    chosen: list[ModelEntry] = []
+    for mid in dict.fromkeys(model_ids):  # keep order, drop repeats
+        entry = registry.get(mid)
+        if entry is None or entry.task != task_name:
+            raise PredictionError(f"Model '{mid}' is not a {task.title} model.", 400)
+        chosen.append(entry)
+    for role in task.roles:
+        if role.required and not any(e.role == role.name for e in chosen):
+            raise PredictionError(f"Choose at least one model for: {role.title}.", 400)
+    for entry in chosen:
+        problem = registry.problem(entry.id)
+        if problem:
+            raise PredictionError(f"Model '{entry.title}' is unavailable: {problem}.", 503)
+    return chosen
+
+
+def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegistry,
+            results_dir: Path, limits: Limits = Limits()) -> Run:
+    """Decode, run and store. Raises ImageReadError / PredictionError before anything is stored."""
+    t0 = time.perf_counter()
+    task = get_task(request.task)
+    if task is None:
+        raise PredictionError(f"Unknown task '{request.task}'.", 400)
+    image = read_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
+    try:
+        task.check_input(image)
+    except TaskInputError as exc:
+        raise PredictionError(exc.message, exc.status) from exc
+    entries = choose_models(registry, request.task, request.model_ids)
+    try:
+        loaded = [registry.load(e.id) for e in entries]
+    except ModelUnavailable as exc:
+        raise PredictionError(f"Model unavailable: {exc.message}.", 503) from exc
+    t_ready = time.perf_counter()
+
+    run = Run(user_id=user.id, task=task.name, status="pending", input_kind=image.kind,
+              input_meta=_input_facts(image))
+    db.session.add(run)
+    db.session.commit()
+
+    staging = results_dir / f".staging-{run.public_id}-{uuid.uuid4().hex[:6]}"
+    try:
+        by_role: dict[str, list] = {}
+        for lm in loaded:
+            by_role.setdefault(lm.entry.role, []).append(lm)
+        output = task.run(image, by_role, request.options)
+        t_pred = time.perf_counter()
+        _store(run, image, output, {e.id: e for e in entries}, staging, results_dir)
+        run.status, run.finished_at = "done", utcnow()
+        run.timings = {"decode_ms": _ms(t0, t_ready), "predict_ms": _ms(t_ready, t_pred),
+                       "store_ms": _ms(t_pred, time.perf_counter()), "total_ms": _ms(t0, time.perf_counter())}
+        db.session.commit()
+        return run
+    except Exception as exc:
+        db.session.rollback()
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(results_dir / run.public_id, ignore_errors=True)
+        reason = _failure_reason(exc)
+        # Log the run id and the exception type only: never file names or header values.
+        log.error("run %s failed: %s", run.public_id, type(exc).__name__, exc_info=not isinstance(exc, OSError))
+        _mark_failed(run.id, reason)
+        raise PredictionError(f"The analysis failed: {reason}", 500) from exc
+
+
+def _store(run: Run, image: DecodedImage, output: TaskOutput, entries: dict[str, ModelEntry],
+           staging: Path, results_dir: Path) -> None:
+    staging.mkdir(parents=True)
+    _write_png(staging / "input.png", grey_to_rgb(image.pixels))
+    run.input_image = "input.png"
+    run.summary = output.summary
+    run.images = {name: _write_png(staging / f"run_{name}.png", img) for name, img in output.images.items()}
+    for position, mo in enumerate(output.models):
+        entry = entries[mo.model_id]
+        files = {name: _write_png(staging / f"m{position}_{name}.png", img) for name, img in mo.images.items()}
+        run.results.append(ModelResult(position=position, model_id=entry.id, model_version=entry.version,
+                                       model_sha256=entry.sha256, role=mo.role, result=mo.result,
+                                       images=files, elapsed_ms=round(mo.elapsed_ms, 1)))
+    staging.rename(results_dir / run.public_id)   # one atomic step: all images or none
+
+
+def _write_png(path: Path, img) -> str:
+    path.write_bytes(encode_png(img))
+    return path.name
+
+
+def _mark_failed(run_id: int, reason: str) -> None:
+    try:
+        run = db.session.get(Run, run_id)
+        if run is not None:
+            run.status, run.error, run.finished_at = "failed", reason, utcnow()
+            run.results.clear()
+            db.session.commit()
+    except Exception:  # the database itself is failing; the start-up sweep will mark it later
+        db.session.rollback()
+        log.exception("could not mark run %s failed", run_id)
+
+
+def _failure_reason(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return "the result could not be saved (storage error, for example a full disk). Nothing was kept."
+    return "the model pipeline raised an internal error. Nothing was kept; please try again or report it."
+
+
+def _input_facts(image: DecodedImage) -> dict[str, Any]:
+    return {"width": image.width, "height": image.height, "modality": image.modality, **image.meta}
+
+
+def _ms(a: float, b: float) -> float:
+    return round((b - a) * 1000, 1)
+
+
+def sweep_interrupted_runs(older_than_s: int = 0) -> int:
+    """Mark runs left `pending` by a dead worker as failed; returns how many. Called at start-up."""
+    from datetime import timedelta
+
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    stale = Run.query.filter(Run.status == "pending", Run.created_at <= cutoff).all()
+    for run in stale:
+        run.status, run.finished_at = "failed", utcnow()
+        run.error = "the analysis was interrupted (the server stopped while it ran). Nothing was kept."
+    db.session.commit()
+    return len(stale)
+
+
+__all__ = ["Analysis", "Limits", "PredictionError", "analyze", "choose_models", "sweep_interrupted_runs",
+           "ImageReadError"]

@@ -1,0 +1,16 @@
+"""Clinical tasks, one module each. Adding a task = a module + a template partial + registry entries."""
+from __future__ import annotations
+
+from tasks.base import Task, TaskInputError, TaskOutput, ModelOutput, RoleSpec  # noqa: F401
+
+
+def all_tasks() -> dict[str, Task]:
+    # Imported lazily so that importing `tasks` never drags TensorFlow into web code.
+    from tasks import sacroiliac
+
+    found = [sacroiliac.TASK]
+    return {t.name: t for t in found}
+
+
+def get_task(name: str) -> Task | None:
+    return all_tasks().get(name)

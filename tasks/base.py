@@ -1,0 +1,70 @@
+"""The contract every clinical task module fulfils.
+
+A task knows what it accepts, which model roles it needs, how to turn a
+decoded image into model inputs, and how to run the chosen models into a
+JSON-safe result plus named images. It never touches Flask or the database:
+`predict.py` stores what it returns and `web/` renders it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:  # imported for type hints only, keeps task import cheap
+    from imaging.io import DecodedImage
+    from model_loader import LoadedModel
+
+
+class TaskInputError(ValueError):
+    """The image decoded but does not suit this task (wrong modality, too small ...)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class ModelOutput:
+    """What one model contributed to a run."""
+
+    model_id: str
+    role: str
+    result: dict[str, Any]                      # JSON-safe figures shown on the page and by the API
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # name -> uint8 grey or RGB, saved as PNG
+    elapsed_ms: float = 0.0
+
+
+@dataclass
+class TaskOutput:
+    summary: dict[str, Any]                     # run-level facts (e.g. which mask focused the Grad-CAM)
+    models: list[ModelOutput]
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # run-level images (the input as shown)
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    name: str
+    title: str
+    required: bool = True
+
+
+class Task(Protocol):
+    name: str
+    title: str
+    description: str
+    roles: tuple[RoleSpec, ...]
+    result_template: str                        # template partial that renders a ModelOutput of this task
+
+    def check_input(self, image: "DecodedImage") -> None:
+        """Raise TaskInputError when the image cannot be analysed by this task."""
+
+    def run(self, image: "DecodedImage", models: dict[str, list["LoadedModel"]],
+            options: dict[str, Any]) -> TaskOutput:
+        """Run the chosen models (grouped by role) on the image.
+
+        When several models of one role ran, the summary carries their
+        agreement under "comparison" for the side-by-side page.
+        """

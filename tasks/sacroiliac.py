@@ -1,0 +1,188 @@
+"""Sacroiliac-joint MRI for axial spondyloarthritis / ankylosing spondylitis.
+
+Segmenter: joint-region mask. Classifier: AS status and stage, with
+Grad-CAM per head and a focused Grad-CAM restricted to the predicted joint
+region. The preprocessing functions here are the single definition used by
+both training and serving.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from tasks.base import ModelOutput, RoleSpec, TaskInputError, TaskOutput
+
+if TYPE_CHECKING:
+    from imaging.io import DecodedImage
+    from model_loader import LoadedModel
+
+STAGE_NAMES = ("Normal", "Early", "Moderate", "Advanced")
+AS_NAMES = ("negative", "positive")
+ROI_MARGIN = 0.10          # fraction of the joint-region box added on each side before cropping
+MASK_THRESHOLD = 0.5
+MIN_REGION_PX = 30         # fewer predicted pixels than this (at input size) counts as "no joint region found"
+MASK_COLOURS = {1: (255, 200, 0)}
+
+
+# -- preprocessing shared with training ------------------------------------
+def segmenter_input(image01: np.ndarray, size: int) -> np.ndarray:
+    from imaging.normalize import to_model_input
+
+    return to_model_input(image01, (size, size))[None, :, :, None]
+
+
+def region_box(mask: np.ndarray, margin: float = ROI_MARGIN) -> tuple[int, int, int, int] | None:
+    """Box (x1, y1, x2, y2; end-exclusive) around the mask's pixels, widened by `margin` and clipped."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    h, w = mask.shape
+    x1, x2, y1, y2 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    mx, my = int(round((x2 - x1) * margin)), int(round((y2 - y1) * margin))
+    return max(0, x1 - mx), max(0, y1 - my), min(w, x2 + mx), min(h, y2 + my)
+
+
+def classifier_input(image01: np.ndarray, mask: np.ndarray, spec: dict[str, Any]
+                     ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Model input for a classifier as its registry `input` spec asks, and the image box it covers.
+
+    spec["crop"] == "joint_region": crop the box around `mask` (full image when empty);
+    spec["channels"]: "image" and optionally "mask" (the joint region as a second channel).
+    """
+    from imaging.normalize import to_model_input
+
+    h_in, w_in = spec["shape"][0], spec["shape"][1]
+    h, w = image01.shape
+    box = (0, 0, w, h)
+    if spec.get("crop") == "joint_region":
+        box = region_box(mask) or box
+    x1, y1, x2, y2 = box
+    channels = [to_model_input(image01[y1:y2, x1:x2], (h_in, w_in))]
+    if "mask" in spec["channels"]:
+        crop = mask[y1:y2, x1:x2].astype(np.float32)
+        channels.append((cv2.resize(crop, (w_in, h_in), interpolation=cv2.INTER_NEAREST) > 0.5).astype(np.float32))
+    return np.stack(channels, axis=-1)[None], box
+
+
+# -- the task ---------------------------------------------------------------
+class SacroiliacTask:
+    name = "sacroiliac"
+    title = "Sacroiliac MRI: ankylosing spondylitis"
+    description = ("Semi-coronal sacroiliac-joint MRI slice (STIR or T1). Segments the joint region, "
+                   "gives AS negative/positive and a stage (Normal, Early, Moderate, Advanced), "
+                   "with Grad-CAM and a Grad-CAM focused on the segmented joints.")
+    roles = (RoleSpec("segmenter", "Joint-region segmentation"),
+             RoleSpec("classifier", "AS status and stage"))
+    result_template = "tasks/sacroiliac.html"
+    accepted_modalities = ("MR", None)   # None: PNG/JPEG, whose modality we cannot read
+
+    def check_input(self, image: "DecodedImage") -> None:
+        if image.modality not in self.accepted_modalities:
+            raise TaskInputError(
+                f"This task reads MRI; the file is a {image.modality} image. Choose the task that matches the scan.")
+        if image.pixels.ndim != 2:
+            raise TaskInputError("Expected a single grey MRI slice.")
+
+    def run(self, image: "DecodedImage", models: dict[str, list["LoadedModel"]],
+            options: dict[str, Any]) -> TaskOutput:
+        img = image.pixels
+        outputs: list[ModelOutput] = []
+        masks: dict[str, np.ndarray] = {}
+        for seg in models.get("segmenter", []):
+            out, mask = self._segment(seg, img)
+            outputs.append(out)
+            masks[seg.entry.id] = mask
+        # The first chosen segmenter defines the joint region the classifiers focus on.
+        focus_id = next(iter(masks), None)
+        focus_mask = masks[focus_id] if focus_id else np.zeros(img.shape, np.uint8)
+        for cls in models.get("classifier", []):
+            outputs.append(self._classify(cls, img, focus_mask, focus_id))
+
+        summary: dict[str, Any] = {"focus_segmenter": focus_id, "comparison": self._compare(outputs, masks)}
+        run_images: dict[str, np.ndarray] = {}
+        if len(masks) >= 2:
+            from imaging.overlay import disagreement_overlay
+
+            (id_a, a), (id_b, b) = list(masks.items())[:2]
+            run_images["segmenter_disagreement"] = disagreement_overlay(img, a, b)
+        return TaskOutput(summary=summary, models=outputs, images=run_images)
+
+    # ---------------------------------------------------------------------
+    def _segment(self, model: "LoadedModel", img: np.ndarray) -> tuple[ModelOutput, np.ndarray]:
+        from imaging.overlay import mask_overlay
+
+        start = time.perf_counter()
+        size = model.entry.input_shape[0]
+        prob = np.asarray(model(segmenter_input(img, size)))[0, :, :, 0]
+        small = prob > MASK_THRESHOLD
+        found = int(small.sum()) >= MIN_REGION_PX
+        h, w = img.shape
+        mask = (cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) > MASK_THRESHOLD).astype(np.uint8)
+        if not found:
+            mask[:] = 0
+        box = region_box(mask, margin=0.0)
+        result = {
+            "found": found,
+            "area_px": int(mask.sum()),
+            "area_fraction": round(float(mask.mean()), 4),
+            "bbox": list(map(int, box)) if box else None,
+            "mean_confidence": round(float(prob[small].mean()) if found else 0.0, 3),
+        }
+        images = {"mask_overlay": mask_overlay(img, mask, MASK_COLOURS), "mask": (mask * 255).astype(np.uint8)}
+        return ModelOutput(model.entry.id, "segmenter", result, images,
+                           (time.perf_counter() - start) * 1000), mask
+
+    def _classify(self, model: "LoadedModel", img: np.ndarray, focus_mask: np.ndarray,
+                  focus_id: str | None) -> ModelOutput:
+        from imaging.gradcam import focus, grad_cams
+        from imaging.overlay import heatmap_overlay
+
+        start = time.perf_counter()
+        spec = model.entry.input
+        x, box = classifier_input(img, focus_mask, spec)
+        out = model(x)
+        p_as, p_stage = out["as_status"][0], out["stage"][0]
+        as_idx, stage_idx = int(p_as.argmax()), int(p_stage.argmax())
+        cams = grad_cams(model.gradcam_model(), x, [("as_status", as_idx), ("stage", stage_idx)])
+
+        h, w = img.shape
+        x1, y1, x2, y2 = box
+        images: dict[str, np.ndarray] = {}
+        for head, cam in zip(("as", "stage"), cams):
+            full = np.zeros((h, w), np.float32)  # CAM of the crop, placed back where the crop came from
+            full[y1:y2, x1:x2] = cv2.resize(cam, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+            images[f"gradcam_{head}"] = heatmap_overlay(img, full)
+            if focus_mask.any():
+                images[f"focused_gradcam_{head}"] = heatmap_overlay(img, focus(full, focus_mask), mask=focus_mask)
+        result = {
+            "as_status": AS_NAMES[as_idx],
+            "as_probability": round(float(p_as[1]), 4),
+            "as_confidence": round(float(p_as[as_idx]), 4),
+            "stage": stage_idx,
+            "stage_name": STAGE_NAMES[stage_idx],
+            "stage_probabilities": {n: round(float(p), 4) for n, p in zip(STAGE_NAMES, p_stage)},
+            "focus_segmenter": focus_id,
+            "joint_region_found": bool(focus_mask.any()),
+        }
+        return ModelOutput(model.entry.id, "classifier", result, images, (time.perf_counter() - start) * 1000)
+
+    @staticmethod
+    def _compare(outputs: list[ModelOutput], masks: dict[str, np.ndarray]) -> dict[str, Any]:
+        comparison: dict[str, Any] = {}
+        ids = list(masks)
+        if len(ids) >= 2:
+            a, b = masks[ids[0]] > 0, masks[ids[1]] > 0
+            denom = a.sum() + b.sum()
+            comparison["segmenter_dice"] = round(float(2 * (a & b).sum() / denom), 4) if denom else 1.0
+        classifiers = [o for o in outputs if o.role == "classifier"]
+        if len(classifiers) >= 2:
+            for field_name in ("as_status", "stage_name"):
+                values = {o.model_id: o.result[field_name] for o in classifiers}
+                comparison[f"{field_name}_agree"] = len(set(values.values())) == 1
+        return comparison
+
+
+TASK = SacroiliacTask()

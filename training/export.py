@@ -1,0 +1,214 @@
+"""Shipping trained models: compact `.keras` files, registry entries and model cards (all tasks).
+
+`save_for_shipping` writes a normal `.keras` archive and then rewrites its
+`model.weights.h5` with every float32 dataset stored as float16 (the zip
+DEFLATE-compressed). Keras assigns the stored values to its float32 variables
+on load, so the model loads with plain `keras.models.load_model` and runs in
+float32; only the stored precision is halved. Integer datasets (int8 weights
+of quantized layers) are kept as they are. Always evaluate the *reloaded*
+file, so published figures describe what ships.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+WEIGHTS_NAME = "model.weights.h5"
+ENTRY_ORDER = ("id", "task", "role", "version", "title", "architecture", "reference", "default", "file",
+               "sha256", "size_bytes", "params", "input", "outputs", "gradcam_layer", "training", "metrics",
+               "card", "description")
+
+
+# -- files -------------------------------------------------------------------------
+def save_for_shipping(model, path: str | os.PathLike, float16: bool = True) -> Path:
+    """Save `model` to `path` (.keras) with float32 weights stored as float16; returns the path."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.keras"
+        model.save(raw)
+        if not float16:
+            shutil.copyfile(raw, path)
+            return path
+        with zipfile.ZipFile(raw) as zin:
+            names = zin.namelist()
+            members = {n: zin.read(n) for n in names}
+        src, dst = Path(tmp) / "src.h5", Path(tmp) / "dst.h5"
+        src.write_bytes(members[WEIGHTS_NAME])
+        with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
+            _copy_attrs(fin, fout)
+            _copy_group(fin, fout)
+        members[WEIGHTS_NAME] = dst.read_bytes()
+        out = Path(tmp) / "out.keras"
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+            for n in names:
+                zout.writestr(n, members[n])
+        shutil.copyfile(out, path)
+    return path
+
+
+def _copy_attrs(src, dst) -> None:
+    for k, v in src.attrs.items():
+        dst.attrs[k] = v
+
+
+def _copy_group(src, dst) -> None:
+    import h5py
+
+    for key, item in src.items():
+        if isinstance(item, h5py.Group):
+            grp = dst.create_group(key)
+            _copy_attrs(item, grp)
+            _copy_group(item, grp)
+        else:
+            data = item[()]
+            if isinstance(data, np.ndarray) and data.dtype == np.float32:
+                data = data.astype(np.float16)
+            elif isinstance(data, np.float32):
+                data = np.float16(data)
+            ds = dst.create_dataset(key, data=data)
+            _copy_attrs(item, ds)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def count_params(model) -> int:
+    return int(sum(int(np.prod(w.shape)) for w in model.weights))
+
+
+# -- registry ----------------------------------------------------------------------
+def _ordered(entry: dict[str, Any]) -> dict[str, Any]:
+    known = [k for k in ENTRY_ORDER if k in entry]
+    return {**{k: entry[k] for k in known}, **{k: entry[k] for k in sorted(entry) if k not in ENTRY_ORDER}}
+
+
+def register_model(models_dir: str | os.PathLike, entry: dict[str, Any], model=None) -> dict[str, Any]:
+    """Upsert `entry` (by id) into `<models_dir>/registry.json`; returns the stored entry.
+
+    Computes sha256 and size_bytes from `<models_dir>/<entry["file"]>`, and params from `model`
+    when given (else keeps entry["params"], else loads the file to count them).
+    """
+    models_dir = Path(models_dir)
+    file_path = models_dir / entry["file"]
+    entry = dict(entry)
+    entry["sha256"] = sha256_file(file_path)
+    entry["size_bytes"] = file_path.stat().st_size
+    if model is not None:
+        entry["params"] = model.count_params()
+    elif entry.get("params") is None:
+        import keras
+
+        from training.architectures import custom_objects
+
+        entry["params"] = keras.models.load_model(file_path, compile=False,
+                                                  custom_objects=custom_objects()).count_params()
+    entry.setdefault("card", f"cards/{entry['id']}.md")
+    registry_path = models_dir / "registry.json"
+    data = json.loads(registry_path.read_text()) if registry_path.exists() else {"models": []}
+    models = [m for m in data.get("models", []) if m.get("id") != entry["id"]]
+    models.append(_ordered(entry))
+    data["models"] = sorted(models, key=lambda m: m["id"])
+    tmp = registry_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(registry_path)
+    return entry
+
+
+# -- model cards -------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def metrics_table(rows: dict[str, dict[str, Any]], keys: Iterable[str] | None = None) -> str:
+    """Markdown table: one column per model (rows = {model_label: {metric: value}})."""
+    labels = list(rows)
+    if keys is None:
+        keys = []
+        for r in rows.values():
+            keys += [k for k in r if k not in keys]
+    lines = ["| metric | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(_fmt(rows[m].get(k, "")) for m in labels) + " |")
+    return "\n".join(lines)
+
+
+def write_model_card(models_dir: str | os.PathLike, entry: dict[str, Any],
+                     extra_sections: dict[str, str] | None = None) -> Path:
+    """Write `<models_dir>/<entry["card"]>` (default cards/<id>.md); returns its path.
+
+    `extra_sections` (title -> Markdown) are expected to include, where they apply: "Training data",
+    "Metrics on held-out data" (with baselines/reference beside), "Known failure modes and limits".
+    Generic sections (intended use, architecture, inputs, outputs, regenerate) come from `entry`.
+    """
+    extra = dict(extra_sections or {})
+    card_rel = entry.get("card") or f"cards/{entry['id']}.md"
+    path = Path(models_dir) / card_rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inp = entry.get("input", {})
+    training = entry.get("training", {})
+    size = entry.get("size_bytes")
+    lines = [
+        f"# {entry.get('title', entry['id'])} (`{entry['id']}` v{entry.get('version', '?')})",
+        "",
+        entry.get("description", ""),
+        "",
+        "## Intended use",
+        "",
+        "Research and education only: a demonstration of the JointScan workbench. **Not for clinical use**, "
+        "not a medical device, and not validated on patients. Its output must never inform a diagnosis or "
+        "treatment decision.",
+        "",
+        "## Model",
+        "",
+        f"- Task / role: `{entry.get('task')}` / `{entry.get('role')}`"
+        + (" (reference architecture, kept for comparison)" if entry.get("reference") else "")
+        + (" (default for its role)" if entry.get("default") else ""),
+        f"- Architecture: {entry.get('architecture', '')}",
+        f"- Parameters: {entry.get('params', 0):,}" if entry.get("params") is not None else "- Parameters: n/a",
+        f"- File: `{entry.get('file')}`" + (f", {size / 1024:.0f} KiB" if size else "")
+        + ", weights stored as float16 (loaded as float32)",
+        f"- sha256: `{entry.get('sha256', '')}`",
+        f"- Input: shape {inp.get('shape')}, channels {inp.get('channels')}, crop `{inp.get('crop')}`",
+        f"- Outputs: {', '.join(entry.get('outputs', []))}",
+    ]
+    if entry.get("gradcam_layer"):
+        lines.append(f"- Grad-CAM layer: `{entry['gradcam_layer']}`")
+    lines.append("")
+    for title in ("Training data", "Training", "Metrics on held-out data", "Known failure modes and limits"):
+        if title in extra:
+            lines += [f"## {title}", "", extra.pop(title).strip(), ""]
+    for title, body in extra.items():
+        lines += [f"## {title}", "", body.strip(), ""]
+    lines += [
+        "## How to regenerate",
+        "",
+        "```",
+        training.get("command", "(command not recorded)"),
+        "```",
+        "",
+        f"Seed {training.get('seed')}, {training.get('epochs')} epochs, "
+        f"training wall time {training.get('wall_time_s', 0):.0f} s on the machine that produced this file.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+    return path
