@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from werkzeug.security import check_password_hash, generate_password_hash
 
 db = SQLAlchemy()
-migrate = Migrate()
+migrate = Migrate(render_as_batch=True)  # batch mode: SQLite can only alter tables by copying
 
 PASSWORD_METHOD = "scrypt"  # memory-hard; werkzeug's scrypt with a per-password salt
 RUN_STATUSES = ("pending", "done", "failed")
@@ -120,6 +120,7 @@ class Run(db.Model):
     input_kind = db.Column(db.String(10))           # png | jpeg | dicom
     input_meta = db.Column(JSON, default=dict)      # non-identifying facts (size, modality, window)
     input_image = db.Column(db.String(80))          # generated file name of the input as shown
+    options = db.Column(JSON, default=dict)         # validated task options (e.g. the structure explained)
     summary = db.Column(JSON, default=dict)         # task-level result (comparison, focus model ...)
     images = db.Column(JSON, default=dict)          # run-level images: name -> file name
     timings = db.Column(JSON, default=dict)         # decode_ms, predict_ms, store_ms, total_ms

@@ -46,6 +46,29 @@ class Analysis:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def clean_options(task_name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Task options from a form or API request, validated against the task's OptionSpecs."""
+    import datetime as dt
+
+    task = get_task(task_name)
+    if task is None:
+        raise PredictionError(f"Unknown task '{task_name}'.", 400)
+    cleaned: dict[str, Any] = {}
+    for spec in task.options:
+        value = str(raw.get(spec.name) or spec.default).strip()
+        if spec.kind == "choice" and value not in {v for v, _ in spec.choices}:
+            raise PredictionError(f"{spec.label}: choose one of the listed values.", 400)
+        if len(value) > spec.max_length:
+            raise PredictionError(f"{spec.label}: at most {spec.max_length} characters.", 400)
+        if spec.kind == "date" and value:
+            try:
+                dt.date.fromisoformat(value)
+            except ValueError:
+                raise PredictionError(f"{spec.label}: use a date like 2026-01-31.", 400) from None
+        cleaned[spec.name] = value
+    return cleaned
+
+
 def choose_models(registry: ModelRegistry, task_name: str, model_ids: list[str]) -> list[ModelEntry]:
     """The registry entries to run, validated against the task; defaults when none were chosen."""
     task = get_task(task_name)
@@ -82,6 +105,7 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
     except TaskInputError as exc:
         raise PredictionError(exc.message, exc.status) from exc
     entries = choose_models(registry, request.task, request.model_ids)
+    options = clean_options(request.task, request.options)
     try:
         loaded = [registry.load(e.id) for e in entries]
     except ModelUnavailable as exc:
@@ -89,7 +113,7 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
     t_ready = time.perf_counter()
 
     run = Run(user_id=user.id, task=task.name, status="pending", input_kind=image.kind,
-              input_meta=_input_facts(image))
+              input_meta=_input_facts(image), options=options)
     db.session.add(run)
     db.session.commit()
 
@@ -98,7 +122,7 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         by_role: dict[str, list] = {}
         for lm in loaded:
             by_role.setdefault(lm.entry.role, []).append(lm)
-        output = task.run(image, by_role, request.options)
+        output = task.run(image, by_role, options)
         t_pred = time.perf_counter()
         _store(run, image, output, {e.id: e for e in entries}, staging, results_dir)
         run.status, run.finished_at = "done", utcnow()
@@ -177,5 +201,6 @@ def sweep_interrupted_runs(older_than_s: int = 0) -> int:
     return len(stale)
 
 
-__all__ = ["Analysis", "Limits", "PredictionError", "analyze", "choose_models", "sweep_interrupted_runs",
+__all__ = ["Analysis", "Limits", "PredictionError", "analyze", "choose_models", "clean_options",
+           "sweep_interrupted_runs",
            "ImageReadError"]

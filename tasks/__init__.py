@@ -1,7 +1,7 @@
 """Clinical tasks, one module each. Adding a task = a module + a template partial + registry entries."""
 from __future__ import annotations
 
-from tasks.base import Task, TaskInputError, TaskOutput, ModelOutput, RoleSpec  # noqa: F401
+from tasks.base import ModelOutput, OptionSpec, RoleSpec, Task, TaskInputError, TaskOutput  # noqa: F401
 
 
 def all_tasks() -> dict[str, Task]:

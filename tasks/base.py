@@ -51,11 +51,28 @@ class RoleSpec:
     required: bool = True
 
 
+@dataclass(frozen=True)
+class OptionSpec:
+    """A task-specific field on the upload form and in the API (e.g. which structure to explain).
+
+    kind: "choice" (value must be one of `choices`, pairs of value and label), "text" or "date".
+    """
+
+    name: str
+    label: str
+    kind: str = "choice"
+    choices: tuple[tuple[str, str], ...] = ()
+    default: str = ""
+    help: str = ""
+    max_length: int = 64
+
+
 class Task(Protocol):
     name: str
     title: str
     description: str
     roles: tuple[RoleSpec, ...]
+    options: tuple[OptionSpec, ...]              # extra inputs; validated values arrive in run(options=...)
     result_template: str                        # template partial that renders a ModelOutput of this task
 
     def check_input(self, image: "DecodedImage") -> None:

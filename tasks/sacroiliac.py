@@ -76,6 +76,7 @@ class SacroiliacTask:
                    "with Grad-CAM and a Grad-CAM focused on the segmented joints.")
     roles = (RoleSpec("segmenter", "Joint-region segmentation"),
              RoleSpec("classifier", "AS status and stage"))
+    options = ()
     result_template = "tasks/sacroiliac.html"
     accepted_modalities = ("MR", None)   # None: PNG/JPEG, whose modality we cannot read
 
