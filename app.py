@@ -115,6 +115,34 @@ def _register_cli(app: Flask) -> None:
         swept = sweep_interrupted_runs()
         click.echo(f"database ready; {swept} interrupted run(s) marked failed")
 
+    @app.cli.command("backup")
+    @click.argument("dest", type=click.Path(path_type=Path))
+    def backup_cmd(dest: Path) -> None:
+        """Back up the SQLite database (online, consistent) and the stored images into a new folder DEST."""
+        from ops.backup import BackupError, backup
+
+        try:
+            manifest = backup(app.config["SQLALCHEMY_DATABASE_URI"], Path(app.config["RESULTS_DIR"]), dest)
+        except BackupError as exc:
+            raise click.ClickException(str(exc))
+        click.echo(f"backup written to {dest}: {manifest['runs']} runs, {len(manifest['files'])} files")
+
+    @app.cli.command("restore")
+    @click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.option("--force", is_flag=True, help="replace an existing database")
+    def restore_cmd(src: Path, force: bool) -> None:
+        """Restore the database and images from a backup folder (verified against its manifest first)."""
+        from ops.backup import BackupError, restore
+
+        db.session.remove()
+        db.engine.dispose()   # no pooled connection may hold the old file open
+        try:
+            manifest = restore(src, app.config["SQLALCHEMY_DATABASE_URI"], Path(app.config["RESULTS_DIR"]),
+                               force=force)
+        except BackupError as exc:
+            raise click.ClickException(str(exc))
+        click.echo(f"restored {manifest['runs']} runs from {src}")
+
     @app.cli.command("create-user")
     @click.argument("username")
     @click.option("--role", default="clinician", type=click.Choice(["clinician", "reviewer", "admin"]))

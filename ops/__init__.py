@@ -1,0 +1,1 @@
+"""Operations that admins run from the command line: backup and restore."""
