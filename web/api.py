@@ -1,0 +1,216 @@
+"""JSON API v1: analyze a scan, fetch a stored run, list tasks and models.
+
+Authentication: `Authorization: Bearer <token>` (tokens from the account page),
+or the browser session. Bearer requests carry no cookies to forge, so the
+blueprint is exempt from the form CSRF check; a session-authenticated POST must
+send the CSRF token in the `X-CSRFToken` header instead.
+Errors are always `{"error": {"status": n, "message": "..."}}`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, g, jsonify, request, url_for
+from flask_login import current_user
+from flask_wtf.csrf import ValidationError, validate_csrf
+
+from app import registry
+from database import ApiToken, Run, User, db, utcnow
+from predict import Analysis, ImageReadError, PredictionError, analyze
+from tasks import all_tasks, get_task
+from web import is_api_request, json_error, login_manager
+from web.helpers import image_url, owned_run_or_404
+from web.scans import limits, results_dir
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+def exempt_from_form_csrf(app: Flask) -> None:
+    app.extensions["csrf"].exempt(bp)
+
+
+# -- authentication ------------------------------------------------------------------
+def _unauthorized(message: str, invalid_token: bool = False):
+    challenge = 'Bearer realm="JointScan"' + (', error="invalid_token"' if invalid_token else "")
+    return json_error(401, message, {"WWW-Authenticate": challenge})
+
+
+def authenticate_request(allow_session: bool = True) -> tuple[User | None, Any]:
+    """(user, None) or (None, an error response). A bearer header, when present, decides alone."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None, _unauthorized("Send the API token as 'Authorization: Bearer <token>'.")
+        row = ApiToken.find_active(token)
+        if row is None:
+            return None, _unauthorized("The API token is invalid or has been revoked.", invalid_token=True)
+        row.last_used_at = utcnow()
+        db.session.commit()
+        g.auth_method = "token"
+        return row.user, None
+    if allow_session and current_user.is_authenticated:
+        g.auth_method = "session"
+        return current_user._get_current_object(), None
+    if is_api_request():
+        return None, _unauthorized("Authentication required: send 'Authorization: Bearer <token>' "
+                                   "(create a token on your account page).")
+    return None, login_manager.unauthorized()
+
+
+def _session_csrf_problem():
+    """A session-authenticated POST must carry the CSRF token in X-CSRFToken."""
+    if g.get("auth_method") != "session" or not current_app.config.get("WTF_CSRF_ENABLED", True):
+        return None
+    try:
+        validate_csrf(request.headers.get("X-CSRFToken"))
+    except ValidationError:
+        return json_error(400, "A request authenticated by the session cookie must send the CSRF token "
+                               "in the X-CSRFToken header (or use a bearer token).")
+    return None
+
+
+# -- serialisation ---------------------------------------------------------------------
+def is_heatmap(task: Any, name: str) -> bool:
+    declared = getattr(task, "heatmap_images", None)
+    if declared is not None:
+        return name in declared
+    return "gradcam" in name or "heatmap" in name
+
+
+def _images(run: Run, images: dict[str, str] | None, task: Any, include_heatmaps: bool) -> dict[str, str]:
+    return {name: image_url(run, file_name, external=True) for name, file_name in (images or {}).items()
+            if include_heatmaps or not is_heatmap(task, name)}
+
+
+def _iso(value) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value else None
+
+
+def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
+    task = get_task(run.task)
+    meta = run.input_meta or {}
+    done = run.status == "done"
+    images = {}
+    if done:
+        if run.input_image:
+            images["input"] = image_url(run, run.input_image, external=True)
+        images.update(_images(run, run.images, task, include_heatmaps))
+    body: dict[str, Any] = {
+        "id": run.public_id,
+        "task": run.task,
+        "status": run.status,
+        "created_at": _iso(run.created_at),
+        "finished_at": _iso(run.finished_at),
+        "options": run.options or {},
+        "timings": run.timings or {},
+        "summary": run.summary or {},
+        "input": {"width": meta.get("width"), "height": meta.get("height"),
+                  "modality": meta.get("modality"), "kind": run.input_kind},
+        "images": images,
+        "results": [{
+            "model_id": r.model_id,
+            "version": r.model_version,
+            "sha256": r.model_sha256,
+            "role": r.role,
+            "elapsed_ms": r.elapsed_ms,
+            "result": r.result or {},
+            "images": _images(run, r.images, task, include_heatmaps) if done else {},
+        } for r in run.results],
+        "links": {"self": url_for("api.get_run", public_id=run.public_id, _external=True),
+                  "html": url_for("scans.result", public_id=run.public_id, _external=True)},
+    }
+    if run.status == "failed":
+        body["error"] = run.error
+    return body
+
+
+def _flag(raw: str | None, default: bool) -> bool | None:
+    if raw is None or raw.strip() == "":
+        return default
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    return None
+
+
+# -- routes ----------------------------------------------------------------------------
+@bp.get("/v1/tasks")
+def list_tasks():
+    _user, problem = authenticate_request()
+    if problem is not None:
+        return problem
+    reg = registry()
+    tasks = []
+    for task in all_tasks().values():
+        models = []
+        for e in reg.entries(task.name):
+            issue = reg.problem(e.id)
+            models.append({"id": e.id, "title": e.title, "role": e.role, "version": e.version,
+                           "reference": e.reference, "default": e.default, "sha256": e.sha256,
+                           "available": issue is None, "problem": issue})
+        tasks.append({"name": task.name, "title": task.title, "description": task.description,
+                      "roles": [{"name": r.name, "title": r.title, "required": r.required} for r in task.roles],
+                      "options": [{"name": o.name, "label": o.label, "kind": o.kind, "default": o.default,
+                                   "choices": [{"value": v, "label": lab} for v, lab in o.choices],
+                                   "help": o.help, "max_length": o.max_length}
+                                  for o in getattr(task, "options", ())],
+                      "models": models})
+    return jsonify(tasks=tasks)
+
+
+@bp.post("/v1/analyze")
+def analyze_scan():
+    user, problem = authenticate_request()
+    if problem is not None:
+        return problem
+    problem = _session_csrf_problem()
+    if problem is not None:
+        return problem
+    upload = request.files.get("file")        # a body over MAX_CONTENT_LENGTH raises 413 here
+    if upload is None:
+        return json_error(400, "Send the scan as the multipart form field 'file'.")
+    task_name = (request.form.get("task") or "").strip()
+    if not task_name:
+        names = ", ".join(all_tasks())
+        return json_error(400, f"The field 'task' is required (one of: {names}).")
+    task = get_task(task_name)
+    if task is None:
+        return json_error(400, f"Unknown task '{task_name[:40]}'.")
+    model_ids = [part.strip() for raw in request.form.getlist("model_ids") for part in raw.split(",")
+                 if part.strip()]
+    include_heatmaps = _flag(request.form.get("include_heatmaps"), default=True)
+    if include_heatmaps is None:
+        return json_error(400, "include_heatmaps must be true or false.")
+    # Task options (see GET /api/v1/tasks) are plain form fields named as the option.
+    options = {spec.name: request.form.get(spec.name, "") for spec in getattr(task, "options", ())}
+    data = upload.read()
+    try:
+        run = analyze(user, data, Analysis(task_name, model_ids, options),
+                      registry=registry(), results_dir=results_dir(), limits=limits())
+    except (ImageReadError, PredictionError) as exc:
+        return json_error(exc.status, exc.message)
+    response = jsonify(run_json(run, include_heatmaps))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_run", public_id=run.public_id, _external=True)
+    g.no_store = True
+    return response
+
+
+@bp.get("/v1/runs/<public_id>")
+def get_run(public_id: str):
+    user, problem = authenticate_request()
+    if problem is not None:
+        return problem
+    include_heatmaps = _flag(request.args.get("include_heatmaps"), default=True)
+    if include_heatmaps is None:
+        return json_error(400, "include_heatmaps must be true or false.")
+    run = owned_run_or_404(public_id, user)
+    g.no_store = True
+    return jsonify(run_json(run, include_heatmaps))

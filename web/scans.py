@@ -1,0 +1,166 @@
+"""Upload a scan, see its result, compare models, and the owner-only image route."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request,
+                   send_from_directory, url_for)
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField, FileRequired
+from wtforms import SelectField, SelectMultipleField, SubmitField
+
+from app import registry
+from predict import Analysis, ImageReadError, Limits, PredictionError, analyze
+from tasks import all_tasks, get_task
+from web.helpers import fmt_mib, group_results, no_store, owned_run_or_404, run_image_files
+
+bp = Blueprint("scans", __name__)
+DICE_AGREEMENT = 0.8     # below this the comparison page marks the segmenters' masks as disagreeing
+
+
+class UploadForm(FlaskForm):
+    task = SelectField("Task")
+    # Rendered by hand as checkboxes grouped by task and role (see templates/scans/upload.html).
+    model_ids = SelectMultipleField("Models", validate_choice=False)
+    scan = FileField("Scan file", validators=[FileRequired("Choose a scan file to upload.")],
+                     description="PNG, JPEG or DICOM.")
+    submit = SubmitField("Analyse")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task.choices = [(t.name, t.title) for t in all_tasks().values()]
+
+
+def limits() -> Limits:
+    cfg = current_app.config
+    return Limits(max_bytes=cfg["MAX_UPLOAD_BYTES"], max_pixels=cfg["MAX_IMAGE_PIXELS"])
+
+
+def results_dir() -> Path:
+    return Path(current_app.config["RESULTS_DIR"])
+
+
+def model_groups() -> list[dict[str, Any]]:
+    """Per task, per role: (entry, problem) for every registered model, for the checkboxes."""
+    reg = registry()
+    groups = []
+    for task in all_tasks().values():
+        entries = reg.entries(task.name)
+        roles = [{"role": role,
+                  "models": [{"entry": e, "problem": reg.problem(e.id)} for e in entries if e.role == role.name]}
+                 for role in task.roles]
+        groups.append({"task": task, "roles": roles})
+    return groups
+
+
+def option_field(task_name: str, option_name: str) -> str:
+    """Form field name of a task option; prefixed by the task because every task's fields are on the page."""
+    return f"option-{task_name}-{option_name}"
+
+
+def _default_ids(groups: list[dict[str, Any]]) -> set[str]:
+    return {m["entry"].id for g in groups for r in g["roles"] for m in r["models"]
+            if m["entry"].default and not m["problem"]}
+
+
+def _render_upload(form: UploadForm, error: str | None = None, status: int = 200, body_read: bool = True):
+    """The upload page. `body_read=False` when the request body must not be touched (a 413)."""
+    groups = model_groups()
+    posted = body_read and request.method == "POST"
+    if not posted:
+        wanted = request.args.get("task")
+        if wanted in dict(form.task.choices):
+            form.task.data = wanted
+    checked = set(form.model_ids.data or []) if posted else _default_ids(groups)
+    return render_template("scans/upload.html", form=form, groups=groups, checked=checked, error=error,
+                           option_field=option_field, submitted=request.form if posted else {},
+                           max_upload=fmt_mib(current_app.config["MAX_UPLOAD_BYTES"])), status
+
+
+def render_upload_error(message: str, status: int):
+    """The upload form with an error, without reading the request body (used for 413)."""
+    if not current_user.is_authenticated:
+        return None
+    return _render_upload(UploadForm(formdata=None), error=message, status=status, body_read=False)
+
+
+@bp.route("/upload", methods=["GET", "POST"])
+@login_required
+def upload():
+    form = UploadForm()
+    if not form.validate_on_submit():
+        return _render_upload(form, status=400 if form.errors else 200)
+    task_name = form.task.data
+    reg = registry()
+    # The page lists every task's models; only the chosen task's ticked ones count.
+    model_ids = [mid for mid in form.model_ids.data or []
+                 if (entry := reg.get(mid)) is not None and entry.task == task_name]
+    if not model_ids:
+        return _render_upload(form, error="Choose at least one model for each step of the task.", status=400)
+    task = get_task(task_name)
+    options = {spec.name: request.form.get(option_field(task_name, spec.name), "")
+               for spec in getattr(task, "options", ())}
+    data = form.scan.data.read()
+    try:
+        run = analyze(current_user._get_current_object(), data, Analysis(task_name, model_ids, options),
+                      registry=reg, results_dir=results_dir(), limits=limits())
+    except (ImageReadError, PredictionError) as exc:
+        return _render_upload(form, error=exc.message, status=exc.status)
+    return redirect(url_for("scans.result", public_id=run.public_id))
+
+
+def _entries_by_id(run) -> dict[str, Any]:
+    reg = registry()
+    return {r.model_id: reg.get(r.model_id) for r in run.results}
+
+
+def _disagreements(run) -> set[str]:
+    """Result fields the models disagree on, from the task's summary["comparison"]["<field>_agree"]."""
+    comparison = (run.summary or {}).get("comparison") or {}
+    return {key[: -len("_agree")] for key, value in comparison.items() if key.endswith("_agree") and value is False}
+
+
+def _comparable_roles(run) -> list[str]:
+    return [role for role, items in group_results(run.results).items() if len(items) >= 2]
+
+
+@bp.get("/runs/<public_id>")
+@login_required
+@no_store
+def result(public_id: str):
+    run = owned_run_or_404(public_id, current_user)
+    task = get_task(run.task)
+    return render_template("scans/result.html", run=run, task=task, grouped=group_results(run.results),
+                           entries=_entries_by_id(run), disagree=set(), comparable=_comparable_roles(run))
+
+
+@bp.get("/runs/<public_id>/compare")
+@login_required
+@no_store
+def compare(public_id: str):
+    run = owned_run_or_404(public_id, current_user)
+    comparable = _comparable_roles(run)
+    if run.status != "done" or not comparable:
+        flash("Only one model per step ran for this scan: there is nothing to compare.", "info")
+        return redirect(url_for("scans.result", public_id=run.public_id))
+    task = get_task(run.task)
+    return render_template("scans/compare.html", run=run, task=task, grouped=group_results(run.results),
+                           entries=_entries_by_id(run), disagree=_disagreements(run), comparable=comparable,
+                           comparison=(run.summary or {}).get("comparison") or {}, dice_threshold=DICE_AGREEMENT)
+
+
+@bp.get("/runs/<public_id>/images/<name>")
+@no_store
+def run_image(public_id: str, name: str):
+    from web.api import authenticate_request
+
+    user, problem = authenticate_request(allow_session=True)
+    if problem is not None:
+        return problem
+    run = owned_run_or_404(public_id, user)
+    # Serve only names this run stored; never join a name from the URL that the run does not list.
+    if name not in run_image_files(run):
+        abort(404)
+    return send_from_directory(results_dir() / run.public_id, name, mimetype="image/png", max_age=0)
