@@ -27,10 +27,11 @@ log = logging.getLogger("jointscan.predict")
 class PredictionError(Exception):
     """A request that cannot be served; `message` is safe to show, `status` is the HTTP status."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, run_public_id: str | None = None):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.run_public_id = run_public_id   # set when a stored run failed (it shows in history)
 
 
 @dataclass
@@ -106,6 +107,7 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         raise PredictionError(exc.message, exc.status) from exc
     entries = choose_models(registry, request.task, request.model_ids)
     options = clean_options(request.task, request.options)
+    t_decoded = time.perf_counter()
     try:
         loaded = [registry.load(e.id) for e in entries]
     except ModelUnavailable as exc:
@@ -126,7 +128,8 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         t_pred = time.perf_counter()
         _store(run, image, output, {e.id: e for e in entries}, staging, results_dir)
         run.status, run.finished_at = "done", utcnow()
-        run.timings = {"decode_ms": _ms(t0, t_ready), "predict_ms": _ms(t_ready, t_pred),
+        run.timings = {"decode_ms": _ms(t0, t_decoded), "load_ms": _ms(t_decoded, t_ready),
+                       "predict_ms": _ms(t_ready, t_pred),
                        "store_ms": _ms(t_pred, time.perf_counter()), "total_ms": _ms(t0, time.perf_counter())}
         db.session.commit()
         return run
@@ -138,7 +141,7 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         # Log the run id and the exception type only: never file names or header values.
         log.error("run %s failed: %s", run.public_id, type(exc).__name__, exc_info=not isinstance(exc, OSError))
         _mark_failed(run.id, reason)
-        raise PredictionError(f"The analysis failed: {reason}", 500) from exc
+        raise PredictionError(f"The analysis failed: {reason}", 500, run.public_id) from exc
 
 
 def _store(run: Run, image: DecodedImage, output: TaskOutput, entries: dict[str, ModelEntry],

@@ -73,7 +73,10 @@ class Task(Protocol):
     description: str
     roles: tuple[RoleSpec, ...]
     options: tuple[OptionSpec, ...]              # extra inputs; validated values arrive in run(options=...)
-    result_template: str                        # template partial that renders a ModelOutput of this task
+    result_template: str
+    field_labels: dict[str, str]                 # display names for result keys on the comparison page
+    # Image names containing "gradcam" or "heatmap" are explanations: the API omits them
+    # when a client asks for include_heatmaps=false.                        # template partial that renders a ModelOutput of this task
 
     def check_input(self, image: "DecodedImage") -> None:
         """Raise TaskInputError when the image cannot be analysed by this task."""
@@ -85,3 +88,6 @@ class Task(Protocol):
         When several models of one role ran, the summary carries their
         agreement under "comparison" for the side-by-side page.
         """
+
+    def headline(self, summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
+        """One line for the history list; `results` are dicts with model_id, role and result."""

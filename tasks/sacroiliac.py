@@ -78,6 +78,7 @@ class SacroiliacTask:
              RoleSpec("classifier", "AS status and stage"))
     options = ()
     result_template = "tasks/sacroiliac.html"
+    field_labels = {"as_status": "AS status", "stage_name": "Stage", "stage": "Stage"}
     accepted_modalities = ("MR", None)   # None: PNG/JPEG, whose modality we cannot read
 
     def check_input(self, image: "DecodedImage") -> None:
@@ -110,6 +111,16 @@ class SacroiliacTask:
             (id_a, a), (id_b, b) = list(masks.items())[:2]
             run_images["segmenter_disagreement"] = disagreement_overlay(img, a, b)
         return TaskOutput(summary=summary, models=outputs, images=run_images)
+
+    def headline(self, summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
+        for item in results:  # the first classifier chosen speaks for the run
+            res = item["result"]
+            if item["role"] == "classifier":
+                return f"AS {res['as_status']}, {res['stage_name']}"
+        for item in results:
+            if item["role"] == "segmenter":
+                return "Joint region found" if item["result"].get("found") else "No joint region found"
+        return "Done"
 
     # ---------------------------------------------------------------------
     def _segment(self, model: "LoadedModel", img: np.ndarray) -> tuple[ModelOutput, np.ndarray]:

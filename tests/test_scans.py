@@ -237,9 +237,11 @@ def test_compare_with_one_model_per_role_redirects(alice, scan_png):
 
 # -- failures after the run started -------------------------------------------------------------
 def _assert_failed_run_and_no_files(app, alice, response):
-    assert response.status_code == 500
-    assert b"The analysis failed" in response.data
+    # The stored, failed run is shown with its reason.
     runs = _runs(app)
+    assert response.status_code == 302 and response.headers["Location"].endswith(f"/runs/{runs[0].public_id}")
+    response = alice.get(response.headers["Location"])
+    assert b"The analysis failed" in response.data
     assert len(runs) == 1 and runs[0].status == "failed" and runs[0].error
     assert result_files(app) == []
     page = alice.get(f"/runs/{runs[0].public_id}")
@@ -248,6 +250,7 @@ def _assert_failed_run_and_no_files(app, alice, response):
     history = alice.get("/history").get_data(as_text=True)
     assert "Failed" in history
     assert alice.get("/upload").status_code == 200                 # the app is still up
+    return response
 
 
 def test_crash_mid_prediction_marks_the_run_failed(app, alice, scan_png, monkeypatch):
@@ -257,8 +260,7 @@ def test_crash_mid_prediction_marks_the_run_failed(app, alice, scan_png, monkeyp
         raise RuntimeError("model exploded")
 
     monkeypatch.setattr(sacroiliac.TASK, "run", boom)
-    response = upload(alice, scan_png)
-    _assert_failed_run_and_no_files(app, alice, response)
+    response = _assert_failed_run_and_no_files(app, alice, upload(alice, scan_png))
     assert b"model exploded" not in response.data
 
 
@@ -269,6 +271,5 @@ def test_full_disk_marks_the_run_failed_and_keeps_nothing(app, alice, scan_png, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(predict, "_write_png", no_space)
-    response = upload(alice, scan_png)
-    _assert_failed_run_and_no_files(app, alice, response)
+    response = _assert_failed_run_and_no_files(app, alice, upload(alice, scan_png))
     assert b"storage" in response.data

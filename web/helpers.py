@@ -62,7 +62,7 @@ def image_url(run: Run, file_name: str | None, external: bool = False) -> str | 
 
 # -- presentation ------------------------------------------------------------------
 def headline(run: Run) -> str:
-    """One line for lists: the task's own `headline(summary, results)` when it has one."""
+    """One line for lists, worded by the task itself."""
     if run.status == "failed":
         return "Failed"
     if run.status != "done":
@@ -71,36 +71,15 @@ def headline(run: Run) -> str:
 
     task = get_task(run.task)
     results = [{"model_id": r.model_id, "role": r.role, "result": r.result or {}} for r in run.results]
-    if task is not None and hasattr(task, "headline"):
-        try:
-            return task.headline(run.summary or {}, results)
-        except Exception:  # a headline must never break a list page
-            pass
-    return _generic_headline(results)
-
-
-def _generic_headline(results: list[dict[str, Any]]) -> str:
-    for item in results:
-        res = item["result"]
-        if "as_status" in res:
-            text = f"AS {res['as_status']}"
-            if res.get("stage_name"):
-                text += f", {res['stage_name']}"
-            return text
-    for item in results:
-        res = item["result"]
-        if "found" in res:
-            return "Joint region found" if res["found"] else "No joint region found"
-    return "Done"
-
-
-# Labels for result fields whose humanized key reads badly; a task may add its own as `field_labels`.
-FIELD_LABELS = {"as_status": "AS status", "stage_name": "Stage", "stage": "Stage", "segmenter": "Segmenter"}
+    try:
+        return task.headline(run.summary or {}, results) if task else "Done"
+    except Exception:  # a headline must never break a list page
+        return "Done"
 
 
 def field_label(task: Any, key: str) -> str:
-    labels = {**FIELD_LABELS, **(getattr(task, "field_labels", None) or {})}
-    return labels.get(key) or humanize(key)
+    """A result key as the task names it, else the key made readable."""
+    return (getattr(task, "field_labels", None) or {}).get(key) or humanize(key)
 
 
 def fmt_mib(n_bytes: int) -> str:

@@ -101,12 +101,15 @@ def upload():
         return _render_upload(form, error="Choose at least one model for each step of the task.", status=400)
     task = get_task(task_name)
     options = {spec.name: request.form.get(option_field(task_name, spec.name), "")
-               for spec in getattr(task, "options", ())}
+               for spec in task.options}
     data = form.scan.data.read()
     try:
         run = analyze(current_user._get_current_object(), data, Analysis(task_name, model_ids, options),
                       registry=reg, results_dir=results_dir(), limits=limits())
     except (ImageReadError, PredictionError) as exc:
+        if getattr(exc, "run_public_id", None):   # a stored run failed: show it with its reason
+            flash(exc.message, "error")
+            return redirect(url_for("scans.result", public_id=exc.run_public_id))
         return _render_upload(form, error=exc.message, status=exc.status)
     return redirect(url_for("scans.result", public_id=run.public_id))
 
