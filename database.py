@@ -3,7 +3,14 @@
 Runs keep what is needed to reopen a result (task, status, timings, the
 model ids/versions/checksums that produced it, non-identifying input facts)
 and never patient names or ids. Files live under the instance folder,
-named by the run's random public id.
+named by the run's random public id; the input is stored as the PNG pixels
+shown on the page, so no DICOM header ever reaches the disk.
+
+Trust (issue 6): users have a role (clinician, reviewer, admin) and can be
+disabled; a run can be shared for review and carries reviewers' verdicts;
+administrators switch registered models off (`ModelState`) and close
+sign-up (`Setting`); `AuditEvent` is an append-only trail, guarded here in
+the ORM and by SQLite triggers in the database itself.
 """
 from __future__ import annotations
 
@@ -15,8 +22,9 @@ from datetime import datetime, timezone
 from flask_login import UserMixin
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import JSON, event
+from sqlalchemy import DDL, JSON, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 db = SQLAlchemy()
@@ -24,6 +32,12 @@ migrate = Migrate(render_as_batch=True)  # batch mode: SQLite can only alter tab
 
 PASSWORD_METHOD = "scrypt"  # memory-hard; werkzeug's scrypt with a per-password salt
 RUN_STATUSES = ("pending", "done", "failed")
+ROLES = ("clinician", "reviewer", "admin")
+VERDICTS = ("agree", "disagree")
+
+
+# How long a write waits for another connection's write lock before "database is locked" (ms).
+BUSY_TIMEOUT_MS = 10_000
 
 
 def utcnow() -> datetime:
@@ -37,7 +51,7 @@ def _sqlite_pragmas(dbapi_connection, _record):
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         cur = dbapi_connection.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -51,6 +65,8 @@ class User(UserMixin, db.Model):
     # Part of the login cookie's identity: bumping it signs out every session of this user.
     session_version = db.Column(db.Integer, nullable=False, default=1)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    disabled = db.Column(db.Boolean, nullable=False, default=False, server_default="0")
+    password_changed_at = db.Column(db.DateTime)
 
     runs = db.relationship("Run", back_populates="user", lazy="dynamic")
     tokens = db.relationship("ApiToken", back_populates="user", lazy="dynamic")
@@ -63,6 +79,17 @@ class User(UserMixin, db.Model):
 
     def get_id(self) -> str:
         return f"{self.id}:{self.session_version}"
+
+    @property
+    def is_active(self) -> bool:          # Flask-Login refuses to log in inactive users
+        return not self.disabled
+
+    def end_all_sessions(self) -> None:
+        """Every login cookie issued so far stops working (logout, password change, disabling)."""
+        self.session_version = (self.session_version or 0) + 1
+
+    def has_role(self, *roles: str) -> bool:
+        return self.role in roles
 
 
 class ApiToken(db.Model):
@@ -124,10 +151,17 @@ class Run(db.Model):
     summary = db.Column(JSON, default=dict)         # task-level result (comparison, focus model ...)
     images = db.Column(JSON, default=dict)          # run-level images: name -> file name
     timings = db.Column(JSON, default=dict)         # decode_ms, predict_ms, store_ms, total_ms
+    # Shared with the reviewers' pool by its owner (None: not shared). Reviewers never see the owner.
+    shared_at = db.Column(db.DateTime, index=True)
 
     user = db.relationship("User", back_populates="runs")
     results = db.relationship("ModelResult", back_populates="run", cascade="all, delete-orphan",
                               order_by="ModelResult.position")
+    reviews = db.relationship("Review", back_populates="run", order_by="Review.created_at")
+
+    @property
+    def shared(self) -> bool:
+        return self.shared_at is not None
 
     def model_versions(self) -> list[dict]:
         return [{"model_id": r.model_id, "version": r.model_version, "sha256": r.model_sha256}
@@ -148,3 +182,123 @@ class ModelResult(db.Model):
     elapsed_ms = db.Column(db.Float)
 
     run = db.relationship("Run", back_populates="results")
+
+
+class Review(db.Model):
+    """One reviewer's verdict on one shared run (a reviewer may revise it; one row per pair).
+
+    `grade` is the grade on the task's review scale that the reviewer would give (the model's own
+    grade when they agree); `score_text` holds a score in words for tasks without a scale.
+    """
+
+    __tablename__ = "reviews"
+    __table_args__ = (db.UniqueConstraint("run_id", "reviewer_id", name="uq_reviews_run_reviewer"),)
+    id = db.Column(db.Integer, primary_key=True)
+    run_id = db.Column(db.Integer, db.ForeignKey("runs.id"), nullable=False, index=True)
+    reviewer_id = db.Column(db.Integer, db.ForeignKey("users.id"), nullable=False, index=True)
+    verdict = db.Column(db.String(10), nullable=False)         # agree | disagree
+    grade = db.Column(db.Integer)
+    score_text = db.Column(db.String(80))
+    comment = db.Column(db.Text)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+
+    run = db.relationship("Run", back_populates="reviews")
+    reviewer = db.relationship("User")
+
+
+class ModelState(db.Model):
+    """An administrator's switch for a registered model; no row means enabled."""
+
+    __tablename__ = "model_states"
+    model_id = db.Column(db.String(80), primary_key=True)
+    enabled = db.Column(db.Boolean, nullable=False, default=True)
+    changed_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    changed_by_id = db.Column(db.Integer, db.ForeignKey("users.id"))
+
+
+def disabled_model_ids() -> set[str]:
+    """Ids of the registered models an administrator switched off."""
+    return {mid for (mid,) in db.session.execute(db.select(ModelState.model_id).filter_by(enabled=False))}
+
+
+class Setting(db.Model):
+    """Site settings an administrator can change at run time (e.g. whether sign-up is open)."""
+
+    __tablename__ = "settings"
+    key = db.Column(db.String(40), primary_key=True)
+    value = db.Column(db.String(200), nullable=False)
+    changed_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    changed_by_id = db.Column(db.Integer, db.ForeignKey("users.id"))
+
+
+def get_setting(key: str, default: str | None = None) -> str | None:
+    row = db.session.get(Setting, key)
+    return row.value if row is not None else default
+
+
+def set_setting(key: str, value: str, user_id: int | None) -> None:
+    row = db.session.get(Setting, key)
+    if row is None:
+        db.session.add(Setting(key=key, value=value, changed_by_id=user_id))
+    else:
+        row.value, row.changed_by_id = value, user_id
+
+
+# -- the audit trail -------------------------------------------------------------------------
+AUDIT_ACTIONS = (
+    "login_ok", "login_failed", "logout", "logout_all", "signup", "password_change",
+    "upload", "view_run", "view_image", "export", "share", "unshare", "review",
+    "admin_change", "token_create", "token_revoke",
+)
+AUDIT_OUTCOMES = ("ok", "denied", "failed", "throttled", "error")
+
+
+class AuditEvent(db.Model):
+    """Who did what, when, from where, with which models, and how it ended. Append-only.
+
+    Never patient data: `resource` is a kind and a random id ("run:<public id>", "user:<id>",
+    "model:<id>"), `detail` is text the application writes (never a file name, a pseudonym or a
+    DICOM value), and a failed login records the account only when it exists.
+    """
+
+    __tablename__ = "audit_events"
+    id = db.Column(db.Integer, primary_key=True)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
+    user_id = db.Column(db.Integer, index=True)          # no foreign key: the trail outlives anything
+    username = db.Column(db.String(80))                  # as it was when the event happened
+    action = db.Column(db.String(30), nullable=False, index=True)
+    resource = db.Column(db.String(120))
+    model_versions = db.Column(JSON)                     # ["model_id@version", ...]
+    client_addr = db.Column(db.String(64))
+    outcome = db.Column(db.String(12), nullable=False, index=True)
+    detail = db.Column(db.String(200))
+
+
+class AuditTrailIsAppendOnly(RuntimeError):
+    pass
+
+
+AUDIT_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END",
+)
+# db.create_all() (tests, first start without migrations) gets the same triggers as the migration.
+for _sql in AUDIT_TRIGGERS:
+    event.listen(AuditEvent.__table__, "after_create", DDL(_sql).execute_if(dialect="sqlite"))
+
+
+@event.listens_for(Session, "before_flush")
+def _audit_rows_are_immutable(session, _flush_context, _instances):
+    for obj in list(session.dirty) + list(session.deleted):
+        if isinstance(obj, AuditEvent) and (obj in session.deleted or session.is_modified(obj)):
+            raise AuditTrailIsAppendOnly("audit events cannot be changed or deleted")
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _no_bulk_audit_changes(state):
+    if (state.is_update or state.is_delete) and any(
+            getattr(m, "class_", None) is AuditEvent for m in state.all_mappers):
+        raise AuditTrailIsAppendOnly("audit events cannot be changed or deleted")

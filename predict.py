@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from database import ModelResult, Run, User, db, utcnow
+from database import ModelResult, Run, User, db, disabled_model_ids, utcnow
 from imaging.io import DecodedImage, ImageReadError, read_image
 from imaging.overlay import encode_png, grey_to_rgb
 from model_loader import ModelEntry, ModelRegistry, ModelUnavailable
@@ -75,13 +75,17 @@ def choose_models(registry: ModelRegistry, task_name: str, model_ids: list[str])
     task = get_task(task_name)
     if task is None:
         raise PredictionError(f"Unknown task '{task_name}'.", 400)
+    disabled = disabled_model_ids()   # switched off by an administrator (admin page)
     if not model_ids:
-        model_ids = [e.id for e in registry.entries(task_name) if e.default]
+        model_ids = [e.id for e in registry.entries(task_name) if e.default and e.id not in disabled]
     chosen: list[ModelEntry] = []
     for mid in dict.fromkeys(model_ids):  # keep order, drop repeats
         entry = registry.get(mid)
         if entry is None or entry.task != task_name:
             raise PredictionError(f"Model '{mid}' is not a {task.title} model.", 400)
+        if entry.id in disabled:
+            raise PredictionError(f"Model '{entry.title}' has been disabled by an administrator "
+                                  "and cannot be used. Choose another model.", 403)
         chosen.append(entry)
     for role in task.roles:
         if role.required and not any(e.role == role.name for e in chosen):

@@ -6,7 +6,7 @@ under a persistent tape serves every head we explain.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,6 +33,24 @@ def grad_cams(gradcam_model: Any, x: np.ndarray, targets: Sequence[tuple[str | N
         cams.append(_unit(cam.numpy()))
     del tape
     return cams
+
+
+def grad_cam_scalar(gradcam_model: Any, x: np.ndarray, score_fn: Callable[[Any], Any]) -> np.ndarray:
+    """Grad-CAM for an arbitrary scalar score of the outputs, float32 in [0, 1] at feature-map size.
+
+    `score_fn(outputs)` returns one score per batch item (e.g. a segmentation class's summed softmax
+    output); the map explains the first item of `x`.
+    """
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x, dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        features, outputs = gradcam_model(x, training=False)
+        score = score_fn(outputs)
+    grads = tape.gradient(score, features)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)      # channel importance
+    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[0]  # only positive evidence
+    return _unit(cam.numpy())
 
 
 def focus(cam: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -1,5 +1,4 @@
 import logging
-from logging.config import fileConfig
 
 from flask import current_app
 
@@ -9,9 +8,10 @@ from alembic import context
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-# This line sets up loggers basically.
-fileConfig(config.config_file_name)
+# Logging is configured by the application (app.create_app), which every `flask db` command and
+# `flask prepare` runs inside. alembic.ini's fileConfig() is not applied: it shuts down every handler
+# already installed, and absl's (TensorFlow's) closes the stream it wrote to.
+logging.getLogger('alembic').setLevel(logging.INFO)
 logger = logging.getLogger('alembic.env')
 
 
@@ -97,6 +97,11 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch migrations copy a table and drop the old one; with foreign keys enforced, that
+            # DROP deletes rows other tables point to and fails. Checked again by the app's connections.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()   # end the transaction the statement began, so Alembic's own commits
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),

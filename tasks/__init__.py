@@ -6,9 +6,11 @@ from tasks.base import ModelOutput, OptionSpec, RoleSpec, Task, TaskInputError, 
 
 def all_tasks() -> dict[str, Task]:
     # Imported lazily so that importing `tasks` never drags TensorFlow into web code.
-    from tasks import sacroiliac
+    from tasks import sacroiliac, spine
 
-    found = [sacroiliac.TASK]
+    found = [sacroiliac.TASK, spine.TASK]
+    from tasks import knee; found.append(knee.TASK)  # noqa: E702 - the knee task (issue 4)
+    from tasks import hand; found.append(hand.TASK)  # noqa: E702 - the hand task (issue 3)
     return {t.name: t for t in found}
 
 

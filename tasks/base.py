@@ -67,6 +67,46 @@ class OptionSpec:
     max_length: int = 64
 
 
+@dataclass(frozen=True)
+class ReviewScale:
+    """The ordinal scale reviewers grade a task's runs on, and where a model's grade is read from.
+
+    A task that declares `review_scale = ReviewScale(...)` gets grade choices on the review form and
+    a weighted kappa between reviewers and each of its models on the models page. `labels[i]` names
+    grade i. The model's grade is `result[field]` of each ModelOutput of role `role` (an int index
+    into `labels`); a task whose grade needs more than a field lookup defines
+    `model_grade(role, result) -> int | None` itself.
+    """
+
+    title: str                                   # e.g. "Stage", "Kellgren-Lawrence grade"
+    labels: tuple[str, ...]
+    role: str                                    # the model role that gives the grade
+    field: str                                   # the result key holding the grade index
+
+    def model_grade(self, role: str, result: dict[str, Any] | None) -> int | None:
+        if role != self.role or not result:
+            return None
+        value = result.get(self.field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        grade = int(value)
+        return grade if 0 <= grade < len(self.labels) and grade == value else None
+
+
+def review_scale_of(task: Any) -> ReviewScale | None:
+    """The task's review scale, or None for tasks reviewed in words only (agree/disagree + comment)."""
+    return getattr(task, "review_scale", None) if task is not None else None
+
+
+def model_grade_of(task: Any, role: str, result: dict[str, Any] | None) -> int | None:
+    """A model's grade on the task's review scale, or None (no scale, another role, no grade)."""
+    custom = getattr(task, "model_grade", None)
+    if callable(custom):
+        return custom(role, result)
+    scale = review_scale_of(task)
+    return scale.model_grade(role, result) if scale else None
+
+
 class Task(Protocol):
     name: str
     title: str
@@ -75,6 +115,8 @@ class Task(Protocol):
     options: tuple[OptionSpec, ...]              # extra inputs; validated values arrive in run(options=...)
     result_template: str
     field_labels: dict[str, str]                 # display names for result keys on the comparison page
+    # Optional: `review_scale: ReviewScale` for graded outputs (see ReviewScale); tasks without one
+    # are reviewed as agree/disagree with a score in words and a comment.
     # Image names containing "gradcam" or "heatmap" are explanations: the API omits them
     # when a client asks for include_heatmaps=false.                        # template partial that renders a ModelOutput of this task
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from tasks.base import ModelOutput, RoleSpec, TaskInputError, TaskOutput
+from tasks.base import ModelOutput, ReviewScale, RoleSpec, TaskInputError, TaskOutput
 
 if TYPE_CHECKING:
     from imaging.io import DecodedImage
@@ -79,6 +79,8 @@ class SacroiliacTask:
     options = ()
     result_template = "tasks/sacroiliac.html"
     field_labels = {"as_status": "AS status", "stage_name": "Stage", "stage": "Stage"}
+    # Reviewers grade the stage; weighted kappa compares them with each classifier.
+    review_scale = ReviewScale("Stage", STAGE_NAMES, role="classifier", field="stage")
     accepted_modalities = ("MR", None)   # None: PNG/JPEG, whose modality we cannot read
 
     def check_input(self, image: "DecodedImage") -> None:

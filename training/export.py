@@ -29,7 +29,12 @@ ENTRY_ORDER = ("id", "task", "role", "version", "title", "architecture", "refere
 
 # -- files -------------------------------------------------------------------------
 def save_for_shipping(model, path: str | os.PathLike, float16: bool = True) -> Path:
-    """Save `model` to `path` (.keras) with float32 weights stored as float16; returns the path."""
+    """Save `model` to `path` (.keras) for inference; returns the path.
+
+    The file holds the architecture and weights only: the optimizer state and the compile
+    configuration (losses, metrics) are dropped, so it loads with `compile=False` and no training
+    code. With `float16`, float32 weights are stored as float16 (loaded back as float32).
+    """
     import h5py
 
     path = Path(path)
@@ -37,17 +42,17 @@ def save_for_shipping(model, path: str | os.PathLike, float16: bool = True) -> P
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.keras"
         model.save(raw)
-        if not float16:
-            shutil.copyfile(raw, path)
-            return path
         with zipfile.ZipFile(raw) as zin:
             names = zin.namelist()
             members = {n: zin.read(n) for n in names}
+        config = json.loads(members["config.json"])
+        config.pop("compile_config", None)
+        members["config.json"] = json.dumps(config).encode()
         src, dst = Path(tmp) / "src.h5", Path(tmp) / "dst.h5"
         src.write_bytes(members[WEIGHTS_NAME])
         with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
             _copy_attrs(fin, fout)
-            _copy_group(fin, fout)
+            _copy_group(fin, fout, float16=float16, skip=("optimizer",))
         members[WEIGHTS_NAME] = dst.read_bytes()
         out = Path(tmp) / "out.keras"
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zout:
@@ -62,19 +67,21 @@ def _copy_attrs(src, dst) -> None:
         dst.attrs[k] = v
 
 
-def _copy_group(src, dst) -> None:
+def _copy_group(src, dst, float16: bool = True, skip: tuple[str, ...] = ()) -> None:
     import h5py
 
     for key, item in src.items():
+        if key in skip:
+            continue
         if isinstance(item, h5py.Group):
             grp = dst.create_group(key)
             _copy_attrs(item, grp)
-            _copy_group(item, grp)
+            _copy_group(item, grp, float16)
         else:
             data = item[()]
-            if isinstance(data, np.ndarray) and data.dtype == np.float32:
+            if float16 and isinstance(data, np.ndarray) and data.dtype == np.float32:
                 data = data.astype(np.float16)
-            elif isinstance(data, np.float32):
+            elif float16 and isinstance(data, np.float32):
                 data = np.float16(data)
             ds = dst.create_dataset(key, data=data)
             _copy_attrs(item, ds)

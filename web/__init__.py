@@ -5,8 +5,12 @@ TensorFlow: it talks to `predict`, `model_loader` and `tasks` only.
 """
 from __future__ import annotations
 
+import importlib
+import logging
+
 from flask import Flask, g, jsonify, render_template, request
 from flask_login import LoginManager
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from database import User, db
@@ -38,7 +42,7 @@ def load_user(user_id: str) -> User | None:
     except (AttributeError, ValueError):
         return None
     user = db.session.get(User, uid)
-    if user is None or user.session_version != version:
+    if user is None or user.session_version != version or user.disabled:
         return None
     return user
 
@@ -63,6 +67,7 @@ ERROR_TEXT = {
     405: ("Method not allowed", "This page cannot be used that way."),
     413: ("File too large", "The upload is larger than the server accepts."),
     415: ("Unsupported file type", "The file type is not supported."),
+    429: ("Too many attempts", "Too many attempts in a short time. Wait a few minutes and try again."),
     500: ("Something went wrong", "The server hit an internal error. Nothing was kept; please try again."),
     503: ("Unavailable", "The service is temporarily unavailable."),
 }
@@ -74,8 +79,10 @@ def _handle_http_error(exc: HTTPException):
     if status == 413:
         limit = g.get("max_upload")
         text = "The upload is larger than the server accepts" + (f" ({limit})." if limit else ".")
+    if status == 429 and request.endpoint == "auth.login":
+        _audit_throttled_login()
     if is_api_request():
-        message = text if status in (404, 413, 500) else (exc.description or text)
+        message = text if status in (404, 413, 429, 500) else (exc.description or text)
         passed = {k: v for k, v in exc.get_headers() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
         return json_error(status, message, passed)
     if status == 413 and request.endpoint == "scans.upload":
@@ -87,25 +94,71 @@ def _handle_http_error(exc: HTTPException):
             return page
     if status == 400 and getattr(exc, "description", "").startswith("The CSRF"):
         text = "The form expired or was not sent from this site. Reload the page and try again."
+    # A 429 gets its Retry-After and X-RateLimit-* headers from Flask-Limiter's after_request.
     return render_template("error.html", status=status, title=title, text=text), status
+
+
+def _audit_throttled_login() -> None:
+    from web.audit import record
+
+    try:
+        user = User.query.filter_by(username=(request.form.get("username") or "")[:80]).first()
+        record("login_failed", "throttled", user=user, resource=f"user:{user.id}" if user else None,
+               detail="login throttled (too many failed attempts)")
+    except Exception:  # the 429 must go out even when the database is busy
+        db.session.rollback()
+        logging.getLogger("jointscan.audit").exception("could not record a throttled login")
+
+
+def _database_busy(exc: OperationalError):
+    """A write that waited the whole busy timeout: nothing was saved; say so instead of a bare 500."""
+    db.session.rollback()
+    if "locked" not in str(exc.orig if hasattr(exc, "orig") else exc).lower():
+        raise exc
+    logging.getLogger("jointscan.web").warning("database busy on %s", request.endpoint)
+    title = "The database is busy"
+    text = "The database was busy for too long and nothing was saved. Please try again in a moment."
+    headers = {"Retry-After": "5"}
+    if is_api_request():
+        return json_error(503, text, headers)
+    return render_template("error.html", status=503, title=title, text=text), 503, headers
+
+
+# Blueprints other modules add (each registered when its module exists), so access tests cover them.
+OPTIONAL_BLUEPRINTS = ("knee", "hand")
 
 
 def init_app(app: Flask) -> None:
     login_manager.init_app(app)
 
-    from web import account, api, auth, history, models_page, scans
+    from web import account, admin, api, auth, history, models_page, reviews, scans, security
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(scans.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(models_page.bp)
+    app.register_blueprint(reviews.bp)
+    app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
     api.exempt_from_form_csrf(app)
+    for name in OPTIONAL_BLUEPRINTS:
+        try:
+            module = importlib.import_module(f"web.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"web.{name}":
+                raise
+            continue
+        if getattr(module, "bp", None) is not None and module.bp.name not in app.blueprints:
+            app.register_blueprint(module.bp)
+
+    security.init_app(app)
+    security.install_rate_limits(app)
 
     # HTTPException covers 404/413/...; an unhandled exception reaches it as InternalServerError
     # (outside TESTING/DEBUG), whose page never echoes the exception.
     app.register_error_handler(HTTPException, _handle_http_error)
+    app.register_error_handler(OperationalError, _database_busy)
 
     from web.helpers import register_template_helpers
 
@@ -121,6 +174,8 @@ def init_app(app: Flask) -> None:
     def _security_headers(response):
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
+        if request.is_secure:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         if g.get("no_store"):
             response.headers["Cache-Control"] = "no-store"
             response.headers.pop("Expires", None)

@@ -1,13 +1,15 @@
-"""The account page: API tokens (create, list, revoke)."""
+"""The account page: password change, log out everywhere, API tokens (create, list, revoke)."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from wtforms import StringField, SubmitField
-from wtforms.validators import DataRequired, Length
+from wtforms import PasswordField, StringField, SubmitField
+from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
 
 from database import ApiToken, db, utcnow
+from web.audit import record
+from web.security import MAX_PASSWORD, PasswordPolicy
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
@@ -22,17 +24,76 @@ class RevokeForm(FlaskForm):
     submit = SubmitField("Revoke")
 
 
-def _page(form: TokenForm, new_token: str | None = None, status: int = 200):
+class PasswordForm(FlaskForm):
+    current = PasswordField("Current password", validators=[DataRequired(), Length(max=MAX_PASSWORD)])
+    new = PasswordField("New password", validators=[DataRequired(), PasswordPolicy(username_attr="username")])
+    confirm = PasswordField("Repeat the new password", validators=[
+        DataRequired(), EqualTo("new", message="The passwords do not match.")])
+    submit = SubmitField("Change password")
+
+    @property
+    def username(self) -> str:
+        return current_user.username
+
+    def validate_current(self, field):
+        if not current_user.check_password(field.data or ""):
+            raise ValidationError("The current password is wrong.")
+
+
+class EverywhereForm(FlaskForm):
+    submit = SubmitField("Log out everywhere")
+
+
+def _page(form: TokenForm | None = None, new_token: str | None = None, status: int = 200,
+          password_form: PasswordForm | None = None):
     tokens = current_user.tokens.order_by(ApiToken.created_at.desc(), ApiToken.id.desc()).all()
     g.no_store = True   # the page may show a fresh token once: never cache it
-    return render_template("account.html", form=form, revoke_form=RevokeForm(), tokens=tokens,
-                           new_token=new_token), status
+    return render_template("account.html", form=form or TokenForm(formdata=None), revoke_form=RevokeForm(),
+                           tokens=tokens, new_token=new_token,
+                           password_form=password_form or PasswordForm(formdata=None),
+                           everywhere_form=EverywhereForm(formdata=None)), status
 
 
 @bp.get("/")
 @login_required
 def index():
-    return _page(TokenForm())
+    return _page()
+
+
+@bp.post("/password")
+@login_required
+def change_password():
+    """A new password ends every other session (the session version moves on); this one is renewed."""
+    from web.auth import start_session
+
+    form = PasswordForm()
+    if not form.validate_on_submit():
+        if form.current.errors:
+            record("password_change", "failed", detail="wrong current password")
+        return _page(password_form=form, status=400)
+    user = current_user._get_current_object()
+    user.set_password(form.new.data)
+    user.password_changed_at = utcnow()
+    user.end_all_sessions()
+    db.session.commit()
+    record("password_change", user=user, resource=f"user:{user.id}")
+    start_session(user)
+    flash("Your password is changed. Every other session of yours is signed out.", "success")
+    return redirect(url_for("account.index"))
+
+
+@bp.post("/logout-everywhere")
+@login_required
+def logout_everywhere():
+    from web.auth import end_sessions_and_log_out
+
+    if not EverywhereForm().validate_on_submit():
+        abort(400)
+    user = current_user._get_current_object()
+    record("logout_all", user=user, resource=f"user:{user.id}", commit=False)
+    end_sessions_and_log_out(user)
+    flash("You are logged out on every device and browser.", "info")
+    return redirect(url_for("auth.login"))
 
 
 @bp.post("/tokens")
@@ -44,6 +105,7 @@ def create_token():
     row, plain = ApiToken.issue(current_user, form.name.data.strip())
     db.session.add(row)
     db.session.commit()
+    record("token_create", resource=f"token:{row.id}")
     # Shown in this response only; the database keeps its SHA-256.
     return _page(TokenForm(formdata=None), new_token=plain)
 
@@ -58,5 +120,6 @@ def revoke_token(token_id: int):
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         db.session.commit()
+        record("token_revoke", resource=f"token:{row.id}")
         flash(f"Token “{row.name}” revoked. Requests that use it now get 401.", "success")
     return redirect(url_for("account.index"))

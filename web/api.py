@@ -15,10 +15,11 @@ from flask_login import current_user
 from flask_wtf.csrf import ValidationError, validate_csrf
 
 from app import registry
-from database import ApiToken, Run, User, db, utcnow
+from database import ApiToken, Run, User, db, disabled_model_ids, utcnow
 from predict import Analysis, ImageReadError, PredictionError, analyze
 from tasks import all_tasks, get_task
 from web import is_api_request, json_error, login_manager
+from web.audit import model_versions_of, record, run_resource
 from web.helpers import image_url, owned_run_or_404
 from web.scans import limits, results_dir
 
@@ -47,7 +48,7 @@ def authenticate_request(allow_session: bool = True) -> tuple[User | None, Any]:
         if scheme.lower() != "bearer" or not token:
             return None, _unauthorized("Send the API token as 'Authorization: Bearer <token>'.")
         row = ApiToken.find_active(token)
-        if row is None:
+        if row is None or row.user.disabled:
             return None, _unauthorized("The API token is invalid or has been revoked.", invalid_token=True)
         row.last_used_at = utcnow()
         db.session.commit()
@@ -145,11 +146,12 @@ def list_tasks():
     if problem is not None:
         return problem
     reg = registry()
+    disabled = disabled_model_ids()
     tasks = []
     for task in all_tasks().values():
         models = []
         for e in reg.entries(task.name):
-            issue = reg.problem(e.id)
+            issue = "disabled by an administrator" if e.id in disabled else reg.problem(e.id)
             models.append({"id": e.id, "title": e.title, "role": e.role, "version": e.version,
                            "reference": e.reference, "default": e.default, "sha256": e.sha256,
                            "available": issue is None, "problem": issue})
@@ -171,6 +173,8 @@ def analyze_scan():
     problem = _session_csrf_problem()
     if problem is not None:
         return problem
+    if user.role != "clinician":
+        return json_error(403, "Only clinician accounts can analyse scans.")
     upload = request.files.get("file")        # a body over MAX_CONTENT_LENGTH raises 413 here
     if upload is None:
         return json_error(400, "Send the scan as the multipart form field 'file'.")
@@ -193,7 +197,12 @@ def analyze_scan():
         run = analyze(user, data, Analysis(task_name, model_ids, options),
                       registry=registry(), results_dir=results_dir(), limits=limits())
     except (ImageReadError, PredictionError) as exc:
+        from web.scans import audit_upload_failure
+
+        audit_upload_failure(exc, model_ids, user=user)
         return json_error(exc.status, exc.message)
+    record("upload", user=user, resource=run_resource(run), models=model_versions_of(run),
+           detail=f"task {run.task} via API")
     response = jsonify(run_json(run, include_heatmaps))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_run", public_id=run.public_id, _external=True)
@@ -210,5 +219,6 @@ def get_run(public_id: str):
     if include_heatmaps is None:
         return json_error(400, "include_heatmaps must be true or false.")
     run = owned_run_or_404(public_id, user)
+    record("view_run", user=user, resource=run_resource(run), models=model_versions_of(run), detail="via API")
     g.no_store = True
     return jsonify(run_json(run, include_heatmaps))

@@ -1,31 +1,39 @@
-"""Sign up, log in, log out."""
+"""Sign up, log in, log out (here or everywhere).
+
+Login is throttled per account and per address (see web/security.py); every
+outcome is audited. Logging out bumps the user's session version, so a copied
+session cookie stops working too. Sign-up creates clinicians only and can be
+closed by an administrator.
+"""
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from werkzeug.security import check_password_hash
 from wtforms import PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length, Regexp, ValidationError
 
-from database import User, db
+from database import User, db, get_setting
+from web.audit import record
 from web.helpers import is_safe_next
+from web.security import MAX_PASSWORD, MIN_PASSWORD, PasswordPolicy
 
 bp = Blueprint("auth", __name__)
 
-MIN_PASSWORD = 12
 LOGIN_FAILED = "Unknown username or wrong password."
+ACCOUNT_DISABLED = "This account is disabled. Ask an administrator to enable it."
+SIGNUP_CLOSED = "Sign-up is closed. Ask an administrator for an account."
 # Checked against when the username does not exist, so both failures take about as long.
 _DUMMY_HASH = "scrypt:32768:8:1$jointscan$" + "0" * 128
+USERNAME_VALIDATORS = [
+    DataRequired(), Length(min=3, max=80),
+    Regexp(r"^[A-Za-z0-9_.-]+$", message="Use letters, digits, dots, dashes and underscores only.")]
 
 
 class SignupForm(FlaskForm):
-    username = StringField("Username", validators=[
-        DataRequired(), Length(min=3, max=80),
-        Regexp(r"^[A-Za-z0-9_.-]+$", message="Use letters, digits, dots, dashes and underscores only.")])
-    password = PasswordField("Password", validators=[
-        DataRequired(), Length(min=MIN_PASSWORD, max=256,
-                               message=f"Use at least {MIN_PASSWORD} characters.")])
+    username = StringField("Username", validators=USERNAME_VALIDATORS)
+    password = PasswordField("Password", validators=[DataRequired(), PasswordPolicy(username_field="username")])
     confirm = PasswordField("Repeat the password", validators=[
         DataRequired(), EqualTo("password", message="The passwords do not match.")])
     submit = SubmitField("Create account")
@@ -37,32 +45,53 @@ class SignupForm(FlaskForm):
 
 class LoginForm(FlaskForm):
     username = StringField("Username", validators=[DataRequired(), Length(max=80)])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=MAX_PASSWORD)])
     submit = SubmitField("Log in")
 
 
-def _start_session(user: User) -> None:
+def signup_open() -> bool:
+    """The administrator's setting when there is one, else the configured default."""
+    value = get_setting("signup_open")
+    if value is None:
+        return bool(current_app.config.get("SIGNUP_OPEN", True))
+    return value == "1"
+
+
+def start_session(user: User) -> None:
     """A fresh session for the signed-in user: nothing from before the login survives."""
     session.clear()
     login_user(user)
 
 
+def end_sessions_and_log_out(user: User) -> None:
+    """Sign this browser out and make every cookie issued to `user` so far worthless."""
+    user.end_all_sessions()
+    db.session.commit()
+    logout_user()
+    session.clear()
+
+
 def _next_target() -> str:
     target = request.args.get("next")
-    return target if is_safe_next(target) else url_for("scans.upload")
+    if is_safe_next(target):
+        return target
+    return home_for(current_user)
 
 
 @bp.route("/signup", methods=["GET", "POST"])
 def signup():
     if current_user.is_authenticated:
-        return redirect(url_for("scans.upload"))
+        return redirect(url_for("auth.index"))
+    if not signup_open():
+        return render_template("auth/signup_closed.html", message=SIGNUP_CLOSED), 403
     form = SignupForm()
     if form.validate_on_submit():
-        user = User(username=form.username.data, role="clinician")
+        user = User(username=form.username.data, role="clinician")   # sign-up never grants more
         user.set_password(form.password.data)
         db.session.add(user)
         db.session.commit()
-        _start_session(user)
+        record("signup", user=user, resource=f"user:{user.id}")
+        start_session(user)
         flash("Welcome to JointScan. Your account is ready.", "success")
         return redirect(url_for("scans.upload"))
     return render_template("auth/signup.html", form=form, min_password=MIN_PASSWORD), (400 if form.errors else 200)
@@ -79,8 +108,16 @@ def login():
         user = User.query.filter_by(username=form.username.data).first()
         if user is None:
             check_password_hash(_DUMMY_HASH, form.password.data)
-        elif user.check_password(form.password.data):
-            _start_session(user)
+            # The attempted name is not kept: people type passwords into the username field.
+            record("login_failed", "failed", user=None, detail="unknown account")
+        elif not user.check_password(form.password.data):
+            record("login_failed", "failed", user=user, resource=f"user:{user.id}", detail="wrong password")
+        elif user.disabled:
+            record("login_failed", "denied", user=user, resource=f"user:{user.id}", detail="account disabled")
+            return render_template("auth/login.html", form=form, error=ACCOUNT_DISABLED), 403
+        else:
+            start_session(user)
+            record("login_ok", user=user, resource=f"user:{user.id}")
             return redirect(_next_target())
         error, status = LOGIN_FAILED, 401
     elif form.errors:
@@ -91,14 +128,24 @@ def login():
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
-    logout_user()
-    session.clear()
+    user = current_user._get_current_object()
+    record("logout", user=user, resource=f"user:{user.id}", commit=False)
+    end_sessions_and_log_out(user)
     flash("You are logged out.", "info")
     return redirect(url_for("auth.login"))
 
 
 @bp.route("/")
 def index():
-    if current_user.is_authenticated:
-        return redirect(url_for("scans.upload"))
-    return redirect(url_for("auth.login"))
+    if not current_user.is_authenticated:
+        return redirect(url_for("auth.login"))
+    return redirect(home_for(current_user))
+
+
+def home_for(user: User) -> str:
+    """Each role's landing page."""
+    if user.role == "admin":
+        return url_for("admin.index")
+    if user.role == "reviewer":
+        return url_for("reviews.queue")
+    return url_for("scans.upload")

@@ -12,14 +12,43 @@ from database import ModelResult, Run, User
 
 
 # -- access ------------------------------------------------------------------------
-def owned_run_or_404(public_id: str, user: User) -> Run:
-    """The run with this public id if `user` owns it; 404 otherwise (also for other users' runs)."""
+def _check_public_id(public_id: str) -> None:
     if not public_id or len(public_id) > 32 or not public_id.isalnum():
         abort(404)
+
+
+def owned_run_or_404(public_id: str, user: User) -> Run:
+    """The run with this public id if `user` owns it; 404 otherwise (also for other users' runs)."""
+    _check_public_id(public_id)
     run = Run.query.filter_by(public_id=public_id, user_id=user.id).first()
     if run is None:
         abort(404)
     return run
+
+
+def reviewable_run_or_404(public_id: str, user: User) -> Run:
+    """A finished run its owner shared for review, for a reviewer who is not its owner; 404 otherwise."""
+    _check_public_id(public_id)
+    if user is None or user.role != "reviewer":
+        abort(404)
+    run = Run.query.filter(Run.public_id == public_id, Run.shared_at.isnot(None), Run.status == "done",
+                           Run.user_id != user.id).first()
+    if run is None:
+        abort(404)
+    return run
+
+
+def visible_run_or_404(public_id: str, user: User) -> tuple[Run, str]:
+    """(run, "owner" | "reviewer") for the run's owner or a reviewer of a shared run; 404 for anyone else."""
+    _check_public_id(public_id)
+    run = Run.query.filter_by(public_id=public_id).first()
+    if run is None:
+        abort(404)
+    if run.user_id == user.id:
+        return run, "owner"
+    if user.role == "reviewer" and run.shared_at is not None and run.status == "done":
+        return run, "reviewer"
+    abort(404)
 
 
 def run_image_files(run: Run) -> set[str]:
@@ -169,6 +198,12 @@ def group_results(results: Iterable[ModelResult]) -> dict[str, list[ModelResult]
     return grouped
 
 
+def _signup_is_open() -> bool:
+    from web.auth import signup_open
+
+    return signup_open()
+
+
 def register_template_helpers(app: Flask) -> None:
     app.add_template_filter(humanize, "humanize")
     app.add_template_filter(capfirst, "capfirst")
@@ -180,7 +215,8 @@ def register_template_helpers(app: Flask) -> None:
     app.add_template_filter(short_sha, "short_sha")
 
     # Globals (not a context processor) so imported macros see them too.
-    app.jinja_env.globals.update(image_url=image_url, headline=headline, field_label=field_label)
+    app.jinja_env.globals.update(image_url=image_url, headline=headline, field_label=field_label,
+                                 signup_is_open=_signup_is_open)
 
     @app.context_processor
     def _task_list():

@@ -8,7 +8,9 @@ from flask_login import login_required
 from markupsafe import Markup
 
 from app import registry
+from database import disabled_model_ids
 from tasks import all_tasks
+from tasks.base import review_scale_of
 from web.helpers import flatten, headline_metrics
 
 bp = Blueprint("models", __name__, url_prefix="/models")
@@ -30,17 +32,23 @@ def render_card(text: str) -> Markup:
 @bp.get("/")
 @login_required
 def index():
+    from web.reviews import agreement_by_model
+
     reg = registry()
+    disabled = disabled_model_ids()
+    agreement = agreement_by_model()
     groups = []
     known = set()
     for task in all_tasks().values():
         entries = reg.entries(task.name)
         known.update(e.id for e in entries)
-        roles = [{"role": role, "models": [{"entry": e, "problem": reg.problem(e.id),
-                                            "metrics": headline_metrics(e.metrics)}
-                                           for e in entries if e.role == role.name]}
+        scale = review_scale_of(task)
+        roles = [{"role": role, "graded": bool(scale and scale.role == role.name),
+                  "models": [{"entry": e, "problem": reg.problem(e.id), "disabled": e.id in disabled,
+                              "metrics": headline_metrics(e.metrics), "agreement": agreement.get(e.id)}
+                             for e in entries if e.role == role.name]}
                  for role in task.roles]
-        groups.append({"task": task, "roles": roles})
+        groups.append({"task": task, "roles": roles, "scale": scale})
     orphans = [e for e in reg.entries() if e.id not in known]   # registered for a task that is not installed
     return render_template("models/index.html", groups=groups, orphans=orphans)
 

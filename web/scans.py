@@ -1,10 +1,14 @@
-"""Upload a scan, see its result, compare models, and the owner-only image route."""
+"""Upload a scan, see its result, compare models, export it, and the image route.
+
+Runs and their pages belong to their owner; the image route also serves a run's images to
+reviewers while the owner shares it for review. Every view and upload is audited.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request,
+from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request,
                    send_from_directory, url_for)
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
@@ -12,9 +16,14 @@ from flask_wtf.file import FileField, FileRequired
 from wtforms import SelectField, SelectMultipleField, SubmitField
 
 from app import registry
+from database import disabled_model_ids
 from predict import Analysis, ImageReadError, Limits, PredictionError, analyze
 from tasks import all_tasks, get_task
-from web.helpers import fmt_mib, group_results, no_store, owned_run_or_404, run_image_files
+from web.audit import model_versions_of, record, run_resource
+from web.helpers import fmt_mib, group_results, no_store, owned_run_or_404, run_image_files, visible_run_or_404
+from web.security import role_required
+
+DISABLED_BY_ADMIN = "disabled by an administrator"
 
 bp = Blueprint("scans", __name__)
 DICE_AGREEMENT = 0.8     # below this the comparison page marks the segmenters' masks as disagreeing
@@ -45,11 +54,13 @@ def results_dir() -> Path:
 def model_groups() -> list[dict[str, Any]]:
     """Per task, per role: (entry, problem) for every registered model, for the checkboxes."""
     reg = registry()
+    disabled = disabled_model_ids()
     groups = []
     for task in all_tasks().values():
         entries = reg.entries(task.name)
         roles = [{"role": role,
-                  "models": [{"entry": e, "problem": reg.problem(e.id)} for e in entries if e.role == role.name]}
+                  "models": [{"entry": e, "problem": DISABLED_BY_ADMIN if e.id in disabled else reg.problem(e.id)}
+                             for e in entries if e.role == role.name]}
                  for role in task.roles]
         groups.append({"task": task, "roles": roles})
     return groups
@@ -87,7 +98,7 @@ def render_upload_error(message: str, status: int):
 
 
 @bp.route("/upload", methods=["GET", "POST"])
-@login_required
+@role_required("clinician")
 def upload():
     form = UploadForm()
     if not form.validate_on_submit():
@@ -107,11 +118,24 @@ def upload():
         run = analyze(current_user._get_current_object(), data, Analysis(task_name, model_ids, options),
                       registry=reg, results_dir=results_dir(), limits=limits())
     except (ImageReadError, PredictionError) as exc:
+        audit_upload_failure(exc, model_ids)
         if getattr(exc, "run_public_id", None):   # a stored run failed: show it with its reason
             flash(exc.message, "error")
             return redirect(url_for("scans.result", public_id=exc.run_public_id))
         return _render_upload(form, error=exc.message, status=exc.status)
+    record("upload", resource=run_resource(run), models=model_versions_of(run), detail=f"task {run.task}")
     return redirect(url_for("scans.result", public_id=run.public_id))
+
+
+def audit_upload_failure(exc: Exception, model_ids: list[str], user=None) -> None:
+    """An upload that was refused or failed: the status and the models asked for, never the file."""
+    status = getattr(exc, "status", 400)
+    run_id = getattr(exc, "run_public_id", None)
+    reg = registry()
+    versions = [f"{mid}@{e.version}" for mid in model_ids if (e := reg.get(mid)) is not None]
+    record("upload", "denied" if status == 403 else "failed", user=user,
+           resource=run_resource(run_id) if run_id else None, models=versions or None,
+           detail=f"HTTP {status} ({type(exc).__name__})")
 
 
 def _entries_by_id(run) -> dict[str, Any]:
@@ -133,10 +157,14 @@ def _comparable_roles(run) -> list[str]:
 @login_required
 @no_store
 def result(public_id: str):
+    from web.reviews import ShareForm, review_rows, review_summary
+
     run = owned_run_or_404(public_id, current_user)
     task = get_task(run.task)
+    record("view_run", resource=run_resource(run), models=model_versions_of(run))
     return render_template("scans/result.html", run=run, task=task, grouped=group_results(run.results),
-                           entries=_entries_by_id(run), disagree=set(), comparable=_comparable_roles(run))
+                           entries=_entries_by_id(run), disagree=set(), comparable=_comparable_roles(run),
+                           share_form=ShareForm(), reviews=review_rows(run), review_summary=review_summary(run))
 
 
 @bp.get("/runs/<public_id>/compare")
@@ -149,6 +177,7 @@ def compare(public_id: str):
         flash("Only one model per step ran for this scan: there is nothing to compare.", "info")
         return redirect(url_for("scans.result", public_id=run.public_id))
     task = get_task(run.task)
+    record("view_run", resource=run_resource(run), models=model_versions_of(run), detail="comparison")
     return render_template("scans/compare.html", run=run, task=task, grouped=group_results(run.results),
                            entries=_entries_by_id(run), disagree=_disagreements(run), comparable=comparable,
                            comparison=(run.summary or {}).get("comparison") or {}, dice_threshold=DICE_AGREEMENT)
@@ -162,8 +191,28 @@ def run_image(public_id: str, name: str):
     user, problem = authenticate_request(allow_session=True)
     if problem is not None:
         return problem
-    run = owned_run_or_404(public_id, user)
+    run, as_role = visible_run_or_404(public_id, user)
     # Serve only names this run stored; never join a name from the URL that the run does not list.
     if name not in run_image_files(run):
         abort(404)
+    record("view_image", user=user, resource=f"{run_resource(run)}/{name}", models=model_versions_of(run),
+           detail=None if as_role == "owner" else "as reviewer")
     return send_from_directory(results_dir() / run.public_id, name, mimetype="image/png", max_age=0)
+
+
+@bp.get("/runs/<public_id>/export.json")
+@login_required
+@no_store
+def export(public_id: str):
+    """The run as JSON (the API's representation plus the verdicts), as a download."""
+    from web.api import run_json
+    from web.reviews import review_rows
+
+    run = owned_run_or_404(public_id, current_user)
+    body = run_json(run)
+    body["reviews"] = [{k: (v.isoformat(timespec="seconds") + "Z" if k == "when" and v else v)
+                        for k, v in row.items() if k not in ("mine",)} for row in review_rows(run)]
+    record("export", resource=run_resource(run), models=model_versions_of(run), detail="run as JSON")
+    response = jsonify(body)
+    response.headers["Content-Disposition"] = f'attachment; filename="jointscan-run-{run.public_id[:8]}.json"'
+    return response

@@ -1,0 +1,555 @@
+"""Hand radiographs for erosive hand osteoarthritis: finger-joint detection and two-stage GUSS scoring.
+
+Detector: finds PIP2-PIP5 and DIP2-DIP5 by name (a centre heatmap per joint, CenterNet-style) with a
+confidence per joint; a joint below the missing threshold is reported missing, never guessed, and a
+hand whose detections break finger anatomy is flagged. Scorer: a square crop per joint (side = the
+larger box side + 10%, from the original image, padded where it leaves the image), stage 1 (intact
+peak 200 vs not) and stage 2 (CORAL over 20 thresholds on non-peak joints), with a Grad-CAM per stage.
+
+The preprocessing and decoding functions here are the single definition used by training, the
+benchmarks and serving. Nothing here imports TensorFlow at import time.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import cv2
+import numpy as np
+
+from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskInputError, TaskOutput
+
+if TYPE_CHECKING:
+    from imaging.io import DecodedImage
+    from model_loader import LoadedModel
+
+JOINT_NAMES = ("PIP2", "PIP3", "PIP4", "PIP5", "DIP2", "DIP3", "DIP4", "DIP5")
+FINGER_OF = {n: int(n[-1]) for n in JOINT_NAMES}
+CROP_MARGIN = 0.10             # the crop's side is the larger box side plus 10%
+DETECTOR_STRIDE = 4            # heatmap cells per input pixel
+BOX_UNIT = 32.0                # the detector's box width/height are in input pixels / BOX_UNIT
+MISSING_THRESHOLD = 0.30       # detector confidence below this: the joint is reported missing
+UNSURE_THRESHOLD = 0.50        # below this: found but unsure, its score is withheld
+SIDE_SURE = 0.80               # laterality probability needed to check finger order against the side
+PEAK_THRESHOLD = 0.5           # stage 1
+GUSS_STEP = 10
+STAGE2_MAX = 190               # stage 2 decodes to 0..190 (a non-peak joint)
+DEFAULT_SDC = 20               # smallest detectable change in GUSS points (config HAND_SDC)
+CROP_DISPLAY = 128             # crops and their Grad-CAMs are stored at this size
+
+
+# -- detector preprocessing shared with training ------------------------------------------
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image of (height, width) was placed into the square detector input."""
+
+    size: int
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+    height: int
+    width: int
+
+    def to_input(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, np.float64)
+        return np.stack([xy[..., 0] * self.scale_x + self.pad_x, xy[..., 1] * self.scale_y + self.pad_y], -1)
+
+    def to_image(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, np.float64)
+        return np.stack([(xy[..., 0] - self.pad_x) / self.scale_x, (xy[..., 1] - self.pad_y) / self.scale_y], -1)
+
+
+def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
+    s = size / max(height, width)
+    nw, nh = max(1, int(round(width * s))), max(1, int(round(height * s)))
+    return Letterbox(size, nw / width, nh / height, (size - nw) // 2, (size - nh) // 2, height, width)
+
+
+def detector_input(image01: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """The whole image resized (aspect kept) into a size x size square, percentile-scaled, zero-padded.
+
+    Returns the batch (1, size, size, 1) and the geometry that maps detections back to the image.
+    """
+    from imaging.normalize import to_model_input
+
+    h, w = image01.shape[:2]
+    lb = letterbox_geometry(h, w, size)
+    nw, nh = int(round(w * lb.scale_x)), int(round(h * lb.scale_y))
+    canvas = np.zeros((size, size), np.float32)
+    canvas[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = to_model_input(image01, (nh, nw))
+    return canvas[None, :, :, None], lb
+
+
+def decode_detections(heatmap: np.ndarray, box: np.ndarray, lb: Letterbox,
+                      stride: int = DETECTOR_STRIDE) -> list[dict[str, Any]]:
+    """Per joint class: the heatmap's peak as the centre, its value as the confidence, the box there.
+
+    heatmap (S, S, 8) and box (S, S, 4: width/BOX_UNIT, height/BOX_UNIT, offset x, offset y) of ONE image.
+    Boxes come back in image pixels (continuous coordinates, x1 y1 x2 y2), not clipped.
+    """
+    out = []
+    s = heatmap.shape[0]
+    for c, name in enumerate(JOINT_NAMES):
+        flat = int(np.argmax(heatmap[:, :, c]))
+        iy, ix = divmod(flat, s)
+        conf = float(heatmap[iy, ix, c])
+        bw, bh, ox, oy = (float(v) for v in box[iy, ix])
+        cx_in, cy_in = (ix + ox) * stride, (iy + oy) * stride
+        w_in, h_in = max(bw, 1e-3) * BOX_UNIT, max(bh, 1e-3) * BOX_UNIT
+        (x1, y1), (x2, y2) = lb.to_image(np.array([[cx_in - w_in / 2, cy_in - h_in / 2],
+                                                    [cx_in + w_in / 2, cy_in + h_in / 2]]))
+        cx, cy = lb.to_image(np.array([cx_in, cy_in]))
+        out.append({"name": name, "confidence": conf, "center": (float(cx), float(cy)),
+                    "box": (float(x1), float(y1), float(x2), float(y2))})
+    return out
+
+
+def classify_detection(confidence: float, missing: float = MISSING_THRESHOLD, unsure: float = UNSURE_THRESHOLD) -> str:
+    """'missing' | 'unsure' | 'found'."""
+    if confidence < missing:
+        return "missing"
+    return "unsure" if confidence < unsure else "found"
+
+
+# -- crops shared with training --------------------------------------------------------
+def square_crop_box(box: Sequence[float], margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
+    """The square crop of a box: centred on it, side = the larger box side * (1 + margin), in whole pixels.
+
+    May extend beyond the image; `crop_square` pads what lies outside.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(1, int(round(max(x2 - x1, y2 - y1) * (1.0 + margin))))
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    left, top = int(math.floor(cx - side / 2.0 + 0.5)), int(math.floor(cy - side / 2.0 + 0.5))
+    return left, top, left + side, top + side
+
+
+def crop_square(image: np.ndarray, box: Sequence[float], margin: float = CROP_MARGIN,
+                pad_value: float = 0.0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Square crop of `box` from the ORIGINAL image, clipped at the image border and padded with
+    `pad_value` there, so it stays square. Returns (crop, (left, top, right, bottom))."""
+    left, top, right, bottom = square_crop_box(box, margin)
+    side = right - left
+    h, w = image.shape[:2]
+    out = np.full((side, side), pad_value, dtype=image.dtype)
+    sx1, sy1, sx2, sy2 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
+    if sx2 > sx1 and sy2 > sy1:
+        out[sy1 - top:sy2 - top, sx1 - left:sx2 - left] = image[sy1:sy2, sx1:sx2]
+    return out, (left, top, right, bottom)
+
+
+def scorer_input(crop01: np.ndarray, size: int, joint_index: int | None = None) -> np.ndarray:
+    """(size, size, C): the crop resized and percentile-scaled; position-aware models get 8 one-hot planes."""
+    from imaging.normalize import to_model_input
+
+    x = to_model_input(crop01.astype(np.float32), (size, size))[:, :, None]
+    if joint_index is None:
+        return x
+    planes = np.zeros((size, size, len(JOINT_NAMES)), np.float32)
+    planes[:, :, joint_index] = 1.0
+    return np.concatenate([x, planes], axis=-1)
+
+
+# -- scores ---------------------------------------------------------------------------------
+def coral_rank(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """CORAL rank = number of thresholds passed (P(y >= k) > 0.5), along the last axis."""
+    return (np.asarray(probs) > threshold).sum(axis=-1)
+
+
+def stage2_score(guss_probs: np.ndarray) -> np.ndarray:
+    """Stage-2 GUSS from the 20 cumulative probabilities (>= 10 ... >= 200), clamped to 0-190."""
+    return np.clip(coral_rank(guss_probs) * GUSS_STEP, 0, STAGE2_MAX)
+
+
+def split_guss(guss: int, plate_hat: int, space_hat: int) -> tuple[int, int]:
+    """Divide a GUSS (step 10) into plate + space in proportion to the compartment heads' estimates.
+
+    Both parts are multiples of 10 within 0..100 and add up to `guss` exactly.
+    """
+    guss = int(guss)
+    total = plate_hat + space_hat
+    share = 0.5 if total <= 0 else plate_hat / total
+    plate = int(round(guss * share / GUSS_STEP)) * GUSS_STEP
+    plate = int(np.clip(plate, max(0, guss - 100), min(100, guss)))
+    return plate, guss - plate
+
+
+def decode_scores(peak: float, guss_probs: np.ndarray, plate_probs: np.ndarray, space_probs: np.ndarray
+                  ) -> dict[str, Any]:
+    """One joint's scores from the scorer's outputs: stage 1 decides peak (200 = 100 + 100),
+    otherwise stage 2's GUSS, split into plate and space by the compartment heads."""
+    peak = float(peak)
+    plate_hat = int(coral_rank(plate_probs)) * GUSS_STEP
+    space_hat = int(coral_rank(space_probs)) * GUSS_STEP
+    stage2 = int(stage2_score(guss_probs))
+    if peak >= PEAK_THRESHOLD:
+        return {"guss": 200, "plate": 100, "space": 100, "stage": 1, "stage2_guss": stage2,
+                "plate_head": plate_hat, "space_head": space_hat}
+    plate, space = split_guss(stage2, plate_hat, space_hat)
+    return {"guss": stage2, "plate": plate, "space": space, "stage": 2, "stage2_guss": stage2,
+            "plate_head": plate_hat, "space_head": space_hat}
+
+
+# -- anatomy -------------------------------------------------------------------------------
+def anatomy_check(centres: dict[str, tuple[float, float] | None], p_right: float | None) -> dict[str, Any]:
+    """Is the set of detected joints a plausible hand?
+
+    - DIP distal to PIP along each finger: every finger's PIP->DIP vector points the same way as
+      the hand's (the median direction of all fingers), and is not much shorter or longer than theirs;
+    - the fingers in order across the hand: the PIPs (and the DIPs) of fingers 2, 3, 4, 5 lie in
+      strictly monotone order across the finger direction;
+    - that order agrees with the laterality head: on a left hand (fingers up, PA view) the index
+      finger is on the image's right; on a right hand on its left.
+    Returns {"ok", "problems": [...], "side", "side_probability", "order_side"}.
+    """
+    problems: list[str] = []
+    vectors = {}
+    for f in (2, 3, 4, 5):
+        p, d = centres.get(f"PIP{f}"), centres.get(f"DIP{f}")
+        if p is not None and d is not None:
+            vectors[f] = np.subtract(d, p).astype(float)
+    direction = None
+    if vectors:
+        units = np.array([v / (np.linalg.norm(v) + 1e-9) for v in vectors.values()])
+        direction = np.median(units, axis=0)
+        direction /= np.linalg.norm(direction) + 1e-9
+        lengths = np.array([np.linalg.norm(v) for v in vectors.values()])
+        med = float(np.median(lengths))
+        for (f, v), L in zip(vectors.items(), lengths):
+            if len(vectors) >= 2 and float(np.dot(v, direction)) <= 0.3 * L:
+                problems.append(f"DIP{f} is not distal to PIP{f} along the finger")
+            elif len(vectors) >= 3 and not 0.4 * med <= L <= 2.2 * med:
+                problems.append(f"PIP{f}-DIP{f} distance is implausible next to the other fingers")
+    order_side = None
+    if direction is not None:
+        across = np.array([-direction[1], direction[0]])      # image right when the fingers point up
+        sides = []
+        for kind in ("PIP", "DIP"):
+            pts = [(f, centres.get(f"{kind}{f}")) for f in (2, 3, 4, 5)]
+            pts = [(f, float(np.dot(c, across))) for f, c in pts if c is not None]
+            if len(pts) < 2:
+                continue
+            coords = np.array([c for _, c in pts])
+            steps = np.diff(coords)
+            if (steps < 0).all():
+                sides.append("left")                           # index finger furthest right
+            elif (steps > 0).all():
+                sides.append("right")
+            else:
+                problems.append(f"the {kind} joints are not in finger order across the hand")
+        if len(set(sides)) > 1:
+            problems.append("the PIP and DIP rows run in opposite finger orders")
+        elif sides:
+            order_side = sides[0]
+    side = None
+    if p_right is not None:
+        side = "right" if p_right >= 0.5 else "left"
+        sure = max(p_right, 1 - p_right) >= SIDE_SURE
+        if order_side and sure and order_side != side:
+            problems.append(f"the finger order is that of a {order_side} hand but the hand looks like a {side} hand")
+    return {"ok": not problems, "problems": problems, "side": side,
+            "side_probability": None if p_right is None else round(float(p_right), 4), "order_side": order_side}
+
+
+# -- colours --------------------------------------------------------------------------------
+def guss_colour(guss: float | None) -> tuple[int, int, int]:
+    """Green (200, intact) through amber (about 120) to red (0); grey when there is no score."""
+    if guss is None:
+        return (150, 150, 150)
+    t = float(np.clip(guss / 200.0, 0.0, 1.0))
+    stops = [(0.0, (215, 48, 39)), (0.6, (245, 166, 35)), (0.9, (200, 200, 40)), (1.0, (60, 180, 75))]
+    for (t0, c0), (t1, c1) in zip(stops, stops[1:]):
+        if t <= t1:
+            k = (t - t0) / (t1 - t0)
+            return tuple(int(round(a + k * (b - a))) for a, b in zip(c0, c1))
+    return stops[-1][1]
+
+
+def confidence_colour(status: str) -> tuple[int, int, int]:
+    return {"found": (0, 170, 255), "unsure": (255, 170, 0), "missing": (150, 150, 150)}[status]
+
+
+# -- Grad-CAM on a batch of crops -----------------------------------------------------------
+def batched_cams(gradcam_model: Any, x: np.ndarray, score_fns: Sequence[Any]) -> list[np.ndarray]:
+    """Grad-CAM (Selvaraju et al. 2017) for every crop of a batch at once, one map per score function.
+
+    `score_fns[i](outputs)` gives one scalar per sample (B,); samples are independent at inference, so
+    the gradient of their sum gives each sample its own gradient. One forward pass serves all targets.
+    Returns, per score function, float32 (B, h, w) maps in [0, 1] (each map scaled by its own peak).
+    """
+    import tensorflow as tf
+
+    xt = tf.convert_to_tensor(x, dtype=tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        features, outputs = gradcam_model(xt, training=False)
+        scores = [tf.reduce_sum(fn(outputs)) for fn in score_fns]
+    cams = []
+    for score in scores:
+        grads = tape.gradient(score, features)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
+        peak = cam.reshape(len(cam), -1).max(axis=1)
+        cams.append((cam / np.where(peak > 1e-12, peak, 1.0)[:, None, None]).astype(np.float32))
+    del tape
+    return cams
+
+
+# -- the task -------------------------------------------------------------------------------
+class HandTask:
+    name = "hand"
+    title = "Hand radiograph: erosive hand OA (GUSS)"
+    description = ("PA radiograph of one whole hand. Finds the eight finger joints PIP2-PIP5 and DIP2-DIP5 by "
+                   "name, crops each and scores it on the Ghent University Scoring System (subchondral plate "
+                   "and joint space, 0-100 each; GUSS 0-200, 200 = intact) in two stages, with Grad-CAM per "
+                   "stage. Add a pseudonym and a date to follow a patient over time.")
+    roles = (RoleSpec("detector", "Finger-joint detection"),
+             RoleSpec("scorer", "Per-joint GUSS scoring"))
+    options = (
+        OptionSpec("pseudonym", "Patient pseudonym (optional)", kind="text", max_length=40,
+                   help="A study code or pseudonym, NOT the patient's name: it groups this patient's scans "
+                        "in the longitudinal view and is visible only to you."),
+        OptionSpec("timepoint", "Date of the radiograph (optional)", kind="date",
+                   help="Orders the scans of one pseudonym over time; the upload date is used when empty."),
+    )
+    result_template = "tasks/hand.html"
+    accepted_modalities = (None, "CR", "DX", "RG", "DR", "OT")   # None: PNG/JPEG
+    min_side = 128
+
+    def check_input(self, image: "DecodedImage") -> None:
+        if image.modality not in self.accepted_modalities:
+            raise TaskInputError(f"This task reads hand radiographs; the file is a {image.modality} image. "
+                                 "Choose the task that matches the scan.")
+        if image.pixels.ndim != 2:
+            raise TaskInputError("Expected a single grey radiograph.")
+        if min(image.pixels.shape) < self.min_side:
+            raise TaskInputError(f"The image is too small for a whole hand (at least {self.min_side} pixels "
+                                 "on each side are needed).")
+
+    def headline(self, summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
+        scorer = next((r["result"] for r in results if r["role"] == "scorer"), None)
+        det = next((r["result"] for r in results if r["role"] == "detector"), {})
+        found = det.get("n_found")
+        if scorer is None:
+            return f"{found}/8 joints found" if found is not None else "Done"
+        scored = [j for j in scorer.get("joints", []) if j.get("guss") is not None]
+        text = f"{len(scored)}/8 joints scored"
+        if scored:
+            text += f", GUSS sum {sum(j['guss'] for j in scored)}"
+        if not summary.get("confident", True):
+            text += " (not confident)"
+        return text
+
+    # ------------------------------------------------------------------------------------
+    def run(self, image: "DecodedImage", models: dict[str, list["LoadedModel"]],
+            options: dict[str, Any]) -> TaskOutput:
+        img = image.pixels
+        outputs: list[ModelOutput] = []
+        detections: list[dict[str, Any]] | None = None
+        anatomy: dict[str, Any] | None = None
+        detector_id = None
+        for det in models.get("detector", []):
+            out, joints, anat = self._detect(det, img)
+            outputs.append(out)
+            if detections is None:
+                detections, anatomy, detector_id = joints, anat, det.entry.id
+        detections = detections or []
+        scorer_outputs = [self._score(sc, img, detections, anatomy or {}, detector_id)
+                          for sc in models.get("scorer", [])]
+        outputs += scorer_outputs
+        warnings = self._warnings(detections, anatomy or {})
+        summary: dict[str, Any] = {
+            "detector": detector_id,
+            "confident": not warnings,
+            "warnings": warnings,
+            "pseudonym_given": bool(options.get("pseudonym")),
+            "timepoint": options.get("timepoint") or None,
+            "comparison": self._compare(scorer_outputs),
+        }
+        return TaskOutput(summary=summary, models=outputs)
+
+    @staticmethod
+    def _warnings(detections: list[dict[str, Any]], anatomy: dict[str, Any]) -> list[str]:
+        warnings = []
+        missing = [d["name"] for d in detections if d["status"] == "missing"]
+        unsure = [d["name"] for d in detections if d["status"] == "unsure"]
+        if not detections:
+            warnings.append("No detector ran: the joints were not located.")
+        if missing:
+            warnings.append(f"Not found with confidence: {', '.join(missing)}. These joints are reported missing "
+                            "and are not scored.")
+        if unsure:
+            warnings.append(f"Unsure detections: {', '.join(unsure)}. Their scores are withheld.")
+        if anatomy.get("problems"):
+            warnings.append("The detections break finger anatomy (" + "; ".join(anatomy["problems"])
+                            + "): joint names may be wrong, so no joint is scored.")
+        if anatomy.get("out_of_distribution"):
+            warnings.append("This image is unlike the radiographs the detector was trained on (adult phantom "
+                            "hands); all results are not confident and scores are withheld.")
+        return warnings
+
+    # ------------------------------------------------------------------------------------
+    def _detect(self, model: "LoadedModel", img: np.ndarray):
+        from imaging.overlay import boxes_overlay, heatmap_overlay
+
+        start = time.perf_counter()
+        spec = model.entry.input
+        size = int(spec["shape"][0])
+        x, lb = detector_input(img, size)
+        out = model(x)
+        heat, box = out["heatmap"][0], out["box"][0]
+        p_right = float(np.asarray(out["side"]).reshape(-1)[0])
+        t_missing = float(spec.get("missing_threshold", MISSING_THRESHOLD))
+        t_unsure = float(spec.get("unsure_threshold", UNSURE_THRESHOLD))
+        joints = decode_detections(heat, box, lb)
+        h, w = img.shape
+        for d in joints:
+            d["status"] = classify_detection(d["confidence"], t_missing, t_unsure)
+        centres = {d["name"]: d["center"] for d in joints if d["status"] != "missing"}
+        anatomy = anatomy_check(centres, p_right)
+        ood = self._ood(out, spec)
+        anatomy["out_of_distribution"] = ood["flag"]
+        anatomy["ood_score"] = ood["score"]
+        result_joints = []
+        for d in joints:
+            found = d["status"] != "missing"
+            result_joints.append({
+                "name": d["name"],
+                "status": d["status"],
+                "missing": not found,
+                "confidence": round(d["confidence"], 4),
+                "box": [round(v, 1) for v in d["box"]] if found else None,
+                "center": [round(v, 1) for v in d["center"]] if found else None,
+            })
+        boxes = [{"x1": d["box"][0], "y1": d["box"][1], "x2": d["box"][2], "y2": d["box"][3],
+                  "label": f"{d['name']} {d['confidence']:.2f}" + ("?" if d["status"] == "unsure" else ""),
+                  "colour": confidence_colour(d["status"])} for d in joints if d["status"] != "missing"]
+        # the heatmap of all joints, mapped from the letterboxed input back onto the image
+        hm = heat.max(axis=-1)
+        hm_in = cv2.resize(hm, (size, size), interpolation=cv2.INTER_LINEAR)
+        nw, nh = int(round(w * lb.scale_x)), int(round(h * lb.scale_y))
+        hm_img = cv2.resize(np.ascontiguousarray(hm_in[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw]), (w, h),
+                            interpolation=cv2.INTER_LINEAR)
+        result = {
+            "joints": result_joints,
+            "n_found": sum(1 for d in joints if d["status"] == "found"),
+            "n_unsure": sum(1 for d in joints if d["status"] == "unsure"),
+            "n_missing": sum(1 for d in joints if d["status"] == "missing"),
+            "side": anatomy["side"],
+            "side_probability": anatomy["side_probability"],
+            "anatomy_ok": anatomy["ok"],
+            "anatomy_problems": anatomy["problems"],
+            "out_of_distribution": ood["flag"],
+            "ood_score": ood["score"],
+            "thresholds": {"missing": t_missing, "unsure": t_unsure},
+        }
+        images = {"detections": boxes_overlay(img, boxes),
+                  "detector_heatmap": heatmap_overlay(img, np.clip(hm_img, 0, 1), alpha=0.5)}
+        return (ModelOutput(model.entry.id, "detector", result, images, (time.perf_counter() - start) * 1000),
+                joints, anatomy)
+
+    @staticmethod
+    def _ood(out: dict[str, np.ndarray], spec: dict[str, Any]) -> dict[str, Any]:
+        """Out-of-distribution check: the detector's feature distance to its training data, when it has one."""
+        if "ood" not in out or "ood_threshold" not in spec:
+            return {"flag": False, "score": None}
+        score = float(np.asarray(out["ood"]).reshape(-1)[0])
+        return {"flag": bool(score > float(spec["ood_threshold"])), "score": round(score, 3)}
+
+    def _score(self, model: "LoadedModel", img: np.ndarray, detections: list[dict[str, Any]],
+               anatomy: dict[str, Any], detector_id: str | None) -> ModelOutput:
+        from imaging.overlay import boxes_overlay, heatmap_overlay
+
+        start = time.perf_counter()
+        spec = model.entry.input
+        size = int(spec["shape"][0])
+        position_aware = "joint_onehot" in spec.get("channels", [])
+        names_ok = anatomy.get("ok", False) and not anatomy.get("out_of_distribution", False)
+        to_score = [d for d in detections if d["status"] != "missing"]
+        crops, xs = [], []
+        for d in to_score:
+            crop, sq = crop_square(img, d["box"])
+            d["crop_box"] = sq
+            crops.append(crop)
+            xs.append(scorer_input(crop, size, JOINT_NAMES.index(d["name"]) if position_aware else None))
+        scores: dict[str, dict[str, Any]] = {}
+        images: dict[str, np.ndarray] = {}
+        if xs:
+            x = np.stack(xs)
+            out = model(x)
+            peak = np.asarray(out["peak"]).reshape(-1)
+            for i, d in enumerate(to_score):
+                scores[d["name"]] = decode_scores(peak[i], out["guss"][i], out["plate"][i], out["space"][i])
+                scores[d["name"]]["peak_probability"] = round(float(peak[i]), 4)
+            sign = np.where(peak >= PEAK_THRESHOLD, 1.0, -1.0).astype(np.float32)
+            cams = batched_cams(model.gradcam_model(),
+                                x, [lambda o: o["peak"][:, 0] * sign,          # stage 1: the decided class
+                                    lambda o: -self._sum(o["guss"])])          # stage 2: evidence of damage
+            for i, d in enumerate(to_score):
+                view = cv2.resize(x[i, :, :, 0], (CROP_DISPLAY, CROP_DISPLAY), interpolation=cv2.INTER_LINEAR)
+                images[f"crop_{d['name']}"] = (np.clip(view, 0, 1) * 255 + 0.5).astype(np.uint8)
+                images[f"gradcam_stage1_{d['name']}"] = heatmap_overlay(view, cams[0][i])
+                images[f"gradcam_stage2_{d['name']}"] = heatmap_overlay(view, cams[1][i])
+        joints_out = []
+        boxes = []
+        for d in detections:
+            entry: dict[str, Any] = {"name": d["name"], "status": d["status"], "missing": d["status"] == "missing",
+                                     "confidence": round(d["confidence"], 4),
+                                     "box": [round(v, 1) for v in d["box"]] if d["status"] != "missing" else None,
+                                     "crop_box": list(d.get("crop_box", ())) or None,
+                                     "plate": None, "space": None, "guss": None, "peak_probability": None,
+                                     "stage": None, "withheld": None}
+            s = scores.get(d["name"])
+            if s is not None:
+                entry["peak_probability"] = s["peak_probability"]
+                entry["model_guss"] = s["guss"]
+                if d["status"] == "unsure":
+                    entry["withheld"] = "detection unsure"
+                elif not names_ok:
+                    entry["withheld"] = ("image unlike the training data" if anatomy.get("out_of_distribution")
+                                         else "detections break finger anatomy")
+                else:
+                    entry.update(plate=s["plate"], space=s["space"], guss=s["guss"], stage=s["stage"])
+            elif d["status"] == "missing":
+                entry["withheld"] = "joint not found"
+            joints_out.append(entry)
+            if d["status"] != "missing":
+                g = entry["guss"]
+                label = f"{d['name']} {g}" if g is not None else f"{d['name']} ?"
+                boxes.append({"x1": d["box"][0], "y1": d["box"][1], "x2": d["box"][2], "y2": d["box"][3],
+                              "label": label, "colour": guss_colour(g)})
+        scored = [j for j in joints_out if j["guss"] is not None]
+        result = {
+            "joints": joints_out,
+            "n_scored": len(scored),
+            "guss_total": sum(j["guss"] for j in scored) if scored else None,
+            "confident": len(scored) == len(JOINT_NAMES),
+            "detector": detector_id,
+            "position_aware": position_aware,
+            "peak_threshold": PEAK_THRESHOLD,
+        }
+        images = {"scored_joints": boxes_overlay(img, boxes), **images}
+        return ModelOutput(model.entry.id, "scorer", result, images, (time.perf_counter() - start) * 1000)
+
+    @staticmethod
+    def _sum(t):
+        import tensorflow as tf
+
+        return tf.reduce_sum(t, axis=-1)
+
+    @staticmethod
+    def _compare(scorers: list[ModelOutput]) -> dict[str, Any]:
+        if len(scorers) < 2:
+            return {}
+        a, b = scorers[0].result["joints"], scorers[1].result["joints"]
+        diffs = {ja["name"]: (ja["guss"] - jb["guss"]) for ja, jb in zip(a, b)
+                 if ja["guss"] is not None and jb["guss"] is not None}
+        return {"scorers": [scorers[0].model_id, scorers[1].model_id],
+                "guss_difference": diffs,
+                "max_abs_guss_difference": max((abs(v) for v in diffs.values()), default=None),
+                "guss_agree": all(abs(v) < DEFAULT_SDC for v in diffs.values())}
+
+
+TASK = HandTask()

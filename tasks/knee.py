@@ -1,0 +1,335 @@
+"""Knee radiograph (AP/PA, a crop centred on the tibiofemoral joint): Kellgren-Lawrence grade and phenotype.
+
+One role, "grader": a compact CNN (training/knee_model.py) trained on the real OAI radiographs of
+../shared/data/knee_kl. Per knee it gives the KL grade 0-4 with the continuous value and the
+per-grade probabilities, the knee's side (from the form or detected by the model), a Grad-CAM of
+the grade, and the phenotype within the grade from the catalogue stored beside the model
+(training/knee_phenotypes.py): a cluster of similar knees of that grade, or "no phenotype" when the
+knee lies in the low-density noise between clusters.
+
+Orientation: the model's canonical orientation is a LEFT knee as radiographed (medial compartment on
+the image left, fibular head on the image right). A right knee is mirrored before it is read. The
+model sees the upload and its mirror image in one batch: both readings are averaged for the grade
+(test-time flip), and the "mirrored" head (or the side chosen on the form) says which of the two is
+canonical, whose embedding gives the phenotype.
+
+The preprocessing (`grader_input`, `canonical`) and the decoding (`decode_value`, `decode_coral`,
+`coral_grade_probabilities`) here are the single definitions used by training (training/knee.py),
+evaluation (benchmarks/knee_figures.py) and serving.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskInputError, TaskOutput
+
+if TYPE_CHECKING:
+    from imaging.io import DecodedImage
+    from model_loader import LoadedModel
+
+N_GRADES = 5
+GRADE_NAMES = ("KL 0", "KL 1", "KL 2", "KL 3", "KL 4")
+GRADE_MEANINGS = (
+    "no radiographic features of osteoarthritis",
+    "doubtful joint-space narrowing, possible osteophytic lipping",
+    "definite osteophytes, possible joint-space narrowing",
+    "multiple osteophytes, definite joint-space narrowing, some sclerosis, possible deformity of bone ends",
+    "large osteophytes, marked joint-space narrowing, severe sclerosis, definite deformity of bone ends",
+)
+SIDES = ("L", "R")
+SIDE_NAMES = {"L": "left", "R": "right"}
+DECISION_HEADS = ("regression", "coral", "mean")
+# Radiographs only: CR / DX / RG / "OT" are what X-ray DICOMs carry; None is PNG/JPEG.
+ACCEPTED_MODALITIES = ("CR", "DX", "RG", "OT", "DR", None)
+MIN_SIDE_PX = 64
+
+
+# -- preprocessing shared with training ---------------------------------------------
+def grader_input(image01: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) image in [0, 1] -> (size, size) float32 model input (resize + 1-99 % percentile scaling)."""
+    from imaging.normalize import to_model_input
+
+    return to_model_input(image01, (size, size))
+
+
+def canonical(x: np.ndarray, side: str) -> np.ndarray:
+    """Put a knee image (..., H, W[, C]) in the canonical orientation: a right knee is mirrored."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if side == "R":
+        axis = -2 if x.ndim >= 3 and x.shape[-1] in (1, 3) else -1
+        return np.flip(x, axis=axis).copy()
+    return x
+
+
+# -- ordinal decoding ----------------------------------------------------------------
+def decode_value(value) -> np.ndarray:
+    """Regression head (continuous grade) -> integer grade: round half up, clipped to 0..4."""
+    v = np.asarray(value, dtype=np.float64).reshape(-1)
+    return np.clip(np.floor(v + 0.5), 0, N_GRADES - 1).astype(np.int64)
+
+
+def coral_expected(p_gt) -> np.ndarray:
+    """CORAL P(y > k), k = 0..3 -> expected grade sum_k P(y > k) (a continuous value in [0, 4])."""
+    p = np.asarray(p_gt, dtype=np.float64).reshape(-1, N_GRADES - 1)
+    return p.sum(axis=1)
+
+
+def decode_coral(p_gt, threshold: float = 0.5) -> np.ndarray:
+    """CORAL P(y > k) -> integer grade = number of thresholds passed (Cao et al. 2020)."""
+    p = np.asarray(p_gt, dtype=np.float64).reshape(-1, N_GRADES - 1)
+    return (p > threshold).sum(axis=1).astype(np.int64)
+
+
+def coral_grade_probabilities(p_gt) -> np.ndarray:
+    """CORAL P(y > k) -> P(y = k) for k = 0..4 (rows sum to 1).
+
+    P(y = 0) = 1 - P(y > 0), P(y = k) = P(y > k-1) - P(y > k), P(y = 4) = P(y > 3). The cumulative
+    probabilities are first made non-increasing (a running minimum), so no probability is negative
+    even where a model's thresholds cross.
+    """
+    p = np.asarray(p_gt, dtype=np.float64).reshape(-1, N_GRADES - 1)
+    p = np.minimum.accumulate(np.clip(p, 0.0, 1.0), axis=1)
+    cum = np.concatenate([np.ones((len(p), 1)), p, np.zeros((len(p), 1))], axis=1)
+    probs = cum[:, :-1] - cum[:, 1:]
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def decide(value, p_gt, head: str) -> tuple[np.ndarray, np.ndarray]:
+    """(integer grade, continuous grade) from the head named in the registry entry."""
+    value = np.asarray(value, dtype=np.float64).reshape(-1)
+    expected = coral_expected(p_gt)
+    if head == "regression":
+        return decode_value(value), value
+    if head == "coral":
+        return decode_coral(p_gt), expected
+    if head == "mean":
+        cont = (value + expected) / 2.0
+        return decode_value(cont), cont
+    raise ValueError(f"unknown decision head {head!r}; known: {DECISION_HEADS}")
+
+
+def gradcam_target(head: str, grade: int) -> tuple[tuple[str, int], str]:
+    """What the Grad-CAM explains: the decision head's score. Regression (and the mean of both heads):
+    the continuous grade; CORAL: the last threshold the knee passed, P(KL >= grade) (P(KL >= 1) for KL 0)."""
+    if head == "coral":
+        k = min(max(grade - 1, 0), N_GRADES - 2)
+        return ("kl_coral", k), f"evidence for KL >= {k + 1} (CORAL head)"
+    return ("kl_value", 0), "evidence for a higher grade (continuous grade)"
+
+
+# -- the phenotype catalogue stored beside the model -------------------------------------
+class CatalogueUnavailable(RuntimeError):
+    pass
+
+
+_CATALOGUES: dict[tuple[str, str, str], Any] = {}
+_CAT_LOCK = threading.Lock()
+
+
+def model_file_path(model: "LoadedModel") -> Path:
+    """Where the loaded model's file lives: LoadedModel.path when the loader records it, else
+    LoadedModel.models_dir / file, else the default models folder."""
+    path = getattr(model, "path", None)
+    if path:
+        return Path(path)
+    models_dir = getattr(model, "models_dir", None)
+    if models_dir is None:
+        import model_loader
+
+        models_dir = model_loader.DEFAULT_MODELS_DIR
+    return Path(models_dir) / model.entry.file
+
+
+def catalogue_for(model: "LoadedModel"):
+    """The loaded model's phenotype catalogue (see `catalogue_at`)."""
+    return catalogue_at(model_file_path(model), model.entry)
+
+
+def catalogue_at(model_path: Path, entry) -> Any:
+    """The phenotype catalogue stored beside `model_path`, checked against the checksums in the registry
+    entry, cached per (model id, model checksum). Raises CatalogueUnavailable with a sentence for users.
+    NumPy only: the web layer may call it (no TensorFlow)."""
+    spec = (entry.input or {}).get("catalogue")
+    if not spec:
+        raise CatalogueUnavailable("this model has no phenotype catalogue")
+    key = (entry.id, entry.sha256, str(Path(model_path).resolve()))
+    with _CAT_LOCK:
+        if key in _CATALOGUES:
+            return _CATALOGUES[key]
+        from model_loader import sha256_of
+        from training.knee_phenotypes import load_catalogue
+
+        base = Path(model_path)
+        for kind in ("json", "npz"):
+            p = base.with_name(spec[kind])
+            if not p.exists():
+                raise CatalogueUnavailable(f"phenotype catalogue file {spec[kind]} is missing")
+            if spec.get(f"{kind}_sha256") and sha256_of(p) != spec[f"{kind}_sha256"]:
+                raise CatalogueUnavailable(f"phenotype catalogue file {spec[kind]} is damaged or was replaced")
+        try:
+            cat = load_catalogue(base)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CatalogueUnavailable(f"phenotype catalogue could not be read ({type(exc).__name__})") from exc
+        _CATALOGUES[key] = cat
+        return cat
+
+
+def phenotype_result(cat, embedding: np.ndarray, grade: int) -> dict[str, Any]:
+    """JSON-safe phenotype of one knee: its cluster's card, or "no phenotype" (noise) with the reason."""
+    a = cat.assign(embedding, grade)
+    gmeta = cat.grade_meta(grade) or {"n": 0, "n_clusters": 0, "clusters": []}
+    base = {"grade": int(grade), "grade_knees": int(gmeta.get("n", 0)), "grade_clusters": int(gmeta.get("n_clusters", 0)),
+            "mrd": _r(a.mrd), "reach": _r(a.reach)}
+    if a.cluster < 0:
+        if gmeta.get("n_clusters", 0) == 0:
+            why = f"the catalogue found no phenotype clusters among the KL {grade} knees"
+        elif a.nearest_label < 0:
+            why = "its nearest catalogue knee lies in the low-density noise between clusters"
+        else:
+            why = "it lies farther from every cluster than the cluster's own members do"
+        return {**base, "assigned": False, "cluster": None, "name": "No phenotype", "strength": 0.0, "reason": why}
+    cm = cat.cluster_meta(grade, a.cluster) or {}
+    return {**base, "assigned": True, "cluster": int(a.cluster), "name": cm.get("name", f"KL{grade}-{a.cluster}"),
+            "strength": round(float(a.strength), 3), "size": cm.get("size"), "fraction": cm.get("fraction"),
+            "description": cm.get("description", ""), "cam_medial_share": cm.get("cam_medial_share")}
+
+
+def _r(v) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+
+def phenotype_card_image(cat, grade: int, cluster: int, mirror: bool, size: int = 96) -> np.ndarray | None:
+    """RGB strip: the cluster's medoid knees, its mean image and its mean Grad-CAM (as the upload is oriented)."""
+    from imaging.overlay import heatmap_overlay
+
+    med = cat.images.get(f"g{grade}_c{cluster}_medoids")
+    if med is None:
+        return None
+    tiles = [np.repeat(cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR)[:, :, None], 3, axis=2) for m in med]
+    mean, cam = cat.images.get(f"g{grade}_c{cluster}_mean"), cat.images.get(f"g{grade}_c{cluster}_cam")
+    if mean is not None and cam is not None:
+        m01 = cv2.resize(mean, (size, size)).astype(np.float32) / 255.0
+        tiles.append(heatmap_overlay(m01, cam.astype(np.float32) / 255.0))
+    if mirror:
+        tiles = [t[:, ::-1] for t in tiles]
+    gap = np.full((size, 4, 3), 255, np.uint8)
+    parts: list[np.ndarray] = []
+    for t in tiles:
+        parts += [t, gap]
+    return np.ascontiguousarray(np.concatenate(parts[:-1], axis=1))
+
+
+# -- the task ---------------------------------------------------------------------------
+class KneeTask:
+    name = "knee"
+    title = "Knee radiograph: Kellgren-Lawrence grade and phenotype"
+    description = ("Knee radiograph (AP/PA), a crop centred on the tibiofemoral joint. Gives the Kellgren-Lawrence "
+                   "grade 0-4 with the continuous value and per-grade probabilities, a Grad-CAM, and the knee's "
+                   "phenotype within its grade (a cluster of similar knees, or none).")
+    roles = (RoleSpec("grader", "KL grade and phenotype"),)
+    options = (OptionSpec("side", "Knee side", "choice",
+                          (("auto", "Detect from the image"), ("L", "Left knee"), ("R", "Right knee")), "auto",
+                          "Medial and lateral follow from the side; when unknown the model reads it from the image."),)
+    result_template = "tasks/knee.html"
+    field_labels = {"grade": "KL grade", "value": "Continuous grade", "phenotype": "Phenotype", "side": "Side",
+                    "grade_probabilities": "Grade probabilities"}
+
+    def check_input(self, image: "DecodedImage") -> None:
+        if image.modality not in ACCEPTED_MODALITIES:
+            raise TaskInputError(f"This task reads knee radiographs; the file is a {image.modality} image. "
+                                 "Choose the task that matches the scan.")
+        if image.pixels.ndim != 2:
+            raise TaskInputError("Expected a single grey radiograph.")
+        if min(image.pixels.shape) < MIN_SIDE_PX:
+            raise TaskInputError(f"The image is too small ({image.width}x{image.height}); a knee crop of at least "
+                                 f"{MIN_SIDE_PX} pixels is needed.")
+
+    def run(self, image: "DecodedImage", models: dict[str, list["LoadedModel"]],
+            options: dict[str, Any]) -> TaskOutput:
+        outputs = [self._grade(m, image.pixels, options.get("side") or "auto") for m in models.get("grader", [])]
+        summary: dict[str, Any] = {}
+        if len(outputs) >= 2:
+            grades = {o.model_id: o.result["grade"] for o in outputs}
+            phen = {o.model_id: o.result["phenotype"]["name"] for o in outputs}
+            summary["comparison"] = {"grade_agree": len(set(grades.values())) == 1,
+                                     "phenotype_agree": len(set(phen.values())) == 1}
+        return TaskOutput(summary=summary, models=outputs)
+
+    def headline(self, summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
+        for item in results:   # the first grader chosen speaks for the run
+            res = item.get("result") or {}
+            if item.get("role") == "grader" and "grade" in res:
+                ph = res.get("phenotype") or {}
+                text = f"KL {res['grade']} ({res.get('value', 0):.1f})"
+                return text + (f", phenotype {ph['name']}" if ph.get("assigned") else ", no phenotype")
+        return "Done"
+
+    def _grade(self, model: "LoadedModel", img: np.ndarray, side_option: str) -> ModelOutput:
+        from imaging.gradcam import grad_cams
+        from imaging.overlay import heatmap_overlay
+
+        start = time.perf_counter()
+        spec = model.entry.input
+        size = int(spec["shape"][0])
+        head = spec.get("decision_head", "regression")
+        x = grader_input(img, size)
+        pair = np.stack([x, x[:, ::-1]])[..., None]                 # the upload and its mirror image
+        out = model(pair)
+        mirrored = np.asarray(out["mirrored"]).reshape(-1)
+        p_left = float(((1.0 - mirrored[0]) + mirrored[1]) / 2.0)   # P(the upload is canonical = a left knee)
+        if side_option in SIDES:
+            side, side_source = side_option, "form"
+        else:
+            side, side_source = ("L" if p_left >= 0.5 else "R"), "detected"
+        canon = 0 if side == "L" else 1
+        value = float(np.mean(np.asarray(out["kl_value"]).reshape(-1)))
+        p_gt = np.asarray(out["kl_coral"]).mean(axis=0)
+        grade_arr, cont_arr = decide([value], p_gt[None], head)
+        grade, cont = int(grade_arr[0]), float(cont_arr[0])
+        probs = coral_grade_probabilities(p_gt[None])[0]
+
+        target, target_text = gradcam_target(head, grade)
+        cam = grad_cams(model.gradcam_model(), pair[canon:canon + 1], [target])[0]
+        if canon == 1:
+            cam = cam[:, ::-1]                                       # back to the upload's orientation
+        h, w = img.shape
+        cam_full = cv2.resize(np.ascontiguousarray(cam), (w, h), interpolation=cv2.INTER_LINEAR)
+        images = {"gradcam_grade": heatmap_overlay(img, cam_full)}
+
+        try:
+            cat = catalogue_for(model)
+            phenotype = phenotype_result(cat, np.asarray(out["embedding"])[canon], grade)
+            if phenotype["assigned"]:
+                card = phenotype_card_image(cat, grade, phenotype["cluster"], mirror=(side == "R"))
+                if card is not None:
+                    images["phenotype_card"] = card
+        except CatalogueUnavailable as exc:
+            phenotype = {"assigned": False, "cluster": None, "name": "Phenotype unavailable", "strength": 0.0,
+                         "reason": str(exc), "grade": grade}
+        result = {
+            "grade": grade,
+            "grade_name": GRADE_NAMES[grade],
+            "grade_meaning": GRADE_MEANINGS[grade],
+            "value": round(cont, 3),
+            "regression_value": round(value, 3),
+            "coral_expected": round(float(coral_expected(p_gt[None])[0]), 3),
+            "decision_head": head,
+            "grade_probabilities": {n: round(float(p), 4) for n, p in zip(GRADE_NAMES, probs)},
+            "gradcam_target": target_text,
+            "side": side,
+            "side_name": SIDE_NAMES[side],
+            "side_source": side_source,
+            "p_left": round(p_left, 4),
+            "phenotype": phenotype,
+        }
+        return ModelOutput(model.entry.id, "grader", result, images, (time.perf_counter() - start) * 1000)
+
+
+TASK = KneeTask()

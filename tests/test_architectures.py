@@ -1,0 +1,177 @@
+"""Architectures build as specified, metrics match hand-computed values, shipping round-trips."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from training import architectures as A  # noqa: E402
+from training import metrics as M  # noqa: E402
+
+
+# -- architectures -------------------------------------------------------------------------
+def test_attention_unet_binary_and_multiclass():
+    m = A.attention_unet()
+    assert m.input_shape == (None, 128, 128, 1)
+    assert m.output_shape == (None, 128, 128, 1)
+    assert m.get_layer("mask").activation.__name__ == "sigmoid"
+    assert 50_000 < m.count_params() < 500_000
+    assert any(layer.name.endswith("_att_gated") for layer in m.layers)   # attention gates on the skips
+    x = np.random.default_rng(0).random((2, 128, 128, 1), dtype=np.float32)
+    y = np.asarray(m(x, training=False))
+    assert y.shape == (2, 128, 128, 1) and (y >= 0).all() and (y <= 1).all()
+
+    m4 = A.attention_unet((64, 96, 1), n_classes=4)
+    y4 = np.asarray(m4(np.zeros((1, 64, 96, 1), np.float32), training=False))
+    assert y4.shape == (1, 64, 96, 4)
+    np.testing.assert_allclose(y4.sum(-1), 1.0, atol=1e-5)               # softmax over classes
+
+
+def test_reference_unet_is_the_original_design():
+    m = A.unet()
+    assert m.output_shape == (None, 128, 128, 1)
+    assert 7_000_000 < m.count_params() < 8_500_000                        # ~7.7 M
+    convs = [layer for layer in m.layers if isinstance(layer, keras.layers.Conv2D)
+             and not isinstance(layer, keras.layers.Conv2DTranspose)]
+    assert sorted({c.filters for c in convs if c.name != "mask"}) == [64, 128, 256, 512]
+
+
+@pytest.mark.parametrize("builder, shape, limits", [
+    (A.dual_head_classifier, (128, 128, 2), (10_000, 100_000)),
+    (A.cnn3_reference, (128, 128, 1), (4_000_000, 4_500_000)),
+])
+def test_classifiers_have_two_named_heads_and_gradcam_layer(builder, shape, limits):
+    m = builder()
+    assert m.input_shape == (None, *shape)
+    assert limits[0] < m.count_params() < limits[1]
+    out = m(np.zeros((3, *shape), np.float32), training=False)
+    assert isinstance(out, dict) and set(out) == {"as_status", "stage"}
+    assert tuple(out["as_status"].shape) == (3, 2) and tuple(out["stage"].shape) == (3, 4)
+    np.testing.assert_allclose(np.asarray(out["stage"]).sum(-1), 1.0, atol=1e-5)
+    layer = m.get_layer("gradcam_conv")
+    assert isinstance(layer, keras.layers.Conv2D) and len(layer.output.shape) == 4
+
+
+def test_cnn3_reference_layout():
+    m = A.cnn3_reference()
+    assert [m.get_layer(n).filters for n in ("conv1", "conv2", "gradcam_conv")] == [32, 64, 128]
+    assert m.get_layer("fc").units == 128
+    assert m.get_layer("head_dropout").rate == 0.5
+
+
+def test_custom_objects_empty():
+    assert A.custom_objects() == {}
+
+
+# -- metrics (hand-computed) ------------------------------------------------------------------
+def test_dice_binary_and_per_class():
+    a = np.array([[1, 1, 0], [0, 1, 0]])
+    b = np.array([[1, 0, 0], [0, 1, 1]])
+    assert M.dice(a, b) == pytest.approx(2 * 2 / (3 + 3))
+    assert M.dice(np.zeros(4), np.zeros(4)) == 1.0
+    assert M.dice(np.ones(4), np.zeros(4)) == 0.0
+    np.testing.assert_allclose(M.dice_per_case(np.stack([a, a]), np.stack([b, a])), [2 / 3, 1.0])
+    pred = np.array([0, 1, 1, 2, 2, 0])
+    true = np.array([0, 1, 2, 2, 2, 1])
+    d = M.dice_per_class(pred, true, 4)
+    assert np.isnan(d[0]) and np.isnan(d[3])          # background excluded; class 3 absent everywhere
+    assert d[1] == pytest.approx(2 * 1 / (2 + 2)) and d[2] == pytest.approx(2 * 2 / (2 + 3))
+    assert M.dice_per_class(pred, true, 3, include_background=True)[0] == pytest.approx(2 * 1 / (2 + 1))
+
+
+def test_classification_metrics_hand_computed():
+    true = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+    cm = M.confusion_matrix(true, pred, 3)
+    np.testing.assert_array_equal(cm, [[2, 1, 0], [0, 1, 1], [1, 0, 2]])
+    assert M.accuracy(pred, true) == pytest.approx(5 / 8)
+    np.testing.assert_allclose(M.per_class_recall(true, pred, 3), [2 / 3, 1 / 2, 2 / 3])
+    np.testing.assert_allclose(M.per_class_precision(true, pred, 3), [2 / 3, 1 / 2, 2 / 3])
+    np.testing.assert_allclose(M.per_class_f1(true, pred, 3), [2 / 3, 1 / 2, 2 / 3])
+    assert M.macro_f1(true, pred, 3) == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    assert M.mae(pred, true) == pytest.approx((1 + 1 + 2) / 8)
+    # a class never predicted has precision 0 (not NaN); a class absent everywhere is NaN and skipped
+    assert M.per_class_precision([0, 1], [0, 0], 3)[1] == 0.0
+    assert np.isnan(M.per_class_f1([0, 1], [0, 0], 3)[2])
+    assert M.macro_f1([0, 1], [0, 0], 3) == pytest.approx((2 / 3 + 0.0) / 2)
+
+
+def test_quadratic_weighted_kappa_hand_computed():
+    assert M.quadratic_weighted_kappa([0, 1, 2, 3], [0, 1, 2, 3], 4) == pytest.approx(1.0)
+    # cm = [[1,1],[0,2]], weights w01 = w10 = 1: observed O = 1; expected from the marginals
+    # (rows 2,2; columns 1,3; n = 4): e01 = 2*3/4 = 1.5, e10 = 2*1/4 = 0.5 -> E = 2; kappa = 1 - O/E
+    assert M.quadratic_weighted_kappa([0, 0, 1, 1], [0, 1, 1, 1], 2) == pytest.approx(1 - 1 / 2)
+    # off by one everywhere on a 3-class scale: weights 1/4
+    k = M.quadratic_weighted_kappa([0, 1, 2], [1, 2, 1], 3)
+    cm = np.array([[0, 1, 0], [0, 0, 1], [0, 1, 0]], float)
+    w = np.array([[(i - j) ** 2 / 4 for j in range(3)] for i in range(3)])
+    e = np.outer(cm.sum(1), cm.sum(0)) / 3
+    assert k == pytest.approx(1 - (w * cm).sum() / (w * e).sum())
+
+
+def test_classification_report_is_json_safe():
+    rep = M.classification_report([0, 1, 1], [0, 1, 0], ("a", "b", "c"))
+    json.dumps(rep)
+    assert rep["recall"]["c"] is None and rep["recall"]["b"] == 0.5
+
+
+# -- shipping ------------------------------------------------------------------------------
+def test_save_for_shipping_round_trip(tmp_path):
+    from training.export import register_model, save_for_shipping, write_model_card
+
+    keras.utils.set_random_seed(1)
+    m = A.dual_head_classifier()
+    m.compile(optimizer="adam", loss={"as_status": "categorical_crossentropy", "stage": "categorical_crossentropy"})
+    x = np.random.default_rng(1).random((4, 128, 128, 2), dtype=np.float32)
+    m.fit(x, {"as_status": np.eye(2)[[0, 1, 0, 1]], "stage": np.eye(4)[[0, 1, 2, 3]]}, epochs=1, verbose=0)
+    path = save_for_shipping(m, tmp_path / "m.keras")
+    with zipfile.ZipFile(path) as z:
+        assert "compile_config" not in json.loads(z.read("config.json"))
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in z.infolist())
+    r = keras.models.load_model(path, compile=False, custom_objects=A.custom_objects())
+    assert {w.dtype for w in r.weights} == {"float32"}
+    a, b = m(x, training=False), r(x, training=False)
+    for k in ("as_status", "stage"):
+        np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), atol=1e-2)
+    full = tmp_path / "full.keras"
+    m.save(full)
+    assert path.stat().st_size < 0.75 * full.stat().st_size     # float16 storage, no optimizer state
+
+    entry = {"id": "t-model", "task": "sacroiliac", "role": "classifier", "version": "1.0.0", "title": "T",
+             "file": "m.keras", "input": {"shape": [128, 128, 2], "channels": ["image", "mask"],
+                                           "crop": "joint_region"},
+             "outputs": ["as_status", "stage"], "gradcam_layer": "gradcam_conv",
+             "training": {"command": "python -m x", "seed": 0, "epochs": 1, "wall_time_s": 1.0}, "metrics": {}}
+    stored = register_model(tmp_path, entry, model=r)
+    assert stored["params"] == r.count_params() and stored["size_bytes"] == path.stat().st_size
+    register_model(tmp_path, {**entry, "title": "T2"})          # upsert keeps one entry
+    reg = json.loads((tmp_path / "registry.json").read_text())
+    assert [e["id"] for e in reg["models"]] == ["t-model"] and reg["models"][0]["title"] == "T2"
+    card = write_model_card(tmp_path, stored, {"Known failure modes and limits": "- phantoms only"})
+    text = card.read_text()
+    assert "Not for clinical use" in text and "phantoms only" in text and "python -m x" in text
+
+    from model_loader import ModelRegistry
+
+    assert ModelRegistry(tmp_path).problem("t-model") is None
+
+
+def test_quantized_reference_reloads_and_gradcam_flows(tmp_path):
+    from imaging.gradcam import grad_cams
+    from training.export import save_for_shipping
+
+    keras.utils.set_random_seed(2)
+    m = A.cnn3_reference()
+    x = np.random.default_rng(2).random((1, 128, 128, 1), dtype=np.float32)
+    m.quantize("int8")
+    path = save_for_shipping(m, tmp_path / "q.keras")
+    r = keras.models.load_model(path, compile=False, custom_objects=A.custom_objects())
+    assert r.get_layer("fc").kernel.dtype == "int8"
+    np.testing.assert_allclose(np.asarray(r(x)["stage"]), np.asarray(m(x)["stage"]), atol=1e-2)
+    gm = keras.Model(r.inputs, [r.get_layer("gradcam_conv").output, r.output])
+    cams = grad_cams(gm, x, [("as_status", 1), ("stage", 2)])
+    assert all(c.shape == (32, 32) and np.isfinite(c).all() for c in cams)

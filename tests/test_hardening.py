@@ -1,0 +1,345 @@
+"""Hardening (ASVS L2 on authentication, sessions, access control): throttling, password policy,
+sessions that end for good, closed sign-up, disabled users and models, secret keys, HTTPS cookies."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import CLS_OURS, CLS_REF, PASSWORD, SEG_OURS, create_user, login, signup, upload
+
+
+# -- login throttling --------------------------------------------------------------------------
+def test_failed_logins_per_account_are_throttled(make_app):
+    app = make_app(LOGIN_LIMITS_PER_ACCOUNT="3 per minute", LOGIN_LIMITS_PER_ADDRESS="50 per minute")
+    create_user(app, "alice")
+    client = app.test_client()
+    for _ in range(3):
+        assert login(client, "alice", "not the password!").status_code == 401
+    response = login(client, "alice", PASSWORD)             # even the right password waits now
+    assert response.status_code == 429
+    assert "Retry-After" in response.headers and b"Too many attempts" in response.data
+    assert login(client, "ALICE", PASSWORD).status_code == 429            # the account, in any case
+    # another account from the same address is not locked by alice's failures
+    create_user(app, "bob")
+    assert login(app.test_client(), "bob").status_code == 302
+
+    from database import AuditEvent
+
+    with app.app_context():
+        throttled = AuditEvent.query.filter_by(action="login_failed", outcome="throttled").all()
+        assert len(throttled) == 2 and throttled[0].username == "alice"
+
+
+def test_failed_logins_per_address_are_throttled(make_app):
+    app = make_app(LOGIN_LIMITS_PER_ACCOUNT="50 per minute", LOGIN_LIMITS_PER_ADDRESS="4 per minute")
+    create_user(app, "carol")
+    client = app.test_client()
+    for i in range(4):                                       # spraying different accounts
+        assert login(client, f"user{i}", "not the password!").status_code == 401
+    assert login(client, "carol", PASSWORD).status_code == 429
+    other = app.test_client()
+    response = other.post("/login", data={"username": "carol", "password": PASSWORD},
+                          environ_base={"REMOTE_ADDR": "10.9.8.7"})
+    assert response.status_code == 302                       # another address is not affected
+
+
+def test_default_limits_throttle_after_five_failures(app):
+    create_user(app, "dave")
+    client = app.test_client()
+    statuses = [login(client, "dave", "wrong password!!").status_code for _ in range(6)]
+    assert statuses == [401] * 5 + [429]
+
+
+def test_successful_logins_are_not_counted(make_app):
+    app = make_app(LOGIN_LIMITS_PER_ACCOUNT="2 per minute")
+    create_user(app, "erin")
+    for _ in range(4):
+        client = app.test_client()
+        assert login(client, "erin").status_code == 302
+
+
+# -- password policy -------------------------------------------------------------------------------
+@pytest.mark.parametrize("password, username, fragment", [
+    ("short pass", None, "at least 12"),
+    ("password1234", None, "most common"),
+    ("Password1234", None, "most common"),
+    ("qwertyuiop123", None, "most common"),
+    ("correct horse battery staple", None, "most common"),
+    ("Summer2024!!", None, "most common"),
+    ("111111111111", None, "most common"),
+    ("ababababababab", None, "too few different"),
+    ("frank-is-my-own-name", "frank", "username"),
+    ("x" * 257, None, "at most 256"),
+])
+def test_password_policy_refuses(password, username, fragment):
+    from web.security import password_problem
+
+    problem = password_problem(password, username)
+    assert problem and fragment in problem
+
+
+def test_password_policy_accepts_a_passphrase():
+    from web.security import common_passwords, password_problem
+
+    assert len(common_passwords()) > 3000
+    assert password_problem(PASSWORD, "alice") is None
+    assert password_problem("tulip marble fjord 42", "alice") is None
+
+
+def test_signup_refuses_a_common_password(client):
+    response = signup(client, "gina", "password123456")
+    assert response.status_code == 400 and b"most common passwords" in response.data
+
+
+def test_create_admin_prompts_and_enforces_the_policy(app):
+    runner = app.test_cli_runner()
+    weak = runner.invoke(args=["create-admin", "root"], input="password12345\npassword12345\n")
+    assert weak.exit_code != 0 and "most common" in weak.output
+    ok = runner.invoke(args=["create-admin", "root"], input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert ok.exit_code == 0, ok.output
+    assert "created admin root" in ok.output
+    from database import AuditEvent, User
+
+    with app.app_context():
+        assert User.query.filter_by(username="root").one().role == "admin"
+        assert AuditEvent.query.filter_by(action="admin_change").count() == 1
+    again = runner.invoke(args=["create-admin", "root"], input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert again.exit_code != 0 and "exists" in again.output
+    client = app.test_client()
+    assert login(client, "root").headers["Location"] == "/admin/"
+
+
+# -- sessions -----------------------------------------------------------------------------------------
+def _copy_of(client, app):
+    thief = app.test_client()
+    thief.set_cookie("session", client.get_cookie("session").value)
+    return thief
+
+
+def test_logout_invalidates_a_copied_session_cookie(app, alice):
+    thief = _copy_of(alice, app)
+    assert thief.get("/history").status_code == 200          # the copy works while alice is signed in
+    assert alice.post("/logout").status_code == 302
+    response = thief.get("/history")
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+
+
+def test_password_change_ends_other_sessions_and_keeps_this_one(app, alice):
+    other_device = _copy_of(alice, app)
+    bad = alice.post("/account/password", data={"current": "not it at all", "new": "tulip marble fjord 42",
+                                                 "confirm": "tulip marble fjord 42"})
+    assert bad.status_code == 400 and b"current password is wrong" in bad.data
+    weak = alice.post("/account/password", data={"current": PASSWORD, "new": "password123456",
+                                                  "confirm": "password123456"})
+    assert weak.status_code == 400 and b"most common" in weak.data
+    response = alice.post("/account/password", data={"current": PASSWORD, "new": "tulip marble fjord 42",
+                                                      "confirm": "tulip marble fjord 42"})
+    assert response.status_code == 302
+    assert alice.get("/history").status_code == 200
+    assert other_device.get("/history").status_code == 302
+    assert login(app.test_client(), "alice", "tulip marble fjord 42").status_code == 302
+
+
+def test_log_out_everywhere(app, alice):
+    second = app.test_client()
+    assert login(second, "alice").status_code == 302
+    assert alice.post("/account/logout-everywhere").status_code == 302
+    assert alice.get("/history").status_code == 302
+    assert second.get("/history").status_code == 302
+
+
+# -- sign-up, users, models -------------------------------------------------------------------------
+def test_admin_closes_signup(app, client):
+    create_user(app, "boss", role="admin")
+    boss = app.test_client()
+    login(boss, "boss")
+    assert b"Sign up" in client.get("/login").data
+    assert boss.post("/admin/signup", data={"open": "0"}).status_code == 302
+    assert client.get("/signup").status_code == 403
+    response = signup(client, "newbie")
+    assert response.status_code == 403 and b"Sign-up is closed" in response.data
+    assert b"Sign up</a>" not in client.get("/login").data
+    from database import User
+
+    with app.app_context():
+        assert User.query.filter_by(username="newbie").first() is None
+    boss.post("/admin/signup", data={"open": "1"})
+    assert signup(client, "newbie").status_code == 302
+
+
+def test_signup_default_from_the_environment(make_app, monkeypatch):
+    monkeypatch.setenv("JOINTSCAN_SIGNUP_OPEN", "0")
+    app = make_app()
+    assert app.test_client().get("/signup").status_code == 403
+
+
+def test_signup_creates_clinicians_only(app, client):
+    response = client.post("/signup", data={"username": "sneaky", "password": PASSWORD, "confirm": PASSWORD,
+                                            "role": "admin"})
+    assert response.status_code == 302
+    from database import User
+
+    with app.app_context():
+        assert User.query.filter_by(username="sneaky").one().role == "clinician"
+
+
+def test_admin_manages_users(app, alice):
+    from database import ApiToken, User, db
+
+    create_user(app, "boss", role="admin")
+    boss = app.test_client()
+    login(boss, "boss")
+    with app.app_context():
+        alice_id = User.query.filter_by(username="alice").one().id
+        boss_id = User.query.filter_by(username="boss").one().id
+        row, token = ApiToken.issue(db.session.get(User, alice_id), "t")
+        db.session.add(row)
+        db.session.commit()
+    api = app.test_client()
+    assert api.get("/api/v1/tasks", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+    assert boss.post(f"/admin/users/{alice_id}/disable").status_code == 302
+    assert alice.get("/history").status_code == 302                        # signed out at once
+    response = login(app.test_client(), "alice")
+    assert response.status_code == 403 and b"disabled" in response.data
+    assert api.get("/api/v1/tasks", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert boss.post(f"/admin/users/{alice_id}/enable").status_code == 302
+    assert login(app.test_client(), "alice").status_code == 302
+
+    assert boss.post(f"/admin/users/{alice_id}/role", data={"role": "reviewer"}).status_code == 302
+    with app.app_context():
+        assert db.session.get(User, alice_id).role == "reviewer"
+    # guards: no self-disable, no self-demotion, the last admin stays
+    boss.post(f"/admin/users/{boss_id}/disable")
+    boss.post(f"/admin/users/{boss_id}/role", data={"role": "clinician"})
+    with app.app_context():
+        boss_row = db.session.get(User, boss_id)
+        assert boss_row.role == "admin" and not boss_row.disabled
+    # an admin creates a user; the policy applies
+    weak = boss.post("/admin/users", data={"username": "newdoc", "role": "reviewer", "password": "password123456",
+                                           "confirm": "password123456"})
+    assert weak.status_code == 400 and b"most common" in weak.data
+    assert boss.post("/admin/users", data={"username": "newdoc", "role": "reviewer", "password": PASSWORD,
+                                           "confirm": PASSWORD}).status_code == 302
+    with app.app_context():
+        assert User.query.filter_by(username="newdoc").one().role == "reviewer"
+    from database import AuditEvent
+
+    with app.app_context():
+        details = [e.detail for e in AuditEvent.query.filter_by(action="admin_change")]
+    assert "disabled alice" in details and "enabled alice" in details
+    assert "role of alice: clinician -> reviewer" in details and "created reviewer newdoc" in details
+
+
+def test_disabled_model_is_refused_by_the_form_and_the_api(app, alice, scan_png):
+    from database import ApiToken, Run, User, db
+
+    create_user(app, "boss", role="admin")
+    boss = app.test_client()
+    login(boss, "boss")
+    assert boss.post(f"/admin/models/{CLS_OURS}/disable").status_code == 302
+    assert "Disabled" in boss.get("/admin/models").get_data(as_text=True)
+
+    page = alice.get("/upload").get_data(as_text=True)
+    assert "disabled by an administrator" in page
+    response = upload(alice, scan_png, model_ids=[SEG_OURS, CLS_OURS])
+    assert response.status_code == 403 and b"disabled by an administrator" in response.data
+
+    with app.app_context():
+        row, token = ApiToken.issue(User.query.filter_by(username="alice").one(), "t")
+        db.session.add(row)
+        db.session.commit()
+    import io
+
+    headers = {"Authorization": f"Bearer {token}"}
+    api = app.test_client()
+    response = api.post("/api/v1/analyze", headers=headers, content_type="multipart/form-data",
+                        data={"task": "sacroiliac", "model_ids": f"{SEG_OURS},{CLS_OURS}",
+                              "file": (io.BytesIO(scan_png), "s.png")})
+    assert response.status_code == 403 and "disabled by an administrator" in response.get_json()["error"]["message"]
+    tasks = api.get("/api/v1/tasks", headers=headers).get_json()["tasks"]
+    model = next(m for t in tasks for m in t["models"] if m["id"] == CLS_OURS)
+    assert model["available"] is False and "disabled" in model["problem"]
+    # the defaults skip it: with the default classifier off, no classifier is chosen
+    response = api.post("/api/v1/analyze", headers=headers, content_type="multipart/form-data",
+                        data={"task": "sacroiliac", "file": (io.BytesIO(scan_png), "s.png")})
+    assert response.status_code == 400 and "AS status and stage" in response.get_json()["error"]["message"]
+    with app.app_context():
+        assert Run.query.count() == 0
+    # another classifier still works, and switching it back on restores it
+    assert upload(alice, scan_png, model_ids=[SEG_OURS, CLS_REF]).status_code == 302
+    assert boss.post(f"/admin/models/{CLS_OURS}/enable").status_code == 302
+    assert upload(alice, scan_png, model_ids=[SEG_OURS, CLS_OURS]).status_code == 302
+    assert "disabled by an administrator" not in alice.get("/upload").get_data(as_text=True)
+
+
+# -- configuration -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", [None, "changeme", "dev", "test-secret-key", "short-but-random-7f3a"])
+def test_production_refuses_missing_or_weak_secret_keys(tmp_path, monkeypatch, key):
+    from app import create_app
+
+    monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("JOINTSCAN_ENV_NAME", "production")
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    config = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite'}"}
+    if key:
+        config["SECRET_KEY"] = key
+    with pytest.raises(RuntimeError, match="SECRET_KEY"):
+        create_app(config)
+
+
+def test_production_accepts_a_random_secret_key(tmp_path, monkeypatch):
+    import secrets
+
+    from app import create_app
+
+    monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("JOINTSCAN_ENV_NAME", "production")
+    monkeypatch.setenv("SECRET_KEY", secrets.token_hex(32))
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite'}"})
+    assert app.config["ENV_NAME"] == "production"
+
+
+def _session_cookie(response) -> str:
+    return next(h for h in response.headers.getlist("Set-Cookie") if h.startswith("session="))
+
+
+def test_cookies_are_secure_over_https_behind_a_configured_proxy(make_app):
+    https = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+    app = make_app(PROXY_FIX_HOPS=1)
+    create_user(app, "alice")
+    client = app.test_client()
+    response = client.post("/login", data={"username": "alice", "password": PASSWORD}, headers=https)
+    assert "Secure" in _session_cookie(response)
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+    from database import AuditEvent
+
+    with app.app_context():
+        assert AuditEvent.query.filter_by(action="login_ok").one().client_addr == "203.0.113.9"
+
+    plain = make_app()                        # no proxy configured: forwarded headers are ignored
+    create_user(plain, "alice")
+    response = plain.test_client().post("/login", data={"username": "alice", "password": PASSWORD}, headers=https)
+    assert "Secure" not in _session_cookie(response)
+    assert "Strict-Transport-Security" not in response.headers
+    with plain.app_context():
+        assert AuditEvent.query.filter_by(action="login_ok").one().client_addr == "127.0.0.1"
+
+    direct = make_app()                       # served over HTTPS directly
+    create_user(direct, "alice")
+    response = direct.test_client().post("https://localhost/login", data={"username": "alice", "password": PASSWORD})
+    assert "Secure" in _session_cookie(response)
+
+
+def test_security_headers_on_new_pages(app):
+    create_user(app, "boss", role="admin")
+    boss = app.test_client()
+    login(boss, "boss")
+    for path in ("/admin/", "/admin/users", "/admin/models", "/admin/audit"):
+        response = boss.get(path)
+        assert response.status_code == 200
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Cache-Control"] == "no-store"
+        html = response.get_data(as_text=True)
+        assert "<script>" not in html and "style=" not in html and "<style" not in html, path

@@ -1,0 +1,87 @@
+"""Knee phantoms: a pure function of the seed, grade and phenotype drawn independently, labels from the
+generator's parameters, left/right mirroring, and phenotype-specific progression."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.phantoms import knee as P
+
+
+def test_same_seed_same_case():
+    a, b = P.generate_knee(17), P.generate_knee(17)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert (a.grade, a.phenotype, a.side, a.params) == (b.grade, b.phenotype, b.side, b.params)
+    assert a.image.shape == (224, 224) and a.image.dtype == np.uint8
+    assert not np.array_equal(a.image, P.generate_knee(18).image)
+
+
+def test_grade_and_phenotype_are_independent_draws():
+    cases = [P.generate_knee(s) for s in range(400)]
+    table = np.zeros((5, 4), int)
+    for c in cases:
+        table[c.grade, c.phenotype_index] += 1
+    assert (table > 0).all()                        # every combination occurs
+    from scipy.stats import chi2_contingency
+
+    assert chi2_contingency(table).pvalue > 0.01    # no association between grade and phenotype
+    # overriding the grade keeps the phenotype, the side and the anatomy
+    c0, c4 = P.generate_knee(5, grade=0), P.generate_knee(5, grade=4)
+    assert (c0.phenotype, c0.side) == (c4.phenotype, c4.side) and (c0.grade, c4.grade) == (0, 4)
+
+
+def test_labels_come_from_parameters():
+    for ph in P.PHENOTYPES:
+        lo, hi = P.generate_knee(3, grade=0, phenotype=ph), P.generate_knee(3, grade=4, phenotype=ph)
+        assert lo.grade == int(lo.severity) == 0 and hi.grade == int(hi.severity) == 4
+        # disease narrows joint spaces and grows osteophytes
+        assert min(hi.params["jsw_medial_px"], hi.params["jsw_lateral_px"]) < min(lo.params["jsw_medial_px"], lo.params["jsw_lateral_px"])
+    med = P.generate_knee(8, grade=3, phenotype="medial").params
+    lat = P.generate_knee(8, grade=3, phenotype="lateral").params
+    ost = P.generate_knee(8, grade=3, phenotype="osteophyte").params
+    scl = P.generate_knee(8, grade=3, phenotype="sclerotic").params
+    assert med["jsw_medial_px"] < med["jsw_lateral_px"] and lat["jsw_lateral_px"] < lat["jsw_medial_px"]
+    assert ost["osteophyte_medial_px"] > max(med["osteophyte_medial_px"], scl["osteophyte_medial_px"])
+    assert scl["sclerosis_lateral"] > max(med["sclerosis_lateral"], ost["sclerosis_lateral"])
+
+
+def test_right_knee_is_the_mirror_of_the_left():
+    left = P.generate_knee(11, side="L")
+    right = P.generate_knee(11, side="R")
+    np.testing.assert_array_equal(left.image[:, ::-1], right.image)
+
+
+def test_progression_rates_differ_by_phenotype():
+    years = P.VISIT_YEARS
+    seeds = P.SEED_RANGES["cohort"][:40]
+    slopes = {}
+    for s in seeds:
+        subj = P.subject(s)
+        sev = [P.severity_at(subj, t) for t in years]
+        slopes.setdefault(subj["phenotype"], []).append(np.polyfit(years, sev, 1)[0])
+    means = {k: np.mean(v) for k, v in slopes.items()}
+    order = sorted(means, key=means.get)
+    assert order == sorted(P.RATES, key=P.RATES.get)
+    v0, v10 = P.generate_visit(seeds[0], 0), P.generate_visit(seeds[0], 10)
+    assert v10.severity > v0.severity and v10.years == 10 and v0.phenotype == v10.phenotype
+    assert v0.grade == int(v0.severity)
+
+
+def test_seed_ranges_are_disjoint():
+    ranges = list(P.SEED_RANGES.values())
+    for i, a in enumerate(ranges):
+        for b in ranges[i + 1:]:
+            assert a.stop <= b.start or b.stop <= a.start
+
+
+def test_cli_writes_images_and_manifest(tmp_path):
+    assert P.main(["--out", str(tmp_path), "--split", "val", "--count", "3"]) == 0
+    lines = (tmp_path / "val.csv").read_text().splitlines()
+    assert lines[0].startswith("image_id,image_path,kl_grade") and len(lines) == 4
+    assert len(list((tmp_path / "images").glob("*.png"))) == 3
+
+
+@pytest.mark.parametrize("phenotype", P.PHENOTYPES)
+def test_every_phenotype_renders(phenotype):
+    c = P.generate_knee(2, grade=2, phenotype=phenotype)
+    assert 20 < c.image.mean() < 235 and c.image.std() > 10

@@ -1,0 +1,178 @@
+"""Knee task end to end on a tiny model: a quick training run (real knees when the data folder is there,
+phantoms otherwise) that ships a model, its catalogue and registry entry; the catalogue round trip through
+those files; the task's run on a knee; the upload flow and the catalogue pages through the Flask client."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import create_user, login, run_id_from
+
+MODEL_ID = "knee-kl-grader"
+
+
+@pytest.fixture(scope="module")
+def knee_models_dir(tmp_path_factory):
+    from training import knee as K
+
+    out = tmp_path_factory.mktemp("knee_models")
+    assert K.main(["--quick", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def knee_dir(knee_models_dir, monkeypatch):
+    """The quick model's folder, also as the loader's default (where the task looks for the catalogue
+    when the loaded model does not say where its file lives)."""
+    import model_loader
+
+    monkeypatch.setattr(model_loader, "DEFAULT_MODELS_DIR", knee_models_dir)
+    return knee_models_dir
+
+
+def phantom_png(seed=4, side="R") -> bytes:
+    from training.phantoms.knee import generate_knee
+
+    ok, buf = cv2.imencode(".png", generate_knee(seed, grade=3, side=side).image)
+    assert ok
+    return buf.tobytes()
+
+
+def test_quick_run_ships_model_catalogue_and_entry(knee_models_dir):
+    reg = json.loads((knee_models_dir / "registry.json").read_text())
+    entry = next(m for m in reg["models"] if m["id"] == MODEL_ID)
+    assert entry["task"] == "knee" and entry["role"] == "grader"
+    assert entry["input"]["decision_head"] in ("regression", "coral", "mean")
+    cat = entry["input"]["catalogue"]
+    for kind in ("json", "npz"):
+        assert (knee_models_dir / cat[kind]).exists() and len(cat[f"{kind}_sha256"]) == 64
+    assert (knee_models_dir / entry["card"]).exists()
+    assert set(entry["outputs"]) == {"kl_value", "kl_coral", "mirrored", "embedding"}
+    for h in ("regression", "coral", "mean"):
+        assert 0.0 <= entry["metrics"]["val"][h]["accuracy"] <= 1.0
+
+
+def test_catalogue_round_trip_through_the_model_files(knee_dir):
+    """Fit -> files beside the model -> registry load -> the same clusters and assignments."""
+    from model_loader import ModelRegistry
+    from tasks.knee import catalogue_for
+    from training import knee as K
+    from training.knee_ship import make_catalogue
+
+    reg = ModelRegistry(knee_dir)
+    loaded = reg.load(MODEL_ID)
+    cat = catalogue_for(loaded)
+    train, _, _ = K.load_data(K.QUICK, True, lambda m: None)
+    fresh, pred, grades = make_catalogue(loaded.model, train.images, loaded.entry.input["decision_head"],
+                                         log=lambda m: None)
+    assert sorted(cat.grades) == sorted(fresh.grades)
+    for g in fresh.grades:
+        np.testing.assert_array_equal(cat.grades[g].labels, fresh.grades[g].labels)
+    got = [(a.grade, a.cluster, a.strength) for a in cat.assign_many(pred["embedding"], grades)]
+    want = [(a.grade, a.cluster, a.strength) for a in fresh.assign_many(pred["embedding"], grades)]
+    assert got == want
+
+
+def test_task_run_grade_side_gradcam_and_phenotype(knee_dir):
+    from imaging.io import read_image
+    from model_loader import ModelRegistry
+    from tasks.knee import TASK, GRADE_NAMES
+
+    reg = ModelRegistry(knee_dir)
+    lm = reg.load(MODEL_ID)
+    image = read_image(phantom_png())
+    TASK.check_input(image)
+    out = TASK.run(image, {"grader": [lm]}, {"side": "R"})
+    res = out.models[0].result
+    assert 0 <= res["grade"] <= 4 and res["grade_name"] == GRADE_NAMES[res["grade"]]
+    assert sum(res["grade_probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert res["side"] == "R" and res["side_source"] == "form"
+    ph = res["phenotype"]
+    assert set(ph) >= {"assigned", "name", "strength"}
+    assert ph["assigned"] or ph["name"] == "No phenotype"
+    cam = out.models[0].images["gradcam_grade"]
+    assert cam.shape == (image.height, image.width, 3) and cam.dtype == np.uint8
+    json.dumps(res)                                     # stored as JSON
+    auto = TASK.run(image, {"grader": [lm]}, {"side": "auto"}).models[0].result
+    assert auto["side_source"] == "detected" and auto["side"] in ("L", "R")
+    assert TASK.headline({}, [{"role": "grader", "result": res}]).startswith(f"KL {res['grade']}")
+
+
+def test_damaged_catalogue_keeps_the_grade(knee_models_dir, tmp_path, monkeypatch):
+    import model_loader
+    from imaging.io import read_image
+    from model_loader import ModelRegistry
+    from tasks.knee import TASK
+
+    copy = tmp_path / "models"
+    shutil.copytree(knee_models_dir, copy)
+    monkeypatch.setattr(model_loader, "DEFAULT_MODELS_DIR", copy)
+    npz = next(copy.glob("*.catalogue.npz"))
+    npz.write_bytes(npz.read_bytes()[:-10] + b"0123456789")
+    lm = ModelRegistry(copy).load(MODEL_ID)
+    res = TASK.run(read_image(phantom_png()), {"grader": [lm]}, {"side": "auto"}).models[0].result
+    assert 0 <= res["grade"] <= 4
+    assert res["phenotype"]["name"] == "Phenotype unavailable" and "damaged" in res["phenotype"]["reason"]
+
+
+def test_task_rejects_mri_and_tiny_images():
+    from imaging.io import DecodedImage
+    from tasks.base import TaskInputError
+    from tasks.knee import TASK
+
+    with pytest.raises(TaskInputError):
+        TASK.check_input(DecodedImage(np.zeros((128, 128), np.float32), "dicom", "MR"))
+    with pytest.raises(TaskInputError):
+        TASK.check_input(DecodedImage(np.zeros((20, 20), np.float32), "png", None))
+    TASK.check_input(DecodedImage(np.zeros((224, 224), np.float32), "dicom", "CR"))
+
+
+@pytest.fixture
+def knee_app(make_app, knee_dir):
+    from web import knee as knee_web
+
+    app = make_app(MODELS_DIR=str(knee_dir))
+    if "knee" not in app.blueprints:                    # until the app factory registers it
+        app.register_blueprint(knee_web.bp)
+    create_user(app, "carol")
+    return app
+
+
+def test_upload_flow_and_catalogue_pages(knee_app):
+    client = knee_app.test_client()
+    assert login(client, "carol").status_code == 302
+    form = {"task": "knee", "scan": (io.BytesIO(phantom_png()), "knee.png"), "model_ids": [MODEL_ID],
+            "option-knee-side": "auto"}
+    resp = client.post("/upload", data=form, content_type="multipart/form-data")
+    run_id = run_id_from(resp)
+    page = client.get(f"/runs/{run_id}").get_data(as_text=True)
+    assert "Kellgren-Lawrence grade" in page and "Phenotype card" in page
+    assert "Grad-CAM" in page
+    assert "/knee/phenotypes/knee-kl-grader/" in page    # link to the grade's catalogue page
+
+    from database import Run
+
+    with knee_app.app_context():
+        run = Run.query.filter_by(public_id=run_id).one()
+        res = run.results[0].result
+        assert run.status == "done" and run.results[0].model_id == MODEL_ID
+        grade = res["grade"]
+    cat_page = client.get(f"/knee/phenotypes/{MODEL_ID}/{grade}")
+    assert cat_page.status_code == 200 and f"KL {grade} knees" in cat_page.get_data(as_text=True)
+    assert client.get("/knee/phenotypes").status_code == 200
+    assert client.get("/knee/phenotypes/no-such-model/1").status_code == 404
+    assert client.get(f"/knee/phenotypes/{MODEL_ID}/9").status_code == 404
+    mean = client.get(f"/knee/phenotypes/{MODEL_ID}/{grade}/0/grade_mean.png")
+    assert mean.status_code in (200, 404)
+    if mean.status_code == 200:
+        assert mean.data.startswith(b"\x89PNG")
+    # a bad side value is refused before anything runs
+    bad = dict(form, scan=(io.BytesIO(phantom_png()), "knee.png"), **{"option-knee-side": "middle"})
+    assert client.post("/upload", data=bad, content_type="multipart/form-data").status_code == 400
+    anon = knee_app.test_client()
+    assert anon.get(f"/knee/phenotypes/{MODEL_ID}/1").status_code == 302

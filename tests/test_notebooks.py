@@ -1,0 +1,54 @@
+"""Each training notebook runs top to bottom in its quick mode (tiny models into a temporary folder).
+
+The kernel is this interpreter: a kernel spec named "python3" pointing at `sys.executable` is written
+into a temporary JUPYTER_PATH (searched before user and system kernel folders), so the test works on a
+fresh venv where only `pip install -r requirements.txt` ran and cannot pick up a foreign Python.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+# notebook -> what its quick run must leave in JOINTSCAN_NOTEBOOK_OUT_DIR
+NOTEBOOKS = {
+    "sacroiliac_training.ipynb": ["registry.json", "sij-attention-unet.keras", "sij-dual-head.keras",
+                                  "sij-unet-ref.keras", "sij-cnn3-ref.keras", "cards/sij-dual-head.md"],
+}
+
+
+@pytest.fixture
+def venv_kernel(tmp_path, monkeypatch):
+    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (JointScan venv)", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
+    return "python3"
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_notebook_quick_mode(name, tmp_path, monkeypatch, venv_kernel):
+    out = tmp_path / "out"
+    monkeypatch.setenv("JOINTSCAN_NOTEBOOK_QUICK", "1")
+    monkeypatch.setenv("JOINTSCAN_NOTEBOOK_OUT_DIR", str(out))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    nb = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
+    client = nbclient.NotebookClient(nb, kernel_name=venv_kernel, timeout=300,
+                                     resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
+    client.execute()
+    for rel in NOTEBOOKS[name]:
+        assert (out / rel).exists(), f"{name} did not write {rel}"
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors

@@ -1,0 +1,55 @@
+"""Writing the audit trail: one call per event, from the views that do the thing.
+
+`record()` adds an `AuditEvent` and commits it with the request's session, so
+it is called where a view has finished its own changes (or has rolled back a
+failure). Only the application decides what goes in a row: an action, an
+outcome, a resource as "kind:random id", the model versions and a short
+detail. Never file names, pseudonyms or DICOM values.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+from flask import has_request_context, request
+from flask_login import current_user
+
+from database import AUDIT_ACTIONS, AUDIT_OUTCOMES, AuditEvent, Run, User, db
+
+log = logging.getLogger("jointscan.audit")
+
+
+def client_addr() -> str | None:
+    """The client's address (the proxy's X-Forwarded-For only when ProxyFix is configured)."""
+    if not has_request_context():
+        return None
+    return (request.remote_addr or "")[:64] or None
+
+
+def model_versions_of(run: Run | None) -> list[str] | None:
+    if run is None:
+        return None
+    return [f"{r.model_id}@{r.model_version}" for r in run.results] or None
+
+
+def run_resource(run: Run | str) -> str:
+    return f"run:{run if isinstance(run, str) else run.public_id}"
+
+
+def record(action: str, outcome: str = "ok", *, user: User | None = None, resource: str | None = None,
+           models: Iterable[str] | None = None, detail: str | None = None, commit: bool = True) -> AuditEvent:
+    """Append one event. `user` defaults to the signed-in user (None for anonymous requests)."""
+    if action not in AUDIT_ACTIONS:
+        raise ValueError(f"unknown audit action {action!r}")
+    if outcome not in AUDIT_OUTCOMES:
+        raise ValueError(f"unknown audit outcome {outcome!r}")
+    if user is None and has_request_context() and current_user and current_user.is_authenticated:
+        user = current_user._get_current_object()
+    event = AuditEvent(action=action, outcome=outcome, user_id=user.id if user else None,
+                       username=user.username if user else None, resource=(resource or None),
+                       model_versions=list(models) if models else None, client_addr=client_addr(),
+                       detail=(detail or None) and detail[:200])
+    db.session.add(event)
+    if commit:
+        db.session.commit()
+    return event
