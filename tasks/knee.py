@@ -198,7 +198,8 @@ def phenotype_result(cat, embedding: np.ndarray, grade: int) -> dict[str, Any]:
     cm = cat.cluster_meta(grade, a.cluster) or {}
     return {**base, "assigned": True, "cluster": int(a.cluster), "name": cm.get("name", f"KL{grade}-{a.cluster}"),
             "strength": round(float(a.strength), 3), "size": cm.get("size"), "fraction": cm.get("fraction"),
-            "description": cm.get("description", ""), "cam_medial_share": cm.get("cam_medial_share")}
+            "description": cm.get("description", ""), "pattern": cm.get("pattern", ""),
+            "cam_medial_share": cm.get("cam_medial_share")}
 
 
 def _r(v) -> float | None:

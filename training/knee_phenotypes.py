@@ -356,9 +356,23 @@ def build_catalogue(embeddings: np.ndarray, grades: np.ndarray, images01: np.nda
                 cm["cam_medial_share"] = round(_medial_share(mean_cam), 3)
             if features:
                 cm["features"], cm["description"] = describe(features, idx, members, feature_text or {}, int(g))
+            share = cm.get("cam_medial_share")
+            if share is not None:
+                cm["pattern"] = cam_pattern(share)
+                cm["description"] = (cm.get("description", "") + f" The model's Grad-CAM weight lies {share:.0%} on the "
+                                     "medial half of the joint" + (" (" + cm["pattern"] + ")." if cm["pattern"] else ".")).strip()
             gmeta["clusters"].append(cm)
         cat_meta["grades"].append(gmeta)
     return Catalogue(cat_meta, basis, fitted, imgs)
+
+
+def cam_pattern(medial_share: float) -> str:
+    """A short name from where the cluster's mean Grad-CAM lies (canonical orientation: medial = image left)."""
+    if medial_share >= 0.65:
+        return "medial-compartment pattern"
+    if medial_share <= 0.35:
+        return "lateral-compartment pattern"
+    return ""
 
 
 def _medial_share(cam: np.ndarray) -> float:
@@ -369,7 +383,7 @@ def _medial_share(cam: np.ndarray) -> float:
 
 
 def describe(features: dict[str, np.ndarray], grade_idx: np.ndarray, members: np.ndarray,
-             text: dict[str, tuple[str, str]], grade: int, top: int = 2, min_z: float = 0.5
+             text: dict[str, tuple[str, str]], grade: int, top: int = 2, min_z: float = 0.25
              ) -> tuple[dict[str, float], str]:
     """z-score of the cluster mean of each feature against the grade's knees; a sentence from the top ones."""
     z: dict[str, float] = {}
