@@ -30,9 +30,12 @@ run: prepare
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Regenerate the committed sacroiliac models (about 40 minutes on 2 cores).
+# Regenerate the committed models from their training commands (each also has a notebook).
 models: $(STAMP)
 	$(PY) -m training.sacroiliac --out models
+	$(PY) -m training.hand --out models
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/sacroiliac_figures.py
+	$(PY) benchmarks/hand_figures.py
+	$(PY) benchmarks/hand_speed.py

@@ -33,6 +33,7 @@ BOX_UNIT = 32.0                # the detector's box width/height are in input pi
 MISSING_THRESHOLD = 0.30       # detector confidence below this: the joint is reported missing
 UNSURE_THRESHOLD = 0.50        # below this: found but unsure, its score is withheld
 SIDE_SURE = 0.80               # laterality probability needed to check finger order against the side
+MIN_SURE_JOINTS = 6            # fewer confidently found joints: the hand is not recognised, no joint is scored
 PEAK_THRESHOLD = 0.5           # stage 1
 GUSS_STEP = 10
 STAGE2_MAX = 190               # stage 2 decodes to 0..190 (a non-peak joint)
@@ -272,6 +273,11 @@ def confidence_colour(status: str) -> tuple[int, int, int]:
     return {"found": (0, 170, 255), "unsure": (255, 170, 0), "missing": (150, 150, 150)}[status]
 
 
+def _label_scale(img: np.ndarray) -> float:
+    """Box labels small enough that eight neighbouring joints stay readable."""
+    return max(0.3, min(img.shape[:2]) / 1600.0)
+
+
 # -- Grad-CAM on a batch of crops -----------------------------------------------------------
 def batched_cams(gradcam_model: Any, x: np.ndarray, score_fns: Sequence[Any]) -> list[np.ndarray]:
     """Grad-CAM (Selvaraju et al. 2017) for every crop of a batch at once, one map per score function.
@@ -385,6 +391,9 @@ class HandTask:
         if anatomy.get("problems"):
             warnings.append("The detections break finger anatomy (" + "; ".join(anatomy["problems"])
                             + "): joint names may be wrong, so no joint is scored.")
+        if anatomy.get("too_few_sure") and detections:
+            warnings.append(f"Only {anatomy.get('n_sure')} of the 8 joints were found with confidence: the detector "
+                            "does not recognise this hand well enough, so no joint is scored.")
         if anatomy.get("out_of_distribution"):
             warnings.append("This image is unlike the radiographs the detector was trained on (adult phantom "
                             "hands); all results are not confident and scores are withheld.")
@@ -412,6 +421,8 @@ class HandTask:
         ood = self._ood(out, spec)
         anatomy["out_of_distribution"] = ood["flag"]
         anatomy["ood_score"] = ood["score"]
+        anatomy["n_sure"] = sum(1 for d in joints if d["status"] == "found")
+        anatomy["too_few_sure"] = anatomy["n_sure"] < MIN_SURE_JOINTS
         result_joints = []
         for d in joints:
             found = d["status"] != "missing"
@@ -424,7 +435,7 @@ class HandTask:
                 "center": [round(v, 1) for v in d["center"]] if found else None,
             })
         boxes = [{"x1": d["box"][0], "y1": d["box"][1], "x2": d["box"][2], "y2": d["box"][3],
-                  "label": f"{d['name']} {d['confidence']:.2f}" + ("?" if d["status"] == "unsure" else ""),
+                  "label": d["name"] + ("?" if d["status"] == "unsure" else ""),
                   "colour": confidence_colour(d["status"])} for d in joints if d["status"] != "missing"]
         # the heatmap of all joints, mapped from the letterboxed input back onto the image
         hm = heat.max(axis=-1)
@@ -443,9 +454,10 @@ class HandTask:
             "anatomy_problems": anatomy["problems"],
             "out_of_distribution": ood["flag"],
             "ood_score": ood["score"],
-            "thresholds": {"missing": t_missing, "unsure": t_unsure},
+            "hand_recognised": not anatomy["too_few_sure"],
+            "thresholds": {"missing": t_missing, "unsure": t_unsure, "min_sure_joints": MIN_SURE_JOINTS},
         }
-        images = {"detections": boxes_overlay(img, boxes),
+        images = {"detections": boxes_overlay(img, boxes, font_scale=_label_scale(img)),
                   "detector_heatmap": heatmap_overlay(img, np.clip(hm_img, 0, 1), alpha=0.5)}
         return (ModelOutput(model.entry.id, "detector", result, images, (time.perf_counter() - start) * 1000),
                 joints, anatomy)
@@ -466,7 +478,8 @@ class HandTask:
         spec = model.entry.input
         size = int(spec["shape"][0])
         position_aware = "joint_onehot" in spec.get("channels", [])
-        names_ok = anatomy.get("ok", False) and not anatomy.get("out_of_distribution", False)
+        names_ok = (anatomy.get("ok", False) and not anatomy.get("out_of_distribution", False)
+                    and not anatomy.get("too_few_sure", False))
         to_score = [d for d in detections if d["status"] != "missing"]
         crops, xs = [], []
         for d in to_score:
@@ -502,16 +515,16 @@ class HandTask:
                                      "plate": None, "space": None, "guss": None, "peak_probability": None,
                                      "stage": None, "withheld": None}
             s = scores.get(d["name"])
-            if s is not None:
-                entry["peak_probability"] = s["peak_probability"]
-                entry["model_guss"] = s["guss"]
+            if s is not None:                   # a withheld joint shows no number at all, not even stage 1's
                 if d["status"] == "unsure":
                     entry["withheld"] = "detection unsure"
                 elif not names_ok:
                     entry["withheld"] = ("image unlike the training data" if anatomy.get("out_of_distribution")
-                                         else "detections break finger anatomy")
+                                         else "detections break finger anatomy" if not anatomy.get("ok", False)
+                                         else "too few joints found with confidence")
                 else:
-                    entry.update(plate=s["plate"], space=s["space"], guss=s["guss"], stage=s["stage"])
+                    entry.update(plate=s["plate"], space=s["space"], guss=s["guss"], stage=s["stage"],
+                                 peak_probability=s["peak_probability"])
             elif d["status"] == "missing":
                 entry["withheld"] = "joint not found"
             joints_out.append(entry)
@@ -530,7 +543,7 @@ class HandTask:
             "position_aware": position_aware,
             "peak_threshold": PEAK_THRESHOLD,
         }
-        images = {"scored_joints": boxes_overlay(img, boxes), **images}
+        images = {"scored_joints": boxes_overlay(img, boxes, font_scale=_label_scale(img)), **images}
         return ModelOutput(model.entry.id, "scorer", result, images, (time.perf_counter() - start) * 1000)
 
     @staticmethod

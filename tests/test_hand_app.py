@@ -17,6 +17,7 @@ from tests.conftest import create_user, login
 DET_UNTRAINED = "hand_tiny_detector"
 DET_WIRED = "hand_wired_detector"              # all eight found, a consistent left hand
 DET_WIRED_WEAK = "hand_wired_detector_weak"    # DIP5 missing, PIP4 unsure
+DET_WIRED_WEAKER = "hand_wired_detector_weaker"  # DIP5 missing, PIP4 and DIP2 unsure: 5 of 8 sure
 SCORER = "hand_tiny_scorer"
 SCORER_POS = "hand_tiny_scorer_position"
 NAMES = ("PIP2", "PIP3", "PIP4", "PIP5", "DIP2", "DIP3", "DIP4", "DIP5")
@@ -70,6 +71,8 @@ def hand_models_dir(tmp_path_factory) -> Path:
          input_spec("hand-joint-detector"), None),
         (DET_WIRED, "detector", False, wired_detector, input_spec("hand-joint-detector"), None),
         (DET_WIRED_WEAK, "detector", False, lambda: wired_detector({"DIP5": 3.0, "PIP4": 4.8}),
+         input_spec("hand-joint-detector"), None),
+        (DET_WIRED_WEAKER, "detector", False, lambda: wired_detector({"DIP5": 3.0, "PIP4": 4.8, "DIP2": 4.8}),
          input_spec("hand-joint-detector"), None),
         (SCORER, "scorer", True, lambda: guss_scorer(64, widths=(4, 8, 8, 8)), input_spec("hand-guss-scorer"),
          "gradcam_conv"),
@@ -186,6 +189,20 @@ def test_missing_and_unsure_joints_are_reported_not_guessed(hand_registry, hand_
     assert not out.summary["confident"]
     text = " ".join(out.summary["warnings"])
     assert "DIP5" in text and "PIP4" in text
+
+
+def test_a_hand_with_too_few_sure_joints_gets_no_score_at_all(hand_registry, hand_png):
+    from imaging.io import read_image
+    from tasks.hand import TASK
+
+    out = TASK.run(read_image(hand_png), {"detector": [hand_registry.load(DET_WIRED_WEAKER)],
+                                          "scorer": [hand_registry.load(SCORER)]}, {})
+    det, sc = out.models[0].result, out.models[1].result
+    assert det["n_found"] == 5 and det["anatomy_ok"] and not det["hand_recognised"]
+    assert sc["n_scored"] == 0
+    assert {j["withheld"] for j in sc["joints"] if j["status"] == "found"} == {"too few joints found with confidence"}
+    assert all(j["guss"] is None and j["peak_probability"] is None for j in sc["joints"])
+    assert "Only 5 of the 8" in " ".join(out.summary["warnings"])
 
 
 def test_untrained_detector_reports_every_joint_missing(hand_registry, hand_png):

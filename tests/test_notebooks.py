@@ -21,6 +21,8 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = {
     "sacroiliac_training.ipynb": ["registry.json", "sij-attention-unet.keras", "sij-dual-head.keras",
                                   "sij-unet-ref.keras", "sij-cnn3-ref.keras", "cards/sij-dual-head.md"],
+    "hand_training.ipynb": ["registry.json", "hand-joint-detector.keras", "hand-guss-scorer.keras",
+                            "hand-guss-scorer-position.keras", "cards/hand-guss-scorer.md"],
 }
 
 

@@ -41,8 +41,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tasks.hand import (BOX_UNIT, CROP_MARGIN, DETECTOR_STRIDE, JOINT_NAMES, MISSING_THRESHOLD,  # noqa: E402
-                        PEAK_THRESHOLD, UNSURE_THRESHOLD, anatomy_check, classify_detection, crop_square,
+from tasks.hand import (BOX_UNIT, CROP_MARGIN, DETECTOR_STRIDE, JOINT_NAMES, MIN_SURE_JOINTS,  # noqa: E402,F401
+                        MISSING_THRESHOLD, PEAK_THRESHOLD, UNSURE_THRESHOLD, anatomy_check, classify_detection, crop_square,
                         decode_detections, decode_scores, detector_input, scorer_input)
 
 TASK = "hand"

@@ -303,7 +303,8 @@ def thumb(img: np.ndarray, size: int = THUMB) -> np.ndarray:
     a = np.asarray(img, np.float32)
     if a.max() > 1.5:
         a = a / 255.0
-    return np.rint(np.clip(cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA), 0, 1) * 255).astype(np.uint8)
+    interp = cv2.INTER_AREA if a.shape[0] * a.shape[1] > size * size else cv2.INTER_LINEAR   # CAMs are enlarged
+    return np.rint(np.clip(cv2.resize(a, (size, size), interpolation=interp), 0, 1) * 255).astype(np.uint8)
 
 
 def build_catalogue(embeddings: np.ndarray, grades: np.ndarray, images01: np.ndarray | None = None,

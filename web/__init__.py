@@ -5,7 +5,6 @@ TensorFlow: it talks to `predict`, `model_loader` and `tasks` only.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 
 from flask import Flask, g, jsonify, render_template, request
@@ -125,33 +124,22 @@ def _database_busy(exc: OperationalError):
 
 
 # Blueprints other modules add (each registered when its module exists), so access tests cover them.
-OPTIONAL_BLUEPRINTS = ("knee", "hand")
-
-
 def init_app(app: Flask) -> None:
     login_manager.init_app(app)
 
-    from web import account, admin, api, auth, history, models_page, reviews, scans, security
+    from web import account, admin, api, auth, hand, history, knee, models_page, reviews, scans, security
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(scans.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(models_page.bp)
+    app.register_blueprint(hand.bp)
+    app.register_blueprint(knee.bp)
     app.register_blueprint(reviews.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
     api.exempt_from_form_csrf(app)
-    for name in OPTIONAL_BLUEPRINTS:
-        try:
-            module = importlib.import_module(f"web.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"web.{name}":
-                raise
-            continue
-        if getattr(module, "bp", None) is not None and module.bp.name not in app.blueprints:
-            app.register_blueprint(module.bp)
-
     security.init_app(app)
     security.install_rate_limits(app)
 

@@ -22,8 +22,7 @@ never from the image). Each phenotype spreads the same severity over different l
 
 Besides its lesions each phenotype carries a trait that KL grading does not count and that is visible
 even at KL 0, the known risk factors that make it a phenotype of the person: varus (medial) or valgus
-(lateral) alignment of 3.5 +- 0.5 degrees, taller and sharper tibial spines with broader, squarer joint
-margins (osteophyte-dominant, a "bone former"),
+(lateral) alignment of 3.5 +- 0.5 degrees, taller and sharper tibial spines (osteophyte-dominant),
 denser bone with higher-contrast trabeculae and subchondral plates (sclerotic).
 
 Progression: a subject's severity grows linearly, s(t) = s0 + RATES[phenotype] * t (t in years,
@@ -61,7 +60,7 @@ SEED_RANGES = {
 VISIT_YEARS = (0, 2, 4, 6, 8, 10)
 CSV_COLUMNS = ("image_id", "image_path", "kl_grade", "severity", "phenotype", "side", "years")
 SIZE = 224
-GENERATOR_VERSION = 3                     # bump when the images change (phantom caches are keyed by it)
+GENERATOR_VERSION = 2                     # bump when the images change (phantom caches are keyed by it)
 _SS = 2                                   # supersampling of the drawing canvas
 
 
@@ -94,14 +93,13 @@ def lesions(severity: float, phenotype: str, rng: np.random.Generator) -> dict[s
                  spines=0.2 * u, cysts=0.0, density=0.0, align=-3.5)
     elif phenotype == "osteophyte":
         d = dict(jsn_m=0.22 * u, jsn_l=0.22 * u, ost_m=15 * u, ost_l=15 * u, scl_m=0.08 * u, scl_l=0.08 * u,
-                 spines=1.0 + 0.8 * u, cysts=0.0, density=0.0, align=0.0, hyper=1.0)
+                 spines=1.0 + 0.8 * u, cysts=0.0, density=0.0, align=0.0)
     elif phenotype == "sclerotic":
         d = dict(jsn_m=0.42 * u, jsn_l=0.42 * u, ost_m=4 * u, ost_l=4 * u, scl_m=0.25 + 0.8 * u,
                  scl_l=0.25 + 0.8 * u, spines=0.1 * u, cysts=float(u > 0.6), density=1.0, align=0.0)
     else:
         raise ValueError(f"unknown phenotype {phenotype!r}; known: {PHENOTYPES}")
-    d.setdefault("hyper", 0.0)
-    out = {k: (v * j() if k not in ("align", "cysts", "density", "hyper") else v) for k, v in d.items()}
+    out = {k: (v * j() if k not in ("align", "cysts", "density") else v) for k, v in d.items()}
     out["align"] = d["align"] + rng.normal(0, 0.5)
     out["deform"] = max(0.0, (severity - 3.9)) * 1.0      # bone-end deformity only near KL 4
     out["jsn_m"], out["jsn_l"] = min(out["jsn_m"], 0.95), min(out["jsn_l"], 0.95)
@@ -160,8 +158,7 @@ def _superellipse_bottom(x, cx, a, low, b_left, b_right, p=2.6):
 def _render(anat: dict, les: dict, acq: dict, rng_tex: np.random.Generator, size: int) -> tuple[np.ndarray, dict]:
     n = SIZE * _SS
     x0, y0 = anat["x0"], anat["y0"]
-    hyper = les["hyper"]                               # bone-forming trait: broader, squarer joint margins
-    wm, wl = anat["half_m"] + 5 * hyper, anat["half_l"] + 5 * hyper   # half-widths of the medial / lateral sides
+    wm, wl = anat["half_m"], anat["half_l"]            # half-widths of the medial / lateral sides
     jsw_m = anat["jsw_m"] * (1 - les["jsn_m"])
     jsw_l = anat["jsw_l"] * (1 - les["jsn_l"])
     align = les["align"]                                # varus > 0: the femur tilts onto the medial side
@@ -186,11 +183,10 @@ def _render(anat: dict, les: dict, acq: dict, rng_tex: np.random.Generator, size
     xl = np.linspace(x0 + nw, x0 + wl, 40)
     cm, am = (x0 - wm + x0 - nw) / 2, (wm - nw) / 2
     cl, al = (x0 + nw + x0 + wl) / 2, (wl - nw) / 2
-    squ = 1.0 + 0.35 * hyper
-    med_cond = np.stack([xm, _superellipse_bottom(xm, cm, am, mc_low, anat["corner_m"] * (1 - 0.25 * hyper),
-                                                  8 - jsw_m / 2, anat["cond_p"] * flat * squ)], 1)
-    lat_cond = np.stack([xl, _superellipse_bottom(xl, cl, al, lc_low, 8 - jsw_l / 2, anat["corner_l"] * (1 - 0.25 * hyper),
-                                                  anat["cond_p"] * flat * squ)], 1)
+    med_cond = np.stack([xm, _superellipse_bottom(xm, cm, am, mc_low, anat["corner_m"], 8 - jsw_m / 2,
+                                                  anat["cond_p"] * flat)], 1)
+    lat_cond = np.stack([xl, _superellipse_bottom(xl, cl, al, lc_low, 8 - jsw_l / 2, anat["corner_l"],
+                                                  anat["cond_p"] * flat)], 1)
     notch = _bezier(med_cond[-1], (x0 - nw * 1.05, y0 - nh - 5), (x0 + nw * 1.05, y0 - nh - 5), lat_cond[0], 16)
     top = -30
     left_side = _bezier((x0 - anat["shaft_m"], top), (x0 - anat["shaft_m"], y0 - 80),
@@ -319,8 +315,7 @@ def _render(anat: dict, les: dict, acq: dict, rng_tex: np.random.Generator, size
                   osteophyte_medial_px=round(float(om), 2), osteophyte_lateral_px=round(float(ol), 2),
                   sclerosis_medial=round(float(les["scl_m"]), 3), sclerosis_lateral=round(float(les["scl_l"]), 3),
                   alignment_deg=round(float(align), 2), spines=round(float(les["spines"]), 3),
-                  cysts=bool(les["cysts"] > 0), deformity=round(float(les["deform"]), 3),
-                  hypertrophy=round(float(les["hyper"]), 3))
+                  cysts=bool(les["cysts"] > 0), deformity=round(float(les["deform"]), 3))
     return np.rint(out).astype(np.uint8), params
 
 
