@@ -70,10 +70,11 @@ def sha256_of(path: Path) -> str:
 class LoadedModel:
     """A Keras model ready to serve: one compiled inference call, Grad-CAM models built once."""
 
-    def __init__(self, entry: ModelEntry, keras_model: Any):
+    def __init__(self, entry: ModelEntry, keras_model: Any, path: Path):
         import tensorflow as tf
 
         self.entry = entry
+        self.path = path   # the verified file; companions (e.g. a phenotype catalogue) sit beside it
         self.model = keras_model
         self._tf = tf
         self._infer = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
@@ -195,7 +196,7 @@ class ModelRegistry:
                 model = keras.models.load_model(tmp.name, compile=False, custom_objects=custom_objects())
             except Exception as exc:  # a file with the right checksum but unloadable: a registry error
                 raise ModelUnavailable(entry.id, f"model file {entry.file} could not be loaded ({type(exc).__name__})") from exc
-        return LoadedModel(entry, model)
+        return LoadedModel(entry, model, path)
 
     def is_loaded(self, model_id: str) -> bool:
         return model_id in self._loaded

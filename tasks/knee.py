@@ -134,17 +134,8 @@ _CAT_LOCK = threading.Lock()
 
 
 def model_file_path(model: "LoadedModel") -> Path:
-    """Where the loaded model's file lives: LoadedModel.path when the loader records it, else
-    LoadedModel.models_dir / file, else the default models folder."""
-    path = getattr(model, "path", None)
-    if path:
-        return Path(path)
-    models_dir = getattr(model, "models_dir", None)
-    if models_dir is None:
-        import model_loader
-
-        models_dir = model_loader.DEFAULT_MODELS_DIR
-    return Path(models_dir) / model.entry.file
+    """Where the loaded model's verified file lives; its catalogue sits beside it."""
+    return Path(model.path)
 
 
 def catalogue_for(model: "LoadedModel"):

@@ -26,12 +26,8 @@ def knee_models_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def knee_dir(knee_models_dir, monkeypatch):
-    """The quick model's folder, also as the loader's default (where the task looks for the catalogue
-    when the loaded model does not say where its file lives)."""
-    import model_loader
-
-    monkeypatch.setattr(model_loader, "DEFAULT_MODELS_DIR", knee_models_dir)
+def knee_dir(knee_models_dir):
+    """The quick model's folder; the task finds the catalogue beside the loaded model's file."""
     return knee_models_dir
 
 
@@ -103,15 +99,13 @@ def test_task_run_grade_side_gradcam_and_phenotype(knee_dir):
     assert TASK.headline({}, [{"role": "grader", "result": res}]).startswith(f"KL {res['grade']}")
 
 
-def test_damaged_catalogue_keeps_the_grade(knee_models_dir, tmp_path, monkeypatch):
-    import model_loader
+def test_damaged_catalogue_keeps_the_grade(knee_models_dir, tmp_path):
     from imaging.io import read_image
     from model_loader import ModelRegistry
     from tasks.knee import TASK
 
     copy = tmp_path / "models"
     shutil.copytree(knee_models_dir, copy)
-    monkeypatch.setattr(model_loader, "DEFAULT_MODELS_DIR", copy)
     npz = next(copy.glob("*.catalogue.npz"))
     npz.write_bytes(npz.read_bytes()[:-10] + b"0123456789")
     lm = ModelRegistry(copy).load(MODEL_ID)

@@ -21,6 +21,8 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = {
     "sacroiliac_training.ipynb": ["registry.json", "sij-attention-unet.keras", "sij-dual-head.keras",
                                   "sij-unet-ref.keras", "sij-cnn3-ref.keras", "cards/sij-dual-head.md"],
+    "knee_training.ipynb": ["registry.json", "knee-kl-grader.keras", "knee-kl-grader.catalogue.json",
+                            "knee-kl-grader.catalogue.npz", "cards/knee-kl-grader.md"],
     "hand_training.ipynb": ["registry.json", "hand-joint-detector.keras", "hand-guss-scorer.keras",
                             "hand-guss-scorer-position.keras", "cards/hand-guss-scorer.md"],
 }
@@ -46,6 +48,7 @@ def test_notebook_quick_mode(name, tmp_path, monkeypatch, venv_kernel):
     monkeypatch.setenv("JOINTSCAN_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("JOINTSCAN_NOTEBOOK_OUT_DIR", str(out))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name=venv_kernel, timeout=300,
                                      resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
