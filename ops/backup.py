@@ -6,12 +6,13 @@ file with its checksum; restore verifies it before touching anything.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+
+from model_loader import sha256_of
 
 MANIFEST = "manifest.json"
 DB_NAME = "jointscan.sqlite"
@@ -28,14 +29,6 @@ def sqlite_path(database_uri: str) -> Path:
         raise BackupError("backup/restore handle the embedded SQLite database only; "
                           "use the database server's own tools (e.g. pg_dump) for others")
     return Path(database_uri[len(prefix):])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def backup(database_uri: str, results_dir: Path, dest: Path) -> dict:
@@ -57,7 +50,7 @@ def backup(database_uri: str, results_dir: Path, dest: Path) -> dict:
         if results_dir.exists():
             shutil.copytree(results_dir, staging / RESULTS,
                             ignore=shutil.ignore_patterns(".staging-*"))
-        files = {str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         manifest = {"created_at": datetime.now(timezone.utc).isoformat(), "runs": runs, "files": files}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         staging.rename(dest)   # a backup folder either exists whole or not at all
@@ -74,7 +67,7 @@ def verify(src: Path) -> dict:
     manifest = json.loads(manifest_path.read_text())
     for rel, digest in manifest["files"].items():
         path = src / rel
-        if not path.is_file() or _sha256(path) != digest:
+        if not path.is_file() or sha256_of(path) != digest:
             raise BackupError(f"backup file {rel} is missing or damaged")
     return manifest
 

@@ -10,7 +10,7 @@ file, so published figures describe what ships.
 """
 from __future__ import annotations
 
-import hashlib
+import fcntl
 import json
 import os
 import shutil
@@ -88,11 +88,9 @@ def _copy_group(src, dst, float16: bool = True, skip: tuple[str, ...] = ()) -> N
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from model_loader import sha256_of  # the loader verifies with the same function
+
+    return sha256_of(Path(path))
 
 
 def count_params(model) -> int:
@@ -127,13 +125,16 @@ def register_model(models_dir: str | os.PathLike, entry: dict[str, Any], model=N
                                                   custom_objects=custom_objects()).count_params()
     entry.setdefault("card", f"cards/{entry['id']}.md")
     registry_path = models_dir / "registry.json"
-    data = json.loads(registry_path.read_text()) if registry_path.exists() else {"models": []}
-    models = [m for m in data.get("models", []) if m.get("id") != entry["id"]]
-    models.append(_ordered(entry))
-    data["models"] = sorted(models, key=lambda m: m["id"])
-    tmp = registry_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(registry_path)
+    # Several trainings may finish at once: serialise the read-modify-write so no entry is lost.
+    with open(models_dir / ".registry.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(registry_path.read_text()) if registry_path.exists() else {"models": []}
+        models = [m for m in data.get("models", []) if m.get("id") != entry["id"]]
+        models.append(_ordered(entry))
+        data["models"] = sorted(models, key=lambda m: m["id"])
+        tmp = registry_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(registry_path)
     return entry
 
 
