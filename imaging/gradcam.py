@@ -6,6 +6,8 @@ under a persistent tape serves every head we explain.
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -14,25 +16,48 @@ import numpy as np
 def grad_cams(gradcam_model: Any, x: np.ndarray, targets: Sequence[tuple[str | None, int]]) -> list[np.ndarray]:
     """Class-activation maps for each (output name, class index), each float32 in [0, 1] at feature-map size.
 
-    `output name` None means the model has a single output tensor.
+    `output name` None means the model has a single output tensor. The tape runs inside one
+    tf.function per (model, output names), built on first use: class indices are tensor
+    arguments, so a new prediction never retraces it.
     """
     import tensorflow as tf
 
-    x = tf.convert_to_tensor(x, dtype=tf.float32)
-    with tf.GradientTape(persistent=True) as tape:
-        features, outputs = gradcam_model(x, training=False)
-        scores = []
-        for name, index in targets:
-            out = outputs[name] if name is not None else outputs
-            scores.append(out[:, index])
-    cams = []
-    for score in scores:
-        grads = tape.gradient(score, features)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)      # channel importance
-        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[0]  # only positive evidence
-        cams.append(_unit(cam.numpy()))
-    del tape
-    return cams
+    names = tuple(name for name, _ in targets)
+    fn = _compiled(gradcam_model, names)
+    cams = fn(tf.convert_to_tensor(x, dtype=tf.float32), tf.constant([i for _, i in targets], dtype=tf.int32))
+    return [_unit(cam.numpy()) for cam in cams]
+
+
+_COMPILED: "weakref.WeakKeyDictionary[Any, dict[tuple, Callable]]" = weakref.WeakKeyDictionary()
+_COMPILED_LOCK = threading.Lock()
+
+
+def _compiled(gradcam_model: Any, names: tuple[str | None, ...]) -> Callable:
+    import tensorflow as tf
+
+    with _COMPILED_LOCK:
+        per_model = _COMPILED.setdefault(gradcam_model, {})
+        if names in per_model:
+            return per_model[names]
+
+        @tf.function(reduce_retracing=True)
+        def cams_for(x, indices):
+            with tf.GradientTape(persistent=True) as tape:
+                features, outputs = gradcam_model(x, training=False)
+                scores = [tf.gather(outputs[name] if name is not None else outputs, indices[k], axis=1)
+                          for k, name in enumerate(names)]
+            return [_cam(tape.gradient(score, features), features) for score in scores]
+
+        per_model[names] = cams_for
+        return cams_for
+
+
+def _cam(grads, features):
+    """Grad-CAM of the first batch item: channel weights = mean gradient, positive evidence only."""
+    import tensorflow as tf
+
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[0]
 
 
 def grad_cam_scalar(gradcam_model: Any, x: np.ndarray, score_fn: Callable[[Any], Any]) -> np.ndarray:
@@ -47,10 +72,7 @@ def grad_cam_scalar(gradcam_model: Any, x: np.ndarray, score_fn: Callable[[Any],
     with tf.GradientTape() as tape:
         features, outputs = gradcam_model(x, training=False)
         score = score_fn(outputs)
-    grads = tape.gradient(score, features)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)      # channel importance
-    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[0]  # only positive evidence
-    return _unit(cam.numpy())
+    return _unit(_cam(tape.gradient(score, features), features).numpy())
 
 
 def focus(cam: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -140,6 +140,8 @@ def register_model(models_dir: str | os.PathLike, entry: dict[str, Any], model=N
 
 # -- model cards -------------------------------------------------------------------
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
     if isinstance(v, float):
         return f"{v:.4f}"
     if isinstance(v, dict):
