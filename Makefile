@@ -34,8 +34,12 @@ test: $(STAMP)
 models: $(STAMP)
 	$(PY) -m training.sacroiliac --out models
 	$(PY) -m training.hand --out models
+	$(PY) -m training.knee --budget-min 55 --out models
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/sacroiliac_figures.py
 	$(PY) benchmarks/hand_figures.py
 	$(PY) benchmarks/hand_speed.py
+	$(PY) benchmarks/knee_figures.py
+	$(PY) benchmarks/knee_phenotypes.py
+	$(PY) benchmarks/knee_speed.py
