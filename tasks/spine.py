@@ -216,7 +216,7 @@ class SpineTask:
     # ---------------------------------------------------------------------
     def _segment(self, model: "LoadedModel", img: np.ndarray, structure: str,
                  spacing: tuple[float, float] | None) -> tuple[ModelOutput, np.ndarray]:
-        from imaging.gradcam import focus, grad_cam_scalar
+        from imaging.gradcam import focus, grad_cam_class_sum
         from imaging.overlay import heatmap_overlay, mask_overlay
 
         start = time.perf_counter()
@@ -228,7 +228,7 @@ class SpineTask:
         areas, areas_mm2 = structure_areas(lab, spacing)
 
         cls = CLASS_NAMES.index(structure)
-        cam = grad_cam_scalar(model.gradcam_model(), x, lambda out: _class_sum(out, cls))
+        cam = grad_cam_class_sum(model.gradcam_model(), x, cls)
         cam_full = cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
         region = (lab == cls).astype(np.uint8)
 
@@ -278,14 +278,6 @@ class SpineTask:
             if counts:
                 return f"{counts['vertebrae']} vertebrae, {counts['discs']} discs"
         return "Done"
-
-
-def _class_sum(outputs, cls: int):
-    """Grad-CAM score: the summed softmax output of class `cls` over the image."""
-    import tensorflow as tf
-
-    out = outputs["mask"] if isinstance(outputs, dict) else outputs
-    return tf.reduce_sum(out[..., cls], axis=(1, 2))
 
 
 TASK = SpineTask()

@@ -102,7 +102,7 @@ class Budget:
 FULL_BUDGETS = {
     "sij-attention-unet": Budget(n_train=4000, epochs=3, batch_size=16, lr=3e-3),
     "sij-unet-ref": Budget(n_train=6000, epochs=2, batch_size=8, lr=3e-4, steps_per_epoch=120),
-    "sij-dual-head": Budget(n_train=8000, epochs=6, batch_size=16, lr=2e-3),
+    "sij-dual-head": Budget(n_train=16000, epochs=8, batch_size=16, lr=2e-3),
     "sij-cnn3-ref": Budget(n_train=6000, epochs=2, batch_size=32, lr=1e-3),
 }
 QUICK_BUDGETS = {k: Budget(n_train=48, epochs=1, batch_size=8, lr=1e-3, patience=1) for k in ALL_MODELS}

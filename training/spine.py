@@ -483,7 +483,7 @@ def write_cards(out_dir: Path, log=print) -> None:
                 f"{len(tr.get('train_patients', []))} patients train, {len(tr.get('split', []))} validate; no "
                 f"patient has slices on both sides. Validation patients: {', '.join(tr.get('split', []))}. "
                 "There is no separate test set; the figures below are validation figures. No checkpoint was "
-                "selected on them: the last weights of a fixed schedule ship."),
+                "selected on them: the weights after the last epoch ship (the validation loss was only logged)."),
             "Training": (
                 f"Loss: {tr.get('loss')}. Adam with cosine decay, batch 8; {tr.get('precision', 'float32')}. "
                 f"Augmentation: {tr.get('augmentation')}. "
