@@ -35,6 +35,7 @@ models: $(STAMP)
 	$(PY) -m training.sacroiliac --out models
 	$(PY) -m training.hand --out models
 	$(PY) -m training.knee --budget-min 55 --out models
+	$(PY) -m training.spine --out models
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/sacroiliac_figures.py
@@ -43,3 +44,4 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/knee_figures.py
 	$(PY) benchmarks/knee_phenotypes.py
 	$(PY) benchmarks/knee_speed.py
+	$(PY) benchmarks/spine_figures.py

@@ -58,8 +58,6 @@ def main(argv=None) -> int:
         print(f"SKIP: no spine models in {reg.registry_path}; train them with: python -m training.spine")
         return 0
 
-    import numpy as np
-
     from imaging.io import DecodedImage
     from tasks.spine import TASK, spine_input
 

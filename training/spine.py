@@ -27,14 +27,14 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
 
-from tasks.spine import (CLASS_NAMES, DATASET_VALUES, N_CLASSES, STRUCTURES, labels_from_probs, spine_input,
+from tasks.spine import (CLASS_NAMES, N_CLASSES, STRUCTURES, labels_from_probs, spine_input,
                          to_class_indices)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
