@@ -26,6 +26,18 @@ class TaskInputError(ValueError):
         self.status = status
 
 
+def check_modality(image: "DecodedImage", accepted: tuple[str | None, ...], reads: str, single: str) -> None:
+    """The check every task starts with: the right modality (None = PNG/JPEG) and one grey image.
+
+    `reads` names what the task reads ("MRI"), `single` what one image is ("MRI slice").
+    """
+    if image.modality not in accepted:
+        raise TaskInputError(f"This task reads {reads}; the file is a {image.modality} image. "
+                             "Choose the task that matches the scan.")
+    if image.pixels.ndim != 2:
+        raise TaskInputError(f"Expected a single grey {single}.")
+
+
 @dataclass
 class ModelOutput:
     """What one model contributed to a run."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import cv2
 import numpy as np
 
-from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskInputError, TaskOutput
+from tasks.base import check_modality, ModelOutput, OptionSpec, RoleSpec, TaskInputError, TaskOutput
 
 if TYPE_CHECKING:
     from imaging.io import DecodedImage
@@ -325,11 +325,7 @@ class HandTask:
     min_side = 128
 
     def check_input(self, image: "DecodedImage") -> None:
-        if image.modality not in self.accepted_modalities:
-            raise TaskInputError(f"This task reads hand radiographs; the file is a {image.modality} image. "
-                                 "Choose the task that matches the scan.")
-        if image.pixels.ndim != 2:
-            raise TaskInputError("Expected a single grey radiograph.")
+        check_modality(image, self.accepted_modalities, "hand radiographs", "radiograph")
         if min(image.pixels.shape) < self.min_side:
             raise TaskInputError(f"The image is too small for a whole hand (at least {self.min_side} pixels "
                                  "on each side are needed).")

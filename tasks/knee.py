@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskInputError, TaskOutput
+from tasks.base import check_modality, ModelOutput, OptionSpec, RoleSpec, TaskInputError, TaskOutput
 
 if TYPE_CHECKING:
     from imaging.io import DecodedImage
@@ -234,11 +234,7 @@ class KneeTask:
                     "grade_probabilities": "Grade probabilities"}
 
     def check_input(self, image: "DecodedImage") -> None:
-        if image.modality not in ACCEPTED_MODALITIES:
-            raise TaskInputError(f"This task reads knee radiographs; the file is a {image.modality} image. "
-                                 "Choose the task that matches the scan.")
-        if image.pixels.ndim != 2:
-            raise TaskInputError("Expected a single grey radiograph.")
+        check_modality(image, ACCEPTED_MODALITIES, "knee radiographs", "radiograph")
         if min(image.pixels.shape) < MIN_SIDE_PX:
             raise TaskInputError(f"The image is too small ({image.width}x{image.height}); a knee crop of at least "
                                  f"{MIN_SIDE_PX} pixels is needed.")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from tasks.base import ModelOutput, ReviewScale, RoleSpec, TaskInputError, TaskOutput
+from tasks.base import check_modality, ModelOutput, ReviewScale, RoleSpec, TaskOutput
 
 if TYPE_CHECKING:
     from imaging.io import DecodedImage
@@ -84,11 +84,7 @@ class SacroiliacTask:
     accepted_modalities = ("MR", None)   # None: PNG/JPEG, whose modality we cannot read
 
     def check_input(self, image: "DecodedImage") -> None:
-        if image.modality not in self.accepted_modalities:
-            raise TaskInputError(
-                f"This task reads MRI; the file is a {image.modality} image. Choose the task that matches the scan.")
-        if image.pixels.ndim != 2:
-            raise TaskInputError("Expected a single grey MRI slice.")
+        check_modality(image, self.accepted_modalities, "MRI", "MRI slice")
 
     def run(self, image: "DecodedImage", models: dict[str, list["LoadedModel"]],
             options: dict[str, Any]) -> TaskOutput:

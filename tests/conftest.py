@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -246,3 +247,20 @@ def registry_json():
         return json.loads((Path(models_dir) / "registry.json").read_text())
 
     return read
+
+
+# -- notebooks ----------------------------------------------------------------------------------
+@pytest.fixture
+def venv_kernel(tmp_path, monkeypatch):
+    """A kernel spec "python3" pointing at this interpreter, first on JUPYTER_PATH: a fresh venv
+    where only requirements.txt was installed runs notebooks with its own Python."""
+    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (JointScan venv)", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
+    return "python3"

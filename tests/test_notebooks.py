@@ -6,8 +6,6 @@ fresh venv where only `pip install -r requirements.txt` ran and cannot pick up a
 """
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,20 +24,6 @@ NOTEBOOKS = {
     "hand_training.ipynb": ["registry.json", "hand-joint-detector.keras", "hand-guss-scorer.keras",
                             "hand-guss-scorer-position.keras", "cards/hand-guss-scorer.md"],
 }
-
-
-@pytest.fixture
-def venv_kernel(tmp_path, monkeypatch):
-    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (JointScan venv)", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
-    return "python3"
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))

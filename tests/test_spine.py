@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 from pathlib import Path
 
 import cv2
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from tasks import spine as T
+from tasks.base import TaskInputError
 from training import spine as S
 
 ATT, REF = "spine_tiny_attunet", "spine_tiny_unet_ref"
@@ -226,7 +226,7 @@ def test_task_runs_both_models_on_a_synthetic_slice(spine_models_dir):
 def test_task_refuses_non_mri():
     from imaging.io import DecodedImage
 
-    with pytest.raises(T.TaskInputError, match="MRI"):
+    with pytest.raises(TaskInputError, match="MRI"):
         T.TASK.check_input(DecodedImage(np.zeros((64, 64), np.float32), "dicom", "CR"))
 
 
@@ -321,24 +321,18 @@ def test_real_data_loader_finds_33_patients_and_a_pair_with_the_four_values():
 
 
 @needs_data
-def test_notebook_quick_mode(tmp_path, monkeypatch):
+def test_notebook_quick_mode(tmp_path, monkeypatch, venv_kernel):
     """The training notebook, top to bottom, in quick mode (both tiny models into a temp folder)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (JointScan venv)", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     out = tmp_path / "out"
     monkeypatch.setenv("JOINTSCAN_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("JOINTSCAN_NOTEBOOK_OUT_DIR", str(out))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     notebooks = Path(__file__).resolve().parent.parent / "notebooks"
     nb = nbformat.read(notebooks / "spine_training.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
+    nbclient.NotebookClient(nb, kernel_name=venv_kernel, timeout=300,
                             resources={"metadata": {"path": str(notebooks)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
