@@ -63,8 +63,10 @@ def test_cnn3_reference_layout():
     assert m.get_layer("head_dropout").rate == 0.5
 
 
-def test_custom_objects_empty():
-    assert A.custom_objects() == {}
+def test_custom_objects_are_the_int8_convolutions():
+    from training.quantize import Int8Conv2D, Int8Conv2DTranspose
+
+    assert set(A.custom_objects().values()) == {Int8Conv2D, Int8Conv2DTranspose}
 
 
 # -- metrics (hand-computed) ------------------------------------------------------------------
@@ -175,3 +177,68 @@ def test_quantized_reference_reloads_and_gradcam_flows(tmp_path):
     gm = keras.Model(r.inputs, [r.get_layer("gradcam_conv").output, r.output])
     cams = grad_cams(gm, x, [("as_status", 1), ("stage", 2)])
     assert all(c.shape == (32, 32) and np.isfinite(c).all() for c in cams)
+
+
+def _tiny_trained_unet(seed: int = 3):
+    """A tiny U-Net with random (non-zero) kernels and biases, standing in for a trained one."""
+    keras.utils.set_random_seed(seed)
+    m = A.unet((32, 32, 1), filters=(8, 16, 32, 64), name="tiny_unet")
+    rng = np.random.default_rng(seed)
+    m.set_weights([w + rng.normal(0, 0.05, w.shape).astype(np.float32) for w in m.get_weights()])
+    return m
+
+
+def test_quantize_kernel_per_output_channel():
+    from training.quantize import quantize_kernel
+
+    k = np.random.default_rng(0).normal(0, 0.1, (3, 3, 4, 5)).astype(np.float32)
+    k[..., 2] = 0.0                                            # a dead channel
+    q, scale = quantize_kernel(k)
+    assert q.dtype == np.int8 and q.shape == k.shape and scale.shape == (5,) and np.abs(q).max() <= 127
+    assert scale[2] == 1.0 and not q[..., 2].any()
+    np.testing.assert_array_equal(scale.astype(np.float16).astype(np.float32), scale)   # float16 storage is exact
+    assert (np.abs(q * scale - k) <= scale / 2 + 1e-9).all()                      # round to nearest step
+    qt, st = quantize_kernel(np.moveaxis(k, -1, -2), out_axis=-2)                  # Conv2DTranspose layout
+    np.testing.assert_array_equal(np.moveaxis(qt, -2, -1), q)
+    np.testing.assert_array_equal(st, scale)
+
+
+def test_int8_convolutions_round_trip(tmp_path):
+    """Convert a U-Net (Conv2D + Conv2DTranspose), ship, reload: int8 kernels in the file, same outputs."""
+    import h5py
+
+    from imaging.gradcam import grad_cam_scalar
+    from training.export import save_for_shipping, storage_note
+    from training.quantize import Int8Conv2D, Int8Conv2DTranspose, quantize_convolutions
+
+    m = _tiny_trained_unet()
+    m.compile(optimizer="adam", loss=lambda y, p: keras.ops.mean((y - p) ** 2))   # unregistered loss, as in training
+    x = np.random.default_rng(4).random((2, 32, 32, 1), dtype=np.float32)
+    before = [w.copy() for w in m.get_weights()]
+    q = quantize_convolutions(m)
+    assert all(np.array_equal(a, b) for a, b in zip(before, m.get_weights()))   # the float model is untouched
+    assert [layer.name for layer in q.layers] == [layer.name for layer in m.layers]
+    assert isinstance(q.get_layer("enc0_conv1"), Int8Conv2D) and isinstance(q.get_layer("mask"), Int8Conv2D)
+    assert isinstance(q.get_layer("dec0_up"), Int8Conv2DTranspose)
+
+    float_path = save_for_shipping(m, tmp_path / "float.keras")
+    path = save_for_shipping(q, tmp_path / "int8.keras")
+    assert path.stat().st_size < 0.65 * float_path.stat().st_size
+    with zipfile.ZipFile(path) as z:
+        (tmp_path / "w.h5").write_bytes(z.read("model.weights.h5"))
+    with h5py.File(tmp_path / "w.h5", "r") as f:
+        kernels = [g for n, g in f["layers"].items() if n.startswith("int8_conv2d")]
+        assert len(kernels) == 18                                 # 15 Conv2D + 3 Conv2DTranspose
+        assert all(g["vars/0"].dtype == np.int8 and g["vars/0"].ndim == 4 for g in kernels)
+    assert "int8 with one scale per output channel" in storage_note(path)
+
+    r = keras.models.load_model(path, compile=False, custom_objects=A.custom_objects())
+    assert r.get_layer("enc1_conv2").kernel_int8.dtype == "int8"
+    y_float, y_q, y_r = (np.asarray(mm(x, training=False)) for mm in (m, q, r))
+    np.testing.assert_allclose(y_r, y_q, atol=2e-3)                 # storage adds only float16 biases' rounding
+    np.testing.assert_allclose(y_r, y_float, atol=5e-3)
+    assert np.abs(y_r - y_float).mean() < 1e-3 < y_float.std()      # small against the outputs' own spread
+    gm = keras.Model(r.inputs, [r.get_layer("dec0_conv2").output, r.output])   # gradients flow through int8 convs
+    cam = grad_cam_scalar(gm, x[:1], lambda out: keras.ops.mean(out, axis=(1, 2, 3)))
+    assert np.isfinite(cam).all() and cam.shape[:2] == (32, 32)
+

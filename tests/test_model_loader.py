@@ -96,3 +96,32 @@ def test_committed_registry_is_consistent():
             continue  # a model kept out of git is reported as missing with its command, tested above
         assert reg.problem(entry.id) is None, entry.id
         assert reg.card_text(entry), f"{entry.id} has no model card"
+
+
+def test_loads_a_file_with_int8_convolutions(tmp_path):
+    """A model shipped with int8 conv kernels (training.quantize) loads through the registry, serves and explains."""
+    import keras
+
+    from training.export import save_for_shipping
+    from training.quantize import Int8Conv2D, Int8Conv2DTranspose, quantize_convolutions
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="down")(inp)
+    x = keras.layers.Conv2DTranspose(4, 2, strides=2, padding="same", name="up")(x)
+    feat = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="gradcam_conv")(x)
+    out = keras.layers.Dense(2, activation="softmax", name="head")(keras.layers.GlobalAveragePooling2D()(feat))
+    model = keras.Model(inp, out)
+    path = save_for_shipping(quantize_convolutions(model), tmp_path / "q.keras")
+    entry = {"id": "q", "task": "sacroiliac", "role": "classifier", "version": "1.0.0", "title": "q",
+             "file": path.name, "sha256": sha256_of(path), "input": {"shape": [16, 16, 1], "channels": ["image"]},
+             "outputs": ["head"], "gradcam_layer": "gradcam_conv", "training": {"command": "make q"}}
+    (tmp_path / "registry.json").write_text(json.dumps({"models": [entry]}))
+
+    loaded = ModelRegistry(tmp_path).load("q")
+    assert isinstance(loaded.model.get_layer("gradcam_conv"), Int8Conv2D)
+    assert isinstance(loaded.model.get_layer("up"), Int8Conv2DTranspose)
+    batch = np.random.default_rng(5).random((3, 16, 16, 1), dtype=np.float32)
+    np.testing.assert_allclose(loaded(batch), np.asarray(model(batch, training=False)), atol=5e-3)
+    features, probs = loaded.gradcam_model()(batch, training=False)
+    assert features.shape == (3, 16, 16, 6) and probs.shape == (3, 2)

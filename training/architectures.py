@@ -1,7 +1,8 @@
 """Model architectures: one builder function per architecture, hyper-parameters as arguments.
 
-Everything here is built from standard Keras layers, so saved models load with
-`keras.models.load_model(path, compile=False)` and `custom_objects()` is empty.
+Everything here is built from standard Keras layers. A shipped file may store convolution kernels
+int8 (`training.quantize`), so load with
+`keras.models.load_model(path, compile=False, custom_objects=custom_objects())`.
 
 Segmenters
     attention_unet   ours: small U-Net with additive attention gates on the skips (Oktay et al. 2018)
@@ -163,8 +164,10 @@ def cnn3_reference(input_shape: Sequence[int] = (128, 128, 1), dropout: float = 
 
 
 def custom_objects() -> dict:
-    """Custom layers/functions needed to load the saved models: none, all layers are standard Keras."""
-    return {}
+    """Custom layers needed to load the saved models: the int8-kernel convolutions of `training.quantize`."""
+    from training.quantize import Int8Conv2D, Int8Conv2DTranspose
+
+    return {keras.saving.get_registered_name(c): c for c in (Int8Conv2D, Int8Conv2DTranspose)}
 
 
 BUILDERS = {

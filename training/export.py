@@ -5,8 +5,9 @@
 DEFLATE-compressed). Keras assigns the stored values to its float32 variables
 on load, so the model loads with plain `keras.models.load_model` and runs in
 float32; only the stored precision is halved. Integer datasets (int8 weights
-of quantized layers) are kept as they are. Always evaluate the *reloaded*
-file, so published figures describe what ships.
+of quantized layers: Keras' `model.quantize("int8")` for Dense, or the int8
+convolutions of `training.quantize`) are kept as they are. Always evaluate the
+*reloaded* file, so published figures describe what ships.
 """
 from __future__ import annotations
 
@@ -95,6 +96,40 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def count_params(model) -> int:
     return int(sum(int(np.prod(w.shape)) for w in model.weights))
+
+
+_FLOAT16_NOTE = "weights stored as float16 (loaded as float32)"
+
+
+def storage_note(path: str | os.PathLike) -> str:
+    """How a shipped file stores its weights, for its model card (read from the file's config)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return _FLOAT16_NOTE
+    classes, keras_int8 = set(), set()   # all layer classes; those quantized by Keras' model.quantize("int8")
+    stack = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            classes.add(item.get("class_name"))
+            dtype = item["config"].get("dtype") if isinstance(item.get("config"), dict) else None
+            if isinstance(dtype, dict) and dtype.get("class_name") == "QuantizedDTypePolicy" \
+                    and (dtype.get("config") or {}).get("mode") == "int8":
+                keras_int8.add(item.get("class_name"))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    parts = []
+    if classes & {"Int8Conv2D", "Int8Conv2DTranspose"}:
+        parts.append("convolution kernels stored int8 with one scale per output channel "
+                     "(`training.quantize`, dequantized to float32 when run)")
+    if keras_int8:
+        parts.append(f"{'/'.join(sorted(keras_int8))} kernels stored int8 (Keras `model.quantize('int8')`)")
+    if not parts:
+        return _FLOAT16_NOTE
+    return ", ".join(parts) + ", other weights stored as float16 (loaded as float32)"
 
 
 # -- registry ----------------------------------------------------------------------
@@ -196,7 +231,7 @@ def write_model_card(models_dir: str | os.PathLike, entry: dict[str, Any],
         f"- Architecture: {entry.get('architecture', '')}",
         f"- Parameters: {entry.get('params', 0):,}" if entry.get("params") is not None else "- Parameters: n/a",
         f"- File: `{entry.get('file')}`" + (f", {size / 1024:.0f} KiB" if size else "")
-        + ", weights stored as float16 (loaded as float32)",
+        + f", {storage_note(Path(models_dir) / entry['file']) if entry.get('file') else _FLOAT16_NOTE}",
         f"- sha256: `{entry.get('sha256', '')}`",
         f"- Input: shape {inp.get('shape')}, channels {inp.get('channels')}, crop `{inp.get('crop')}`",
         f"- Outputs: {', '.join(entry.get('outputs', []))}",

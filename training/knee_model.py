@@ -1,7 +1,7 @@
 """The knee KL grader: one compact residual trunk, three heads, an embedding for phenotypes.
 
 Built from standard Keras layers only, so the shipped file loads with plain
-`keras.models.load_model(path, compile=False)` (the registry's `custom_objects()` stays empty).
+`keras.models.load_model(path, compile=False)` (no custom objects needed).
 
     input "image" (S, S, 1), the knee in canonical orientation (a LEFT knee as radiographed:
         medial compartment on the image left, fibular head on the image right) or mirrored

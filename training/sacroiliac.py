@@ -385,15 +385,19 @@ def _repeating_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int)
 
 # -- shipping -------------------------------------------------------------------------------
 def ship(result: TrainResult, out_dir: Path) -> tuple[Path, Any]:
-    """Save `<out_dir>/<id>.keras` (float16 storage; the reference CNN's Dense layers int8) and reload it."""
+    """Save `<out_dir>/<id>.keras` (float16 storage; the reference CNN's Dense layers int8, the reference
+    U-Net's convolution kernels int8 per output channel) and reload it."""
     import keras
 
     from training.architectures import custom_objects
     from training.export import save_for_shipping
+    from training.quantize import quantize_convolutions
 
     model = result.model
     if result.model_id == "sij-cnn3-ref":
         model.quantize("int8")            # Dense layers only; convolutions stay float
+    elif result.model_id == "sij-unet-ref":
+        model = quantize_convolutions(model)   # 7.7 M conv weights: int8 keeps the file well under budget
     path = save_for_shipping(model, Path(out_dir) / f"{result.model_id}.keras")
     shipped = keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     return path, shipped
