@@ -52,12 +52,36 @@ def _compiled(gradcam_model: Any, names: tuple[str | None, ...]) -> Callable:
         return cams_for
 
 
-def _cam(grads, features):
-    """Grad-CAM of the first batch item: channel weights = mean gradient, positive evidence only."""
+def _cams(grads, features):
+    """Grad-CAM of every batch item (B, h, w): channel weights = mean gradient, positive evidence only."""
     import tensorflow as tf
 
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[0]
+    return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+
+
+def _cam(grads, features):
+    """Grad-CAM of the first batch item."""
+    return _cams(grads, features)[0]
+
+
+def batch_grad_cams(gradcam_model: Any, x: np.ndarray, score_fns: Sequence[Callable[[Any], Any]]
+                    ) -> list[np.ndarray]:
+    """Grad-CAM for EVERY item of a batch, one (B, h, w) float32 map stack per score function.
+
+    `score_fns[i](outputs)` gives one scalar per item (B,). Items are independent at inference, so
+    the gradient of their sum gives each item its own gradient: one forward pass serves the whole
+    batch and all targets. Each map is scaled to [0, 1] by its own peak.
+    """
+    import tensorflow as tf
+
+    xt = tf.convert_to_tensor(x, dtype=tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        features, outputs = gradcam_model(xt, training=False)
+        scores = [tf.reduce_sum(fn(outputs)) for fn in score_fns]
+    maps = [_cams(tape.gradient(score, features), features).numpy() for score in scores]
+    del tape
+    return [np.stack([_unit(m) for m in stack]) if len(stack) else stack.astype(np.float32) for stack in maps]
 
 
 def grad_cam_scalar(gradcam_model: Any, x: np.ndarray, score_fn: Callable[[Any], Any]) -> np.ndarray:

@@ -278,31 +278,6 @@ def _label_scale(img: np.ndarray) -> float:
     return max(0.3, min(img.shape[:2]) / 1600.0)
 
 
-# -- Grad-CAM on a batch of crops -----------------------------------------------------------
-def batched_cams(gradcam_model: Any, x: np.ndarray, score_fns: Sequence[Any]) -> list[np.ndarray]:
-    """Grad-CAM (Selvaraju et al. 2017) for every crop of a batch at once, one map per score function.
-
-    `score_fns[i](outputs)` gives one scalar per sample (B,); samples are independent at inference, so
-    the gradient of their sum gives each sample its own gradient. One forward pass serves all targets.
-    Returns, per score function, float32 (B, h, w) maps in [0, 1] (each map scaled by its own peak).
-    """
-    import tensorflow as tf
-
-    xt = tf.convert_to_tensor(x, dtype=tf.float32)
-    with tf.GradientTape(persistent=True) as tape:
-        features, outputs = gradcam_model(xt, training=False)
-        scores = [tf.reduce_sum(fn(outputs)) for fn in score_fns]
-    cams = []
-    for score in scores:
-        grads = tape.gradient(score, features)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
-        peak = cam.reshape(len(cam), -1).max(axis=1)
-        cams.append((cam / np.where(peak > 1e-12, peak, 1.0)[:, None, None]).astype(np.float32))
-    del tape
-    return cams
-
-
 # -- the task -------------------------------------------------------------------------------
 class HandTask:
     name = "hand"
@@ -468,6 +443,7 @@ class HandTask:
 
     def _score(self, model: "LoadedModel", img: np.ndarray, detections: list[dict[str, Any]],
                anatomy: dict[str, Any], detector_id: str | None) -> ModelOutput:
+        from imaging.gradcam import batch_grad_cams
         from imaging.overlay import boxes_overlay, heatmap_overlay
 
         start = time.perf_counter()
@@ -493,7 +469,7 @@ class HandTask:
                 scores[d["name"]] = decode_scores(peak[i], out["guss"][i], out["plate"][i], out["space"][i])
                 scores[d["name"]]["peak_probability"] = round(float(peak[i]), 4)
             sign = np.where(peak >= PEAK_THRESHOLD, 1.0, -1.0).astype(np.float32)
-            cams = batched_cams(model.gradcam_model(),
+            cams = batch_grad_cams(model.gradcam_model(),
                                 x, [lambda o: o["peak"][:, 0] * sign,          # stage 1: the decided class
                                     lambda o: -self._sum(o["guss"])])          # stage 2: evidence of damage
             for i, d in enumerate(to_score):

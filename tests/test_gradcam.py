@@ -53,3 +53,15 @@ def test_focus_keeps_only_the_region():
     assert out.shape == (16, 16)
     assert out[:8].max() == 0 and out[:, :8].max() == 0
     assert np.isclose(out[8:, 8:].max(), 1.0)
+
+
+def test_batch_maps_equal_one_item_at_a_time(two_head_model):
+    """batch_grad_cams: each item of the batch gets the map it would get alone, per score function."""
+    from imaging.gradcam import batch_grad_cams
+
+    x = np.random.default_rng(5).random((3, 24, 24, 2), dtype=np.float32)
+    stacks = batch_grad_cams(two_head_model, x, [lambda o: o["a"][:, 1], lambda o: o["b"][:, 2]])
+    assert [s.shape for s in stacks] == [(3, 24, 24), (3, 24, 24)]
+    for i in range(3):
+        np.testing.assert_allclose(stacks[0][i], _eager(two_head_model, x[i:i + 1], "a", 1), atol=1e-5)
+        np.testing.assert_allclose(stacks[1][i], _eager(two_head_model, x[i:i + 1], "b", 2), atol=1e-5)
