@@ -12,6 +12,8 @@ What it measures, on what:
 * ARI per grade: clusters found vs hidden phenotype, over all knees of the grade (noise counted as one more
   group) and over the clustered knees only, with the noise fraction, and the tuning score against the
   best of the Gaussian null draws (clusters are kept only when the score beats it).
+* Confusion per grade: how the knees of each hidden phenotype fall into noise and into each cluster (the
+  first thing to read when a grade's ARI is low: a missing cluster, two phenotypes merged, or much noise).
 * Assignment: held-out phantoms (the next test seeds) assigned with the app's rule (`Catalogue.assign_many`);
   accuracy of the phenotype read from each cluster's majority, and the noise rate.
 * Progression: a longitudinal cohort (phantom seeds 2,000,000+; visits at 0, 2, 4, 6, 8, 10 years). Each
@@ -87,6 +89,15 @@ def main(argv=None) -> int:
         print(f"{g:>5} {len(idx):>5} {gc.n_clusters:>8} {gc.min_cluster_size:>4} {(~keep).mean():>6.1%} "
               f"{ari_all:>8.3f} {ari_c:>13.3f} {null['score']:>5.2f}/{max(null['null_scores']):<5.2f}  {', '.join(desc)}")
     print(f"mean ARI (all knees) over grades: {np.mean(aris):.3f}; minimum {np.min(aris):.3f} (target >= 0.8)")
+
+    print("\nConfusion within each grade (rows: noise, then clusters; columns: hidden phenotype)")
+    print(f"{'grade':>5} {'group':>6} " + " ".join(f"{p[:10]:>10}" for p in PHENOTYPES))
+    for g in sorted(cat.grades):
+        idx = np.flatnonzero(g_pred == g)
+        y, lab = phen[idx], cat.grades[g].labels
+        for c in range(-1, cat.grades[g].n_clusters):
+            counts = np.bincount(y[lab == c], minlength=len(PHENOTYPES))
+            print(f"{g if c < 0 else '':>5} {'noise' if c < 0 else 'ABCDEFGH'[c]:>6} " + " ".join(f"{v:>10}" for v in counts))
 
     print("\nWhat the catalogue says distinguishes each cluster (from image measurements):")
     for gm in cat.meta["grades"]:
