@@ -8,7 +8,7 @@ both training and serving.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import cv2
 import numpy as np
@@ -65,6 +65,24 @@ def classifier_input(image01: np.ndarray, mask: np.ndarray, spec: dict[str, Any]
         crop = mask[y1:y2, x1:x2].astype(np.float32)
         channels.append((cv2.resize(crop, (w_in, h_in), interpolation=cv2.INTER_NEAREST) > 0.5).astype(np.float32))
     return np.stack(channels, axis=-1)[None], box
+
+
+def classifier_probabilities(infer: Callable[[np.ndarray], Any], x: np.ndarray, spec: dict[str, Any]
+                             ) -> dict[str, np.ndarray]:
+    """Per-head class probabilities for a batch of classifier inputs `x` (N, H, W, C).
+
+    With spec["tta"] == "hflip" the input and its left-right mirror go through the model in one batch
+    and their probabilities are averaged: the pelvis is left-right symmetric and the classifier was
+    trained with random flips, so the mirror is a second look at the same joints. `infer` is any
+    callable returning {head: (n, classes)} (a LoadedModel, or a compiled tf.function in training).
+    """
+    n = len(x)
+    batch = np.concatenate([x, x[:, :, ::-1]]) if spec.get("tta") == "hflip" else x
+    out = infer(np.ascontiguousarray(batch, dtype=np.float32))
+    probs = {head: np.asarray(v, dtype=np.float32) for head, v in out.items()}
+    if len(batch) > n:
+        probs = {head: (v[:n] + v[n:]) / 2 for head, v in probs.items()}
+    return probs
 
 
 # -- the task ---------------------------------------------------------------
@@ -153,8 +171,8 @@ class SacroiliacTask:
         start = time.perf_counter()
         spec = model.entry.input
         x, box = classifier_input(img, focus_mask, spec)
-        out = model(x)
-        p_as, p_stage = out["as_status"][0], out["stage"][0]
+        probs = classifier_probabilities(model, x, spec)
+        p_as, p_stage = probs["as_status"][0], probs["stage"][0]
         as_idx, stage_idx = int(p_as.argmax()), int(p_stage.argmax())
         cams = grad_cams(model.gradcam_model(), x, [("as_status", as_idx), ("stage", stage_idx)])
 

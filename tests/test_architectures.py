@@ -41,7 +41,7 @@ def test_reference_unet_is_the_original_design():
 
 
 @pytest.mark.parametrize("builder, shape, limits", [
-    (A.dual_head_classifier, (128, 128, 2), (10_000, 100_000)),
+    (A.dual_head_classifier, (128, 160, 2), (50_000, 300_000)),
     (A.cnn3_reference, (128, 128, 1), (4_000_000, 4_500_000)),
 ])
 def test_classifiers_have_two_named_heads_and_gradcam_layer(builder, shape, limits):
@@ -128,7 +128,7 @@ def test_save_for_shipping_round_trip(tmp_path):
     keras.utils.set_random_seed(1)
     m = A.dual_head_classifier()
     m.compile(optimizer="adam", loss={"as_status": "categorical_crossentropy", "stage": "categorical_crossentropy"})
-    x = np.random.default_rng(1).random((4, 128, 128, 2), dtype=np.float32)
+    x = np.random.default_rng(1).random((4, 128, 160, 2), dtype=np.float32)
     m.fit(x, {"as_status": np.eye(2)[[0, 1, 0, 1]], "stage": np.eye(4)[[0, 1, 2, 3]]}, epochs=1, verbose=0)
     path = save_for_shipping(m, tmp_path / "m.keras")
     with zipfile.ZipFile(path) as z:
@@ -144,7 +144,7 @@ def test_save_for_shipping_round_trip(tmp_path):
     assert path.stat().st_size < 0.75 * full.stat().st_size     # float16 storage, no optimizer state
 
     entry = {"id": "t-model", "task": "sacroiliac", "role": "classifier", "version": "1.0.0", "title": "T",
-             "file": "m.keras", "input": {"shape": [128, 128, 2], "channels": ["image", "mask"],
+             "file": "m.keras", "input": {"shape": [128, 160, 2], "channels": ["image", "mask"],
                                            "crop": "joint_region"},
              "outputs": ["as_status", "stage"], "gradcam_layer": "gradcam_conv",
              "training": {"command": "python -m x", "seed": 0, "epochs": 1, "wall_time_s": 1.0}, "metrics": {}}

@@ -117,34 +117,38 @@ def _heads(x, dropout: float):
     }
 
 
-def dual_head_classifier(input_shape: Sequence[int] = (128, 128, 2), widths: Sequence[int] = (16, 32, 64, 96),
+def dual_head_classifier(input_shape: Sequence[int] = (128, 160, 2), widths: Sequence[int] = (16, 24, 48, 96, 128),
                          dropout: float = 0.3, mask_gate: bool = True,
                          name: str = "dual_head_classifier") -> keras.Model:
     """Compact classifier on the joint-region crop (+ mask channel) with AS-status and stage heads.
 
     mask_gate (with a 2-channel image+mask input): the image gated by the mask (image * mask) is added
     as a third channel, so the first layer sees the joint band isolated as well as its context.
-    Stem: 3x3 stride-2 conv (widths[0]). Then for each middle width: two depthwise-separable
-    BN+ReLU convs and 2x2 max-pooling. Last: a plain 3x3 Conv+ReLU (widths[-1]) named
-    "gradcam_conv" at 1/(2 * 2**(len(widths)-2)) of the input size (16x16 for 128 px and 4 widths),
-    global average pooling, dropout, two softmax heads.
+    Stem: a 3x3 conv (widths[0]) at full resolution, because early lesions are a few pixels across
+    and a strided stem would average them away. Then for each middle width: depthwise-separable
+    BN+ReLU convs (one in the first block, two after) and 2x2 max-pooling. Last: a plain 3x3 Conv+ReLU
+    (widths[-1]) named "gradcam_conv" at 1/2**(len(widths)-2) of the input size (16x20 for 128x160 and
+    5 widths). Pooling: global average AND global max, concatenated: one small lesion anywhere in the
+    joint makes a scan positive, and a max keeps that evidence where an average dilutes it.
+    Then dropout and two softmax heads.
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
     if mask_gate and input_shape[-1] >= 2:
         gated = layers.Multiply(name="mask_gate")([inputs[..., 0:1], inputs[..., 1:2]])
         x = layers.Concatenate(name="with_gated_image")([inputs, gated])
-    x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, name="stem_conv")(x)
     x = layers.BatchNormalization(name="stem_bn")(x)
     x = layers.Activation("relu", name="stem_relu")(x)
     for i, w in enumerate(widths[1:-1], start=1):
-        for j in (1, 2):
+        for j in ((1,) if i == 1 else (1, 2)):
             x = layers.SeparableConv2D(w, 3, padding="same", use_bias=False, name=f"block{i}_sep{j}")(x)
             x = layers.BatchNormalization(name=f"block{i}_bn{j}")(x)
             x = layers.Activation("relu", name=f"block{i}_relu{j}")(x)
         x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
     x = layers.Conv2D(widths[-1], 3, padding="same", activation="relu", name=GRADCAM_LAYER)(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Concatenate(name="pooled")([layers.GlobalAveragePooling2D(name="gap")(x),
+                                           layers.GlobalMaxPooling2D(name="gmp")(x)])
     return keras.Model(inputs, _heads(x, dropout), name=name)
 
 

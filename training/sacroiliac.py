@@ -35,7 +35,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tasks.sacroiliac import (MASK_THRESHOLD, MIN_REGION_PX, STAGE_NAMES, AS_NAMES,  # noqa: E402
-                              classifier_input, segmenter_input)
+                              classifier_input, classifier_probabilities, segmenter_input)
 from training import metrics as M  # noqa: E402
 
 TASK = "sacroiliac"
@@ -53,7 +53,8 @@ COUNTERPART = {"sij-attention-unet": "sij-unet-ref", "sij-unet-ref": "sij-attent
                "sij-dual-head": "sij-cnn3-ref", "sij-cnn3-ref": "sij-dual-head"}
 
 CLASSIFIER_SPECS: dict[str, dict[str, Any]] = {
-    "sij-dual-head": {"shape": [128, 128, 2], "channels": ["image", "mask"], "crop": "joint_region"},
+    "sij-dual-head": {"shape": [128, 160, 2], "channels": ["image", "mask"], "crop": "joint_region",
+                      "tta": "hflip"},
     "sij-cnn3-ref": {"shape": [128, 128, 1], "channels": ["image"], "crop": "full"},
 }
 SEGMENTER_SPEC = {"shape": [SEG_SIZE, SEG_SIZE, 1], "channels": ["image"], "crop": "full"}
@@ -73,9 +74,10 @@ META: dict[str, dict[str, Any]] = {
                     "under a stated compute budget; kept for side-by-side comparison."),
     "sij-dual-head": dict(
         role="classifier", reference=False, default=True, title="SIJ AS status and stage, dual-head CNN",
-        architecture="Compact CNN: image, mask and mask-gated image (image x mask) channels, 3x3 stride-2 stem (16), two separable-conv BN+ReLU blocks (32, 64) with "
-                     "max-pooling, 3x3 conv 96 ('gradcam_conv', 16x16), global average pooling, dropout 0.3, "
-                     "softmax heads as_status (2) and stage (4)",
+        architecture="Compact CNN: image, mask and mask-gated image (image x mask) channels, full-resolution 3x3 "
+                     "stem (16), three separable-conv BN+ReLU blocks (24, 48, 96) with max-pooling, 3x3 conv 128 "
+                     "('gradcam_conv', 16x20), global average and global max pooling concatenated, dropout 0.3, "
+                     "softmax heads as_status (2) and stage (4); left-right flip averaged at inference",
         description="Gives AS negative/positive and a stage (Normal, Early, Moderate, Advanced) from the crop "
                     "around the segmented joint region, with the predicted mask as a second input channel."),
     "sij-cnn3-ref": dict(
@@ -102,7 +104,7 @@ class Budget:
 FULL_BUDGETS = {
     "sij-attention-unet": Budget(n_train=4000, epochs=3, batch_size=16, lr=3e-3),
     "sij-unet-ref": Budget(n_train=6000, epochs=2, batch_size=8, lr=3e-4, steps_per_epoch=120),
-    "sij-dual-head": Budget(n_train=16000, epochs=8, batch_size=16, lr=2e-3),
+    "sij-dual-head": Budget(n_train=32000, epochs=9, batch_size=16, lr=2e-3),
     "sij-cnn3-ref": Budget(n_train=6000, epochs=2, batch_size=32, lr=1e-3),
 }
 QUICK_BUDGETS = {k: Budget(n_train=48, epochs=1, batch_size=8, lr=1e-3, patience=1) for k in ALL_MODELS}
@@ -466,9 +468,9 @@ def predict_classes(model, ph: Phantoms, spec: dict[str, Any], masks: np.ndarray
     for s in range(0, len(ph), batch_size):
         idx = np.arange(s, min(s + batch_size, len(ph)))
         x = classifier_arrays(ph, spec, masks=masks, idx=idx)
-        out = infer(tf.constant(x))
-        as_pred.append(np.asarray(out["as_status"]).argmax(-1))
-        stage_pred.append(np.asarray(out["stage"]).argmax(-1))
+        out = classifier_probabilities(lambda b: infer(tf.constant(b)), x, spec)
+        as_pred.append(out["as_status"].argmax(-1))
+        stage_pred.append(out["stage"].argmax(-1))
     return np.concatenate(as_pred), np.concatenate(stage_pred)
 
 
@@ -600,10 +602,13 @@ def card_sections(entry: dict[str, Any], others: dict[str, dict[str, Any]]) -> d
         how = ("Target: the GT mask area-resized to 128x128 (soft fraction per pixel, centred like the bilinear "
                "upsampling used at serving). No augmentation (every phantom is a new pose and acquisition).")
     elif mid == "sij-dual-head":
-        how = ("Input: crop around the joint-region mask (10% margin) resized to 128x128, mask as second channel. "
+        how = ("Input: crop around the joint-region mask (10% margin) resized to 128x160 (height x width, about "
+               "the joint region's own size and aspect, so small lesions keep their pixels), mask as second channel. "
                "During training the GT mask is randomly dilated/eroded (up to 2 px) and shifted (up to 3 px) so the "
                "classifier tolerates segmentation error; intensity augmentation (gamma, gain/offset, noise) and "
-               "random left-right flips. Validation uses one fixed perturbation per case.")
+               "random left-right flips. Validation uses one fixed perturbation per case. At inference the crop "
+               "and its left-right mirror go through the model as one batch and the probabilities are averaged "
+               "(input `tta: hflip`; the figures below include it).")
     else:
         how = ("Input: the whole slice resized to 128x128 (no crop, no mask). Intensity augmentation and left-right "
                "flips as for the dual-head model. After training the Dense layers are quantised to int8 with "
