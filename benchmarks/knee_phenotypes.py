@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     from tasks.knee import decide
     from training import knee as K
     from training import knee_phantom as KPh
+    from training.knee_phenotypes import CLUSTER_LETTERS
     from training.knee_ship import make_catalogue
     from training.phantoms.knee import PHENOTYPES, RATES
 
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
         y, lab = phen[idx], cat.grades[g].labels
         for c in range(-1, cat.grades[g].n_clusters):
             counts = np.bincount(y[lab == c], minlength=len(PHENOTYPES))
-            print(f"{g if c < 0 else '':>5} {'noise' if c < 0 else 'ABCDEFGH'[c]:>6} " + " ".join(f"{v:>10}" for v in counts))
+            print(f"{g if c < 0 else '':>5} {'noise' if c < 0 else CLUSTER_LETTERS[c]:>6} " + " ".join(f"{v:>10}" for v in counts))
 
     print("\nWhat the catalogue says distinguishes each cluster (from image measurements):")
     for gm in cat.meta["grades"]:
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
         maj = majority[(g, c)]
         rows.append((slope_true[m].mean(), RATES[maj]))
         groups.append(slope_true[m])
-        print(f"{f'KL{g}-' + 'ABCDEFGH'[c]:>8} {m.sum():>4} {maj:>11} {counts.max() / counts.sum():>6.0%} "
+        print(f"{f'KL{g}-' + CLUSTER_LETTERS[c]:>8} {m.sum():>4} {maj:>11} {counts.max() / counts.sum():>6.0%} "
               f"{slope_true[m].mean():>9.3f} {slope_pred[m].mean():>10.3f} {RATES[maj]:>11.2f}")
     noise = np.array([a.cluster < 0 for a in ab])
     if noise.any():
