@@ -45,6 +45,26 @@ def test_labels_come_from_parameters():
     assert scl["sclerosis_lateral"] > max(med["sclerosis_lateral"], ost["sclerosis_lateral"])
 
 
+def test_kl0_traits_distinguish_the_phenotypes():
+    """Each phenotype carries its person-level trait even at KL 0, where grading sees no OA."""
+    cases = {ph: P.generate_knee(21, grade=0, phenotype=ph).params for ph in P.PHENOTYPES}
+    assert cases["medial"]["alignment_deg"] > 2 > -2 > cases["lateral"]["alignment_deg"]
+    assert cases["osteophyte"]["chondrocalcinosis"] > 0.5
+    assert all(cases[ph]["chondrocalcinosis"] == 0 for ph in ("medial", "lateral", "sclerotic"))
+    # chondrocalcinosis brightens the joint space and nothing else: the same knee drawn with and without it
+    r_anat, r_acq, _, _, r_les, _ = P._streams(21)
+    anat, acq = P._anatomy(r_anat), P._acquisition(r_acq)
+    les = P.lesions(0.5, "osteophyte", r_les)
+    with_calc, _ = P._render(anat, les, acq, np.random.default_rng(5), P.SIZE)
+    without, _ = P._render(anat, {**les, "calc": 0.0}, acq, np.random.default_rng(5), P.SIZE)
+    diff = with_calc.astype(float) - without.astype(float)
+    rows = np.abs(diff).sum(axis=1)
+    assert diff.sum() > 0 and rows.max() > 0
+    band = np.flatnonzero(rows > 0.2 * rows.max())
+    assert band.max() - band.min() < 0.12 * P.SIZE                     # a thin horizontal band ...
+    assert abs(band.mean() - anat["y0"]) < 0.1 * P.SIZE                 # ... at the joint line
+
+
 def test_right_knee_is_the_mirror_of_the_left():
     left = P.generate_knee(11, side="L")
     right = P.generate_knee(11, side="R")

@@ -1,7 +1,7 @@
 """The phantom side of the knee task: phantom image sets and a grader trained on knee phantoms.
 
 The phenotype method is proven on phantoms (benchmarks/knee_phenotypes.py) because real phenotypes
-cannot be checked. The embedding there comes from a grader of the SAME architecture and training code
+cannot be checked. The embedding there comes from a grader of the SAME architecture, input size and training code
 (training.knee.train, training.knee_model.knee_grader) trained on phantom KL grades, never on the hidden
 phenotype, with one addition: an auxiliary self-supervised objective (NT-Xent on two augmented views of
 each knee, weight CONTRASTIVE), which keeps in the embedding what distinguishes one knee from another
@@ -25,7 +25,8 @@ from tasks.knee import canonical, grader_input
 from training.knee_data import KneeSet
 from training.phantoms import knee as P
 
-PHANTOM_SIZE = 128
+PHANTOM_SIZE = 160         # the shipped grader's input size (at 128 px the thin KL 0 traits, such as the
+                           # chondrocalcinosis line, fall below a pixel and KL 0 phenotypes blur together)
 CACHE = Path(os.environ.get("JOINTSCAN_KNEE_CACHE", "/tmp/jointscan_knee_cache"))
 PHANTOM_GRADER = (Path(os.environ.get("JOINTSCAN_KNEE_WORK", "/tmp/jointscan_knee_work"))
                   / f"knee-phantom-grader-v{P.GENERATOR_VERSION}.keras")

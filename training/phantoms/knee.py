@@ -22,8 +22,11 @@ never from the image). Each phenotype spreads the same severity over different l
 
 Besides its lesions each phenotype carries a trait that KL grading does not count and that is visible
 even at KL 0, the known risk factors that make it a phenotype of the person: varus (medial) or valgus
-(lateral) alignment of 3.5 +- 0.5 degrees, taller and sharper tibial spines (osteophyte-dominant),
-denser bone with higher-contrast trabeculae and subchondral plates (sclerotic).
+(lateral) alignment of 3.5 +- 0.5 degrees; for the osteophyte-dominant (hypertrophic) phenotype taller,
+sharper tibial spines and chondrocalcinosis, the calcium pyrophosphate deposition that goes with
+hypertrophic OA (a thin calcified line inside each joint space, parallel to the plateau, and meniscal
+calcification at the outer margins); denser bone with higher-contrast trabeculae and subchondral plates
+(sclerotic).
 
 Progression: a subject's severity grows linearly, s(t) = s0 + RATES[phenotype] * t (t in years,
 0 to 10), so the phenotypes progress at their own rates; visits differ in pose and exposure.
@@ -60,7 +63,7 @@ SEED_RANGES = {
 VISIT_YEARS = (0, 2, 4, 6, 8, 10)
 CSV_COLUMNS = ("image_id", "image_path", "kl_grade", "severity", "phenotype", "side", "years")
 SIZE = 224
-GENERATOR_VERSION = 2                     # bump when the images change (phantom caches are keyed by it)
+GENERATOR_VERSION = 4                     # bump when the images change (phantom caches are keyed by it)
 _SS = 2                                   # supersampling of the drawing canvas
 
 
@@ -82,25 +85,28 @@ class KneeCase:
 # -- lesion amounts -------------------------------------------------------------------------
 def lesions(severity: float, phenotype: str, rng: np.random.Generator) -> dict[str, float]:
     """Lesion amounts for one knee: fractions of joint-space narrowing, osteophyte lengths (px at 224),
-    sclerosis (0..1) per compartment, spine sharpening, cysts, deformity, bone density, alignment (deg)."""
+    sclerosis (0..1) per compartment, spine sharpening, cysts, deformity, bone density, alignment (deg),
+    chondrocalcinosis (0..1)."""
     u = float(np.clip(severity, 0, 4.99)) / 4.0            # 0 .. ~1.25
     j = lambda: rng.uniform(0.85, 1.15)                      # noqa: E731 - per-lesion variation
     if phenotype == "medial":
         d = dict(jsn_m=0.80 * u, jsn_l=0.06 * u, ost_m=11 * u, ost_l=3 * u, scl_m=0.55 * u, scl_l=0.05 * u,
-                 spines=0.2 * u, cysts=0.0, density=0.0, align=3.5)
+                 spines=0.2 * u, cysts=0.0, density=0.0, align=3.5, calc=0.0)
     elif phenotype == "lateral":
         d = dict(jsn_m=0.06 * u, jsn_l=0.80 * u, ost_m=3 * u, ost_l=11 * u, scl_m=0.05 * u, scl_l=0.55 * u,
-                 spines=0.2 * u, cysts=0.0, density=0.0, align=-3.5)
+                 spines=0.2 * u, cysts=0.0, density=0.0, align=-3.5, calc=0.0)
     elif phenotype == "osteophyte":
         d = dict(jsn_m=0.22 * u, jsn_l=0.22 * u, ost_m=15 * u, ost_l=15 * u, scl_m=0.08 * u, scl_l=0.08 * u,
-                 spines=1.0 + 0.8 * u, cysts=0.0, density=0.0, align=0.0)
+                 spines=1.0 + 0.8 * u, cysts=0.0, density=0.0, align=0.0, calc=1.0)
     elif phenotype == "sclerotic":
         d = dict(jsn_m=0.42 * u, jsn_l=0.42 * u, ost_m=4 * u, ost_l=4 * u, scl_m=0.25 + 0.8 * u,
-                 scl_l=0.25 + 0.8 * u, spines=0.1 * u, cysts=float(u > 0.6), density=1.0, align=0.0)
+                 scl_l=0.25 + 0.8 * u, spines=0.1 * u, cysts=float(u > 0.6), density=1.0, align=0.0,
+                 calc=0.0)
     else:
         raise ValueError(f"unknown phenotype {phenotype!r}; known: {PHENOTYPES}")
-    out = {k: (v * j() if k not in ("align", "cysts", "density") else v) for k, v in d.items()}
+    out = {k: (v * j() if k not in ("align", "cysts", "density", "calc") else v) for k, v in d.items()}
     out["align"] = d["align"] + rng.normal(0, 0.5)
+    out["calc"] = d["calc"] * rng.uniform(0.8, 1.0)
     out["deform"] = max(0.0, (severity - 3.9)) * 1.0      # bone-end deformity only near KL 4
     out["jsn_m"], out["jsn_l"] = min(out["jsn_m"], 0.95), min(out["jsn_l"], 0.95)
     return out
@@ -262,6 +268,16 @@ def _render(anat: dict, les: dict, acq: dict, rng_tex: np.random.Generator, size
     xs = np.linspace(x0 - wm + 12, x0 + wl - 12, 24)
     _line(lines, np.stack([xs, y0 + anat["phys_t"] + 2.0 * np.sin(xs / 13 + anat["y0"])], 1), 0.3, 1.0)
 
+    # -- chondrocalcinosis: a thin line midway across each joint space, meniscal triangles at the margins
+    calc = np.zeros((n, n), np.float32)
+    if les["calc"] > 0:
+        for plat, jsw, outer in ((med_plat, jsw_m, 0), (lat_plat, jsw_l, -1)):
+            mid = plat[3:-3] - (0, 0.5 * jsw)
+            _line(calc, mid, 1.0, 1.5)
+            ox, oy = plat[outer]
+            d = -1 if outer == 0 else 1
+            _poly(calc, [(ox - d * 1, oy - 0.15 * jsw), (ox + d * 3.5, oy - 0.5 * jsw), (ox - d * 1, oy - 0.85 * jsw)], 0.8)
+
     # -- subchondral sclerosis bands per compartment, cysts
     for amount, plat, xr in ((les["scl_m"], med_plat, (x0 - wm, x0 - 10)), (les["scl_l"], lat_plat, (x0 + 10, x0 + wl))):
         if amount <= 0.02:
@@ -297,6 +313,7 @@ def _render(anat: dict, les: dict, acq: dict, rng_tex: np.random.Generator, size
     img += acq["rim"] * (1 + 0.6 * les["density"]) * lines * np.clip(bone + fib, 0, 1)
     img += b * 0.6 * cv2.GaussianBlur(scl, (0, 0), 1.8 * _SS) * bone
     img -= b * 0.55 * cv2.GaussianBlur(cyst, (0, 0), 0.8 * _SS) * bone
+    img += b * 1.1 * les["calc"] * cv2.GaussianBlur(calc, (0, 0), 0.5 * _SS) * (1 - bone)
     img = cv2.GaussianBlur(img, (0, 0), acq["blur"] * _SS)
 
     # -- pose (rotation, scale, shift) on the supersampled canvas, then down to the output size
@@ -315,6 +332,7 @@ def _render(anat: dict, les: dict, acq: dict, rng_tex: np.random.Generator, size
                   osteophyte_medial_px=round(float(om), 2), osteophyte_lateral_px=round(float(ol), 2),
                   sclerosis_medial=round(float(les["scl_m"]), 3), sclerosis_lateral=round(float(les["scl_l"]), 3),
                   alignment_deg=round(float(align), 2), spines=round(float(les["spines"]), 3),
+                  chondrocalcinosis=round(float(les["calc"]), 3),
                   cysts=bool(les["cysts"] > 0), deformity=round(float(les["deform"]), 3))
     return np.rint(out).astype(np.uint8), params
 
