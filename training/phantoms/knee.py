@@ -272,11 +272,10 @@ def _render(anat: dict, les: dict, acq: dict, rng_tex: np.random.Generator, size
     calc = np.zeros((n, n), np.float32)
     if les["calc"] > 0:
         for plat, jsw, outer in ((med_plat, jsw_m, 0), (lat_plat, jsw_l, -1)):
-            mid = plat[3:-3] - (0, 0.5 * jsw)
-            _line(calc, mid, 1.0, 1.5)
+            _line(calc, plat[3:-3] - (0, 0.5 * jsw), 1.0, 1.5)
             ox, oy = plat[outer]
-            d = -1 if outer == 0 else 1
-            _poly(calc, [(ox - d * 1, oy - 0.15 * jsw), (ox + d * 3.5, oy - 0.5 * jsw), (ox - d * 1, oy - 0.85 * jsw)], 0.8)
+            sgn = -1 if outer == 0 else 1         # the triangle points out of the joint
+            _poly(calc, [(ox - sgn, oy - 0.15 * jsw), (ox + 3.5 * sgn, oy - 0.5 * jsw), (ox - sgn, oy - 0.85 * jsw)], 0.8)
 
     # -- subchondral sclerosis bands per compartment, cysts
     for amount, plat, xr in ((les["scl_m"], med_plat, (x0 - wm, x0 - 10)), (les["scl_l"], lat_plat, (x0 + 10, x0 + wl))):
@@ -313,7 +312,8 @@ def _render(anat: dict, les: dict, acq: dict, rng_tex: np.random.Generator, size
     img += acq["rim"] * (1 + 0.6 * les["density"]) * lines * np.clip(bone + fib, 0, 1)
     img += b * 0.6 * cv2.GaussianBlur(scl, (0, 0), 1.8 * _SS) * bone
     img -= b * 0.55 * cv2.GaussianBlur(cyst, (0, 0), 0.8 * _SS) * bone
-    img += b * 1.1 * les["calc"] * cv2.GaussianBlur(calc, (0, 0), 0.5 * _SS) * (1 - bone)
+    if les["calc"] > 0:
+        img += b * 1.1 * les["calc"] * cv2.GaussianBlur(calc, (0, 0), 0.5 * _SS) * (1 - bone)
     img = cv2.GaussianBlur(img, (0, 0), acq["blur"] * _SS)
 
     # -- pose (rotation, scale, shift) on the supersampled canvas, then down to the output size
