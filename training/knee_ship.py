@@ -44,28 +44,17 @@ def to_current_graph(model, cfg):
 
 
 def cams_batch(model, images_u8: np.ndarray, batch: int = 32) -> np.ndarray:
-    """Grad-CAM of the continuous grade ("kl_value") for canonical images, (n, h, w) in [0, 1].
-
-    The same formula as imaging.gradcam.grad_cams (channel weights = mean gradient, ReLU, peak = 1),
-    batched: every image's score depends on its own features only (BatchNorm in inference mode).
-    """
+    """Grad-CAM of the continuous grade ("kl_value") for canonical images, (n, h, w) in [0, 1], by
+    imaging.gradcam.batch_grad_cams (every image's score depends on its own features only)."""
     import keras
-    import tensorflow as tf
+
+    from imaging.gradcam import batch_grad_cams
 
     gm = keras.Model(model.inputs, [model.get_layer(GRADCAM_LAYER).output, model.output["kl_value"]
                                     if isinstance(model.output, dict) else model.output])
-    out = []
-    for i in range(0, len(images_u8), batch):
-        x = tf.convert_to_tensor(images_u8[i:i + batch].astype(np.float32)[..., None] / 255.0)
-        with tf.GradientTape() as tape:
-            feats, value = gm(x, training=False)
-            score = tf.reduce_sum(value)
-        grads = tape.gradient(score, feats)
-        w = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(w * feats, axis=-1)).numpy()
-        peak = cam.reshape(len(cam), -1).max(axis=1)
-        out.append(cam / np.where(peak > 1e-12, peak, 1.0)[:, None, None])
-    return np.concatenate(out).astype(np.float32)
+    return np.concatenate([batch_grad_cams(gm, images_u8[i:i + batch].astype(np.float32)[..., None] / 255.0,
+                                           [lambda v: v[:, 0]])[0]
+                           for i in range(0, len(images_u8), batch)]).astype(np.float32)
 
 
 def make_catalogue(model, images_u8: np.ndarray, head: str, ids=None, meta: dict | None = None,
