@@ -151,3 +151,28 @@ def test_phantom_features_follow_the_hidden_phenotype():
     assert F["jsw_medial"][ph == "medial"].mean() < F["jsw_medial"][ph == "lateral"].mean()
     assert F["jsw_lateral"][ph == "lateral"].mean() < F["jsw_lateral"][ph == "medial"].mean()
     assert F["texture"][ph == "sclerotic"].mean() > F["texture"][ph != "sclerotic"].mean()
+
+
+def test_calcified_line_in_the_joint_space_is_measured():
+    """The chondrocalcinosis line (the osteophyte-dominant phantom's trait) raises the calcification
+    measurement of both compartments; the same knee drawn without it measures (near) zero."""
+    from training.knee_features import knee_features, ridge_in_valley
+    from training.knee_phantom import to_input
+    from training.phantoms import knee as P
+
+    valley = np.array([[0.9], [0.6], [0.3], [0.2], [0.4], [0.8]], np.float32)
+    assert ridge_in_valley(valley)[0] == 0.0                               # a plain valley: no ridge
+    lined = np.array([[0.9], [0.3], [0.5], [0.2], [0.4], [0.8]], np.float32)
+    assert ridge_in_valley(lined)[0] == pytest.approx(0.2)                 # 0.5 above the darker side's 0.3
+    for seed in (31, 32, 33):
+        r_anat, r_acq, _, _, r_les, _ = P._streams(seed)
+        anat, acq = P._anatomy(r_anat), P._acquisition(r_acq)
+        les = P.lesions(1.5, "osteophyte", r_les)
+        feats = {}
+        for name, calc in (("with", les["calc"]), ("without", 0.0)):
+            img, _ = P._render(anat, {**les, "calc": calc}, acq, np.random.default_rng(seed), P.SIZE)
+            case = P.KneeCase(img, 1, 1.5, "osteophyte", "L", 0.0, {})
+            feats[name] = knee_features(to_input(case) / 255.0)
+        for side in ("medial", "lateral"):
+            assert feats["without"][f"calcification_{side}"] < 0.01
+        assert max(feats["with"]["calcification_medial"], feats["with"]["calcification_lateral"]) > 0.02

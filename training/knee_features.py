@@ -12,6 +12,9 @@ compartment on the image left. All measurements are crude proxies from intensity
     margin_medial/_lateral      brightness at the joint-line level at the outer margins (osteophytes add
                                 bone there)
     texture                     high-frequency energy in the tibia (trabecular contrast)
+    calcification_medial/_lat.  a bright line INSIDE the joint space (chondrocalcinosis): per column, how far
+                                the brightest point between the two bone shoulders rises above the darker
+                                of its two sides (zero for a plain valley); median over the compartment
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ FEATURE_TEXT = {
     "margin_medial": ("less bone at the medial joint margin", "more bone at the medial joint margin (osteophytes)"),
     "margin_lateral": ("less bone at the lateral joint margin", "more bone at the lateral joint margin (osteophytes)"),
     "texture": ("fainter trabecular texture", "coarser, higher-contrast trabecular texture"),
+    "calcification_medial": ("clearer medial joint space", "a calcified line in the medial joint space (chondrocalcinosis)"),
+    "calcification_lateral": ("clearer lateral joint space",
+                              "a calcified line in the lateral joint space (chondrocalcinosis)"),
 }
 FEATURES = tuple(FEATURE_TEXT)
 
@@ -58,6 +64,25 @@ def _gap(img: np.ndarray, row: int, cols: slice) -> tuple[float, float]:
     return float(np.median(dark.sum(axis=0))), float(np.median(band.argmin(axis=0)) - mid)
 
 
+def ridge_in_valley(band: np.ndarray) -> np.ndarray:
+    """Per column of a (rows, cols) band spanning the joint space: the height of the brightest interior
+    ridge, prof[i] - max(min(prof[top..i]), min(prof[i..bottom])), between the two bright shoulders.
+    A plain valley (darkening to one floor, then brightening) scores 0; a line inside the gap scores its
+    rise above the darker side."""
+    floor = band.argmin(axis=0)                         # shoulders: the brightest rows above / below the floor
+    out = np.zeros(band.shape[1], np.float32)
+    for c in range(band.shape[1]):
+        col = band[:, c]
+        a = int(col[: floor[c] + 1].argmax())
+        b = floor[c] + int(col[floor[c]:].argmax())
+        seg = col[a:b + 1]
+        if len(seg) < 3:
+            continue
+        left, right = np.minimum.accumulate(seg), np.minimum.accumulate(seg[::-1])[::-1]
+        out[c] = max(0.0, float((seg - np.maximum(left, right)).max()))
+    return out
+
+
 def knee_features(img01: np.ndarray) -> dict[str, float]:
     img = np.asarray(img01, np.float32)
     s = img.shape[0]
@@ -70,6 +95,9 @@ def knee_features(img01: np.ndarray) -> dict[str, float]:
         y = int(np.clip(jl + off, 0, s - 1))
         rows[name] = y
         out[f"jsw_{name}"] = area / s
+        w = max(3, int(0.06 * s))
+        band = cv2.GaussianBlur(img, (0, 0), max(0.6, 0.006 * s))[max(0, y - w):y + w + 1, cols]
+        out[f"calcification_{name}"] = float(np.median(ridge_in_valley(band)))
         sub = img[min(s - 1, y + 2):min(s, y + int(0.07 * s)), cols]
         deep = img[min(s - 1, y + int(0.12 * s)):min(s, y + int(0.22 * s)), cols]
         out[f"sclerosis_{name}"] = float(sub.mean() - deep.mean()) if sub.size and deep.size else 0.0
