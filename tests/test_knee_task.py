@@ -53,6 +53,33 @@ def test_quick_run_ships_model_catalogue_and_entry(knee_models_dir):
         assert 0.0 <= entry["metrics"]["val"][h]["accuracy"] <= 1.0
 
 
+def test_fine_tuning_at_a_higher_resolution_starts_from_the_first_stage(knee_models_dir, tmp_path):
+    """--init: the first stage's weights carry over to another input size (the trunk is fully
+    convolutional), and the registry and card record both stages' commands."""
+    import keras
+
+    from training import knee as K
+
+    ckpt = knee_models_dir / ".work" / f"{MODEL_ID}.ckpt.keras"
+    first = keras.models.load_model(ckpt, compile=False)
+    cfg = K.Config(**{**K.QUICK.__dict__, "size": 80, "init": str(ckpt)})
+    second = K.build(cfg)
+    second.set_weights(first.get_weights())
+    x = np.random.default_rng(0).random((2, 80, 80, 1), np.float32)
+    assert second(x, training=False)["kl_coral"].shape == (2, 4)
+
+    out = tmp_path / "models"
+    assert K.main(["--quick", "--out", str(out), "--size", "80", "--init", str(ckpt), "--lr", "0.001"]) == 0
+    entry = next(m for m in json.loads((out / "registry.json").read_text())["models"] if m["id"] == MODEL_ID)
+    assert entry["input"]["shape"] == [80, 80, 1]
+    command = entry["training"]["command"]
+    stage1, stage2 = command.split(" && ")
+    assert "--quick --size 64" in stage1 and "--stage train" in stage1
+    assert "--size 80" in stage2 and f"--init {ckpt}" in stage2 and "--lr 0.001" in stage2
+    card = (out / entry["card"]).read_text()
+    assert "Two stages" in card and "at 64 px" in card
+
+
 def test_catalogue_round_trip_through_the_model_files(knee_dir):
     """Fit -> files beside the model -> registry load -> the same clusters and assignments."""
     from model_loader import ModelRegistry

@@ -71,6 +71,7 @@ class Config:
     n_train: int | None = None         # None: the whole split
     n_val: int | None = None
     contrastive: float = 0.0           # weight of the auxiliary NT-Xent loss on two views (0: off)
+    init: str | None = None            # fine-tune: start from this checkpoint's weights (any input size)
 
 
 QUICK = Config(size=64, widths=(8, 16, 16, 24), blocks=(1, 1, 1, 1), embedding_dim=16, batch_size=8,
@@ -308,6 +309,9 @@ def train(cfg: Config, train_set, val_set, log: Callable[[str], None] = print, c
 
     keras.utils.set_random_seed(cfg.seed)
     model = build(cfg)
+    if cfg.init:
+        model.set_weights(keras.models.load_model(cfg.init, compile=False).get_weights())
+        log(f"initialised from {cfg.init}")
     if cfg.contrastive:
         from training.knee_model import contrastive_trainer, nt_xent
 
@@ -372,17 +376,44 @@ def _config_from_args(args) -> Config:
         over["budget_min"], over["epochs"] = args.budget_min, None
     if args.seed is not None:
         over["seed"] = args.seed
+    if args.lr:
+        over["lr"] = args.lr
+    if args.init:
+        over["init"] = args.init
     return replace(cfg, **over)
 
 
-def command_line(args, cfg: Config) -> str:
+def command_line(args, cfg: Config, init_info: dict[str, Any] | None = None) -> str:
+    """The command(s) that regenerate the shipped file: a fine-tuned run is preceded by its first stage's."""
     parts = ["python -m training.knee"]
     if args.quick:
         parts.append("--quick")
     parts.append(f"--size {cfg.size}")
     parts.append(f"--epochs {cfg.epochs}" if cfg.epochs else f"--budget-min {cfg.budget_min:g}")
+    if cfg.lr != Config.lr:
+        parts.append(f"--lr {cfg.lr:g}")
+    if cfg.init:
+        parts.append(f"--init {cfg.init}")
     parts.append(f"--seed {cfg.seed} --out {args.out or 'models'}")
-    return " ".join(parts)
+    cmd = " ".join(parts)
+    if cfg.init and init_info:
+        c = init_info["config"]
+        first = ("python -m training.knee " + ("--quick " if args.quick else "") + f"--size {c['size']} "
+                 + (f"--epochs {c['epochs']}" if c.get("epochs") else f"--budget-min {c['budget_min']:g}")
+                 + f" --seed {c['seed']} --stage train --work {Path(cfg.init).parent}")
+        cmd = f"{first} && {cmd}"
+    return cmd
+
+
+def init_info_of(cfg: Config) -> dict[str, Any] | None:
+    """The first stage's training record (train_info.json beside the --init checkpoint), if any."""
+    if not cfg.init:
+        return None
+    f = Path(cfg.init).parent / "train_info.json"
+    if not f.exists():
+        return None
+    info = json.loads(f.read_text())
+    return {k: info.get(k) for k in ("config", "epochs_run", "best_epoch", "wall_time_s")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="cosine over this many epochs")
     ap.add_argument("--budget-min", type=float, default=None, help="cosine over this wall-clock budget")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
+    ap.add_argument("--init", default=None,
+                    help="fine-tune from this checkpoint (e.g. a lower-resolution run's; its weights fit any size)")
     ap.add_argument("--stage", choices=("all", "train", "ship"), default="all")
     ap.add_argument("--work", default=None, help=f"checkpoint folder (default {WORK_DIR})")
     args = ap.parse_args(argv)
@@ -409,15 +443,18 @@ def main(argv: list[str] | None = None) -> int:
     log(f"config: {cfg}")
     train_set, val_set, source = load_data(cfg, args.quick, log)
     if args.stage in ("all", "train"):
+        init_info = init_info_of(cfg)       # read first: the first stage may share this work folder
         model, info = train(cfg, train_set, val_set, log, ckpt=ckpt)
         model.save(ckpt)
-        (work / "train_info.json").write_text(json.dumps({"config": cfg.__dict__, "source": source, **info},
+        (work / "train_info.json").write_text(json.dumps({"config": cfg.__dict__, "source": source,
+                                                          "initialised_from": init_info, **info},
                                                          indent=1, default=list))
     if args.stage in ("all", "ship"):
         from training.knee_ship import ship
 
         info = json.loads((work / "train_info.json").read_text())
-        ship(ckpt, cfg, train_set, val_set, out, info, source, command_line(args, cfg), log, quick=args.quick)
+        ship(ckpt, cfg, train_set, val_set, out, info, source,
+             command_line(args, cfg, info.get("initialised_from")), log, quick=args.quick)
     log(f"done; output in {out}")
     return 0
 

@@ -139,6 +139,16 @@ def ship(ckpt: Path, cfg, train_set, val_set, out: Path, info: dict[str, Any], s
     return entry
 
 
+def _first_stage(init: dict[str, Any] | None) -> str:
+    """Card wording for a fine-tuned run: what its first stage was (progressive resizing)."""
+    if not init:
+        return ""
+    c = init["config"]
+    return (f"Two stages (progressive resizing): first {init.get('epochs_run')} epochs at {c['size']} px "
+            f"({(init.get('wall_time_s') or 0) / 60:.0f} min, AdamW lr {c['lr']}, best val QWK at epoch "
+            f"{init.get('best_epoch')}), then its weights fine-tuned at the full resolution: ")
+
+
 def _card_sections(figs, head, side_acc, cat, cfg, info, source) -> dict[str, str]:
     from training.export import metrics_table
 
@@ -160,7 +170,8 @@ def _card_sections(figs, head, side_acc, cat, cfg, info, source) -> dict[str, st
                           f"patient-disjoint) for model selection and every figure below. No test split exists "
                           f"here, so these are validation figures. Data: {CARD_DATA}. Medoid thumbnails in the "
                           "catalogue are 64-pixel downscaled crops of training radiographs under the same licence."),
-        "Training": (f"{info.get('epochs_run')} epochs ({info.get('wall_time_s', 0) / 60:.0f} min on a shared 2-core "
+        "Training": (_first_stage(info.get("initialised_from")) +
+                     f"{info.get('epochs_run')} epochs ({info.get('wall_time_s', 0) / 60:.0f} min on a shared 2-core "
                      f"CPU), best val QWK at epoch {info.get('best_epoch')}; input {cfg.size} px, batch {cfg.batch_size}, "
                      f"AdamW lr {cfg.lr} with warm-up and cosine decay, light augmentation (rotation, scale, shift, "
                      "gamma, contrast, brightness, mirror flips as the orientation target); both grade heads trained "
