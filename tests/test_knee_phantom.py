@@ -105,3 +105,18 @@ def test_cli_writes_images_and_manifest(tmp_path):
 def test_every_phenotype_renders(phenotype):
     c = P.generate_knee(2, grade=2, phenotype=phenotype)
     assert 20 < c.image.mean() < 235 and c.image.std() > 10
+
+
+def test_bone_end_attrition_follows_the_narrowing():
+    """Near KL 4 the bone ends wear where the cartilage is lost: one-sided narrowing wears one side,
+    the sclerotic phenotype's two-sided narrowing wears both alike (not whichever narrowed a little more)."""
+    for seed in range(5):
+        med = P.generate_knee(seed, severity=4.7, phenotype="medial").params
+        lat = P.generate_knee(seed, severity=4.7, phenotype="lateral").params
+        scl = P.generate_knee(seed, severity=4.7, phenotype="sclerotic").params
+        assert med["attrition_medial_px"] > 5 * med["attrition_lateral_px"]
+        assert lat["attrition_lateral_px"] > 5 * lat["attrition_medial_px"]
+        a, b = scl["attrition_medial_px"], scl["attrition_lateral_px"]
+        assert min(a, b) > 0.6 * max(a, b) > 0
+        early = P.generate_knee(seed, severity=2.5, phenotype="sclerotic").params
+        assert early["attrition_medial_px"] == early["attrition_lateral_px"] == 0.0

@@ -8,7 +8,7 @@ each knee, weight CONTRASTIVE), which keeps in the embedding what distinguishes 
 rather than only what sets its grade. The clustering, catalogue and assignment are the app's own code
 (training.knee_phenotypes via training.knee_ship.make_catalogue).
 
-    python -m training.knee_phantom [--n-train 2400] [--epochs 16] [--contrastive 1.0]
+    python -m training.knee_phantom [--n-train 2400] [--epochs 16] [--contrastive 1.0] [--seed 0]
 """
 from __future__ import annotations
 
@@ -28,8 +28,13 @@ from training.phantoms import knee as P
 PHANTOM_SIZE = 160         # the shipped grader's input size (at 128 px the thin KL 0 traits, such as the
                            # chondrocalcinosis line, fall below a pixel and KL 0 phenotypes blur together)
 CACHE = Path(os.environ.get("JOINTSCAN_KNEE_CACHE", "/tmp/jointscan_knee_cache"))
-PHANTOM_GRADER = (Path(os.environ.get("JOINTSCAN_KNEE_WORK", "/tmp/jointscan_knee_work"))
-                  / f"knee-phantom-grader-v{P.GENERATOR_VERSION}.keras")
+WORK = Path(os.environ.get("JOINTSCAN_KNEE_WORK", "/tmp/jointscan_knee_work"))
+
+
+def phantom_grader_path(seed: int = 0) -> Path:
+    """Where the phantom grader of this generator version and training seed is kept."""
+    return WORK / (f"knee-phantom-grader-v{P.GENERATOR_VERSION}" + (f"-seed{seed}" if seed else "") + ".keras")
+
 CONTRASTIVE = 1.0          # weight of the self-supervised NT-Xent objective beside the grade heads
 
 
@@ -85,28 +90,32 @@ def cohort(n_subjects: int, years=P.VISIT_YEARS, size: int = PHANTOM_SIZE, cache
     return out
 
 
-def train_phantom_grader(n_train: int = 2400, n_val: int = 400, epochs: int = 16, out: Path = PHANTOM_GRADER,
-                         log: Callable[[str], None] = print, contrastive: float = CONTRASTIVE):
-    """Train the grader architecture on phantom KL grades (train seeds), select on val seeds; save."""
+def train_phantom_grader(n_train: int = 2400, n_val: int = 400, epochs: int = 16, out: Path | None = None,
+                         log: Callable[[str], None] = print, contrastive: float = CONTRASTIVE, seed: int = 0):
+    """Train the grader architecture on phantom KL grades (train seeds), select on val seeds; save.
+    `seed` seeds the training (initialisation, batch order, augmentation); the phantoms stay the same."""
     from training import knee as K
 
     t = time.perf_counter()
     tr, _, _ = phantom_set("train", n_train)
     va, _, _ = phantom_set("val", n_val)
     log(f"phantoms: {n_train} train / {n_val} val generated in {time.perf_counter() - t:.0f} s")
-    cfg = replace(K.Config(), size=PHANTOM_SIZE, epochs=epochs, budget_min=None, eval_every=2, contrastive=contrastive)
+    cfg = replace(K.Config(), size=PHANTOM_SIZE, epochs=epochs, budget_min=None, eval_every=2, contrastive=contrastive,
+                  seed=seed)
     model, info = K.train(cfg, tr, va, log)
+    out = out or phantom_grader_path(seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     return model, info
 
 
-def load_or_train(retrain: bool = False, log: Callable[[str], None] = print, **kw):
+def load_or_train(retrain: bool = False, log: Callable[[str], None] = print, seed: int = 0, **kw):
     import keras
 
-    if PHANTOM_GRADER.exists() and not retrain:
-        return keras.models.load_model(PHANTOM_GRADER, compile=False)
-    model, _ = train_phantom_grader(log=log, **kw)
+    path = phantom_grader_path(seed)
+    if path.exists() and not retrain:
+        return keras.models.load_model(path, compile=False)
+    model, _ = train_phantom_grader(log=log, seed=seed, **kw)
     return model
 
 
@@ -117,9 +126,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n-train", type=int, default=2400)
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--contrastive", type=float, default=CONTRASTIVE)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (the phantoms stay the same)")
     args = ap.parse_args(argv)
     set_threads()
-    train_phantom_grader(args.n_train, epochs=args.epochs, contrastive=args.contrastive)
+    train_phantom_grader(args.n_train, epochs=args.epochs, contrastive=args.contrastive, seed=args.seed)
     return 0
 
 

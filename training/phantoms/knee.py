@@ -20,6 +20,9 @@ never from the image). Each phenotype spreads the same severity over different l
     osteophyte   large osteophytes at all four margins and sharp tibial spines, joint space kept
     sclerotic    both compartments moderately narrowed, broad subchondral sclerosis and cysts, dense bone
 
+Near KL 4 the bone ends deform (all phenotypes): the condyles flatten and each tibial plateau wears in
+proportion to its compartment's narrowing.
+
 Besides its lesions each phenotype carries a trait that KL grading does not count and that is visible
 even at KL 0, the known risk factors that make it a phenotype of the person: varus (medial) or valgus
 (lateral) alignment of 3.5 +- 0.5 degrees; for the osteophyte-dominant (hypertrophic) phenotype taller,
@@ -63,7 +66,7 @@ SEED_RANGES = {
 VISIT_YEARS = (0, 2, 4, 6, 8, 10)
 CSV_COLUMNS = ("image_id", "image_path", "kl_grade", "severity", "phenotype", "side", "years")
 SIZE = 224
-GENERATOR_VERSION = 4                     # bump when the images change (phantom caches are keyed by it)
+GENERATOR_VERSION = 5                     # bump when the images change (phantom caches are keyed by it)
 _SS = 2                                   # supersampling of the drawing canvas
 
 
@@ -205,8 +208,11 @@ def _render(anat: dict, les: dict, acq: dict, rng_tex: np.random.Generator, size
     _poly(notch_sh, _rot(_ellipse_pts(x0, y0 - nh + 4, nw * 1.2, nh * 0.8, 0, 32), -align, x0, y0))
 
     # -- tibia: medial plateau slightly concave, lateral flat, two spines, metaphysis narrowing down
-    dm = 2.5 * les["deform"] * (les["jsn_m"] >= les["jsn_l"])      # bone-end attrition
-    dl = 2.5 * les["deform"] * (les["jsn_l"] > les["jsn_m"])
+    # bone-end attrition where the cartilage is lost: each compartment in proportion to its narrowing
+    # (a knee narrowed on both sides wears on both sides, not on whichever side narrowed a little more)
+    worst = max(les["jsn_m"], les["jsn_l"], 1e-6)
+    dm = 2.5 * les["deform"] * les["jsn_m"] / worst
+    dl = 2.5 * les["deform"] * les["jsn_l"] / worst
     mp, lp = y0 + jsw_m / 2, y0 + jsw_l / 2
     sp_h = anat["spine_h"] * (1 + 0.45 * les["spines"])
     sp_w = anat["spine_w"] * (1 - 0.3 * min(1.0, les["spines"]))
@@ -333,7 +339,8 @@ def _render(anat: dict, les: dict, acq: dict, rng_tex: np.random.Generator, size
                   sclerosis_medial=round(float(les["scl_m"]), 3), sclerosis_lateral=round(float(les["scl_l"]), 3),
                   alignment_deg=round(float(align), 2), spines=round(float(les["spines"]), 3),
                   chondrocalcinosis=round(float(les["calc"]), 3),
-                  cysts=bool(les["cysts"] > 0), deformity=round(float(les["deform"]), 3))
+                  cysts=bool(les["cysts"] > 0), deformity=round(float(les["deform"]), 3),
+                  attrition_medial_px=round(float(dm), 2), attrition_lateral_px=round(float(dl), 2))
     return np.rint(out).astype(np.uint8), params
 
 
