@@ -34,7 +34,9 @@ test: $(STAMP)
 models: $(STAMP)
 	$(PY) -m training.sacroiliac --out models
 	$(PY) -m training.hand --out models
-	$(PY) -m training.knee --budget-min 55 --out models
+	$(PY) -m training.knee --size 160 --budget-min 55 --stage train --work /tmp/jointscan_knee_work/stage1
+	$(PY) -m training.knee --size 224 --budget-min 65 --lr 0.001 \
+		--init /tmp/jointscan_knee_work/stage1/knee-kl-grader.ckpt.keras --out models
 	$(PY) -m training.spine --out models
 
 benchmarks: $(STAMP)
