@@ -51,12 +51,22 @@ def joint_line_row(img: np.ndarray) -> int:
     return int(row)
 
 
-def _gap(img: np.ndarray, row: int, cols: slice) -> tuple[float, float]:
+def _smooth(img: np.ndarray) -> np.ndarray:
+    """The lightly blurred image the joint-space measurements read (noise off, the gap kept)."""
+    return cv2.GaussianBlur(img, (0, 0), max(0.6, 0.006 * img.shape[0]))
+
+
+def _band(smooth: np.ndarray, row: int, cols: slice) -> np.ndarray:
+    """Rows around `row` (6 % of the image either side), the compartment's columns."""
+    w = max(3, int(0.06 * smooth.shape[0]))
+    return smooth[max(0, row - w):row + w + 1, cols]
+
+
+def _gap(smooth: np.ndarray, row: int, cols: slice) -> tuple[float, float]:
     """(joint-space area per column, valley row offset) in a window around the joint line:
     per column, the summed darkness below the lower of the two bone shoulders (above and below)."""
-    s = img.shape[0]
-    w = max(3, int(0.06 * s))
-    band = cv2.GaussianBlur(img, (0, 0), max(0.6, 0.006 * s))[max(0, row - w):row + w + 1, cols]
+    w = max(3, int(0.06 * smooth.shape[0]))
+    band = _band(smooth, row, cols)
     mid = min(w, row)
     above, below = band[:mid + 1].max(axis=0), band[mid:].max(axis=0)
     shoulder = np.minimum(above, below)
@@ -88,16 +98,15 @@ def knee_features(img01: np.ndarray) -> dict[str, float]:
     s = img.shape[0]
     med, lat = slice(int(0.12 * s), int(0.38 * s)), slice(int(0.62 * s), int(0.88 * s))
     jl = joint_line_row(img)
+    smooth = _smooth(img)
     out: dict[str, float] = {}
     rows = {}
     for name, cols in (("medial", med), ("lateral", lat)):
-        area, off = _gap(img, jl, cols)
+        area, off = _gap(smooth, jl, cols)
         y = int(np.clip(jl + off, 0, s - 1))
         rows[name] = y
         out[f"jsw_{name}"] = area / s
-        w = max(3, int(0.06 * s))
-        band = cv2.GaussianBlur(img, (0, 0), max(0.6, 0.006 * s))[max(0, y - w):y + w + 1, cols]
-        out[f"calcification_{name}"] = float(np.median(ridge_in_valley(band)))
+        out[f"calcification_{name}"] = float(np.median(ridge_in_valley(_band(smooth, y, cols))))
         sub = img[min(s - 1, y + 2):min(s, y + int(0.07 * s)), cols]
         deep = img[min(s - 1, y + int(0.12 * s)):min(s, y + int(0.22 * s)), cols]
         out[f"sclerosis_{name}"] = float(sub.mean() - deep.mean()) if sub.size and deep.size else 0.0

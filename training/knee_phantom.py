@@ -29,13 +29,12 @@ PHANTOM_SIZE = 160         # the shipped grader's input size (at 128 px the thin
                            # chondrocalcinosis line, fall below a pixel and KL 0 phenotypes blur together)
 CACHE = Path(os.environ.get("JOINTSCAN_KNEE_CACHE", "/tmp/jointscan_knee_cache"))
 WORK = Path(os.environ.get("JOINTSCAN_KNEE_WORK", "/tmp/jointscan_knee_work"))
+CONTRASTIVE = 1.0          # weight of the self-supervised NT-Xent objective beside the grade heads
 
 
 def phantom_grader_path(seed: int = 0) -> Path:
     """Where the phantom grader of this generator version and training seed is kept."""
     return WORK / (f"knee-phantom-grader-v{P.GENERATOR_VERSION}" + (f"-seed{seed}" if seed else "") + ".keras")
-
-CONTRASTIVE = 1.0          # weight of the self-supervised NT-Xent objective beside the grade heads
 
 
 def to_input(case: P.KneeCase, size: int = PHANTOM_SIZE) -> np.ndarray:
