@@ -13,7 +13,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -41,7 +41,7 @@ class ModelEntry:
     architecture: str = ""
     reference: bool = False
     default: bool = False
-    gradcam_layer: str | None = None
+    gradcam_layer: str | list[str] | None = None     # several: an ensemble's members (one map together)
     size_bytes: int | None = None
     params: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
@@ -78,7 +78,7 @@ class LoadedModel:
         self.model = keras_model
         self._tf = tf
         self._infer = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
-        self._gradcam_models: dict[str, Any] = {}
+        self._gradcam_models: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
 
     def __call__(self, batch) -> Any:
@@ -90,18 +90,21 @@ class LoadedModel:
             return [v.numpy() for v in out]
         return out.numpy()
 
-    def gradcam_model(self, layer_name: str | None = None):
-        """A model returning (feature maps of `layer_name`, outputs), built once per layer."""
+    def gradcam_model(self, layer_name: str | Sequence[str] | None = None):
+        """A model returning (feature maps of `layer_name`, outputs), built once per layer. Several layer
+        names (an ensemble's members) give a list of feature maps, which imaging.gradcam combines."""
         import keras
 
         name = layer_name or self.entry.gradcam_layer
         if not name:
             raise ModelUnavailable(self.entry.id, "this model declares no Grad-CAM layer")
+        names = (name,) if isinstance(name, str) else tuple(name)
         with self._lock:
-            if name not in self._gradcam_models:
-                layer = self.model.get_layer(name)
-                self._gradcam_models[name] = keras.Model(self.model.inputs, [layer.output, self.model.output])
-            return self._gradcam_models[name]
+            if names not in self._gradcam_models:
+                maps = [self.model.get_layer(n).output for n in names]
+                self._gradcam_models[names] = keras.Model(self.model.inputs,
+                                                          [maps[0] if len(maps) == 1 else maps, self.model.output])
+            return self._gradcam_models[names]
 
 
 class ModelRegistry:

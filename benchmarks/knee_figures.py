@@ -64,8 +64,14 @@ def main(argv=None) -> int:
     print(f"Knee KL grading, VALIDATION figures (val split, {n} knees, real OAI radiographs; no test split exists)")
     print(f"model {MODEL_ID} v{entry.version} sha256 {entry.sha256[:12]}, {entry.params:,} parameters, "
           f"{entry.size_bytes / 1024:.0f} KiB, input {size} px, test-time flip; decision head kept: {head}")
-    print(f"training: {entry.training.get('epochs')} epochs, {entry.training.get('wall_time_s', 0) / 60:.0f} min, "
-          f"best epoch {entry.training.get('best_epoch')} (chosen on val)\n")
+    for i, r in enumerate(entry.training.get("members") or [entry.training]):
+        first = r.get("first_stage") or {}
+        print(f"training, grader {i + 1}: seed {r.get('seed')}, "
+              + (f"{first.get('epochs_run')} epochs at {first['config']['size']} px "
+                 f"({(first.get('wall_time_s') or 0) / 60:.0f} min), then " if first else "")
+              + f"{r.get('epochs')} epochs at {r.get('size', size)} px ({(r.get('wall_time_s') or 0) / 60:.0f} min), "
+              f"best epoch {r.get('best_epoch')} (chosen on val)")
+    print()
 
     majority = np.zeros(n, int)
     rows = [(f"{h} head" + (" (kept)" if h == head else ""), figs[h]) for h in figs]

@@ -16,7 +16,8 @@ import numpy as np
 def grad_cams(gradcam_model: Any, x: np.ndarray, targets: Sequence[tuple[str | None, int]]) -> list[np.ndarray]:
     """Class-activation maps for each (output name, class index), each float32 in [0, 1] at feature-map size.
 
-    `output name` None means the model has a single output tensor. The tape runs inside one
+    `output name` None means the model has a single output tensor. The feature maps may be a list
+    (see `_cams`). The tape runs inside one
     tf.function per (model, output names), built on first use: class indices are tensor
     arguments, so a new prediction never retraces it.
     """
@@ -53,11 +54,17 @@ def _compiled(gradcam_model: Any, names: tuple[str | None, ...]) -> Callable:
 
 
 def _cams(grads, features):
-    """Grad-CAM of every batch item (B, h, w): channel weights = mean gradient, positive evidence only."""
+    """Grad-CAM of every batch item (B, h, w): channel weights = mean gradient, positive evidence only.
+
+    `features` may be a list of same-sized maps (an ensemble's members, each with its gradient): their
+    weighted sums add up before the ReLU, which is the Grad-CAM of the shared score over all channels."""
     import tensorflow as tf
 
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+    if not isinstance(features, (list, tuple)):
+        grads, features = [grads], [features]
+    total = tf.add_n([tf.reduce_sum(tf.reduce_mean(g, axis=(1, 2), keepdims=True) * f, axis=-1)
+                      for g, f in zip(grads, features)])
+    return tf.nn.relu(total)
 
 
 def _cam(grads, features):

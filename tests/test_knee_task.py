@@ -25,10 +25,24 @@ def knee_models_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def knee_ensemble_dir(tmp_path_factory):
+    """Two quick graders (seeds 0 and 1) shipped as one ensemble file, the form the committed model has."""
+    from training import knee as K
+
+    root = tmp_path_factory.mktemp("knee_ensemble")
+    works = [str(root / f"member{s}") for s in (0, 1)]
+    for seed, work in zip((0, 1), works):
+        assert K.main(["--quick", "--seed", str(seed), "--stage", "train", "--work", work]) == 0
+    out = root / "models"
+    assert K.main(["--quick", "--stage", "ship", "--members", *works, "--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture
-def knee_dir(knee_models_dir):
-    """The quick model's folder; the task finds the catalogue beside the loaded model's file."""
-    return knee_models_dir
+def knee_dir(knee_ensemble_dir):
+    """The shipped (ensemble) model's folder; the task finds the catalogue beside the loaded model's file."""
+    return knee_ensemble_dir
 
 
 def phantom_png(seed=4, side="R") -> bytes:
@@ -78,6 +92,60 @@ def test_fine_tuning_at_a_higher_resolution_starts_from_the_first_stage(knee_mod
     assert "--size 80" in stage2 and f"--init {ckpt}" in stage2 and "--lr 0.001" in stage2
     card = (out / entry["card"]).read_text()
     assert "Two stages" in card and "at 64 px" in card
+
+
+def test_ensemble_ships_one_file_averaging_its_members(knee_ensemble_dir):
+    """One registry entry and file: heads = the members' mean, embedding = the members' embeddings side by
+    side (each scaled by one number), one Grad-CAM layer per member, both members' commands recorded."""
+    import keras
+
+    from training.knee_ensemble import gradcam_layers
+    from training.knee_ship import severity_basis_of
+
+    entry = next(m for m in json.loads((knee_ensemble_dir / "registry.json").read_text())["models"]
+                 if m["id"] == MODEL_ID)
+    assert entry["gradcam_layer"] == ["m0_gradcam_conv", "m1_gradcam_conv"]
+    assert [m["seed"] for m in entry["training"]["members"]] == [0, 1]
+    cmds = entry["training"]["command"].split(" && ")
+    assert len(cmds) == 3 and "--seed 1 --stage train --work" in cmds[1] and "--stage ship --members" in cmds[2]
+    assert "Member 2 (training seed 1)" in (knee_ensemble_dir / entry["card"]).read_text()
+
+    shipped = keras.models.load_model(knee_ensemble_dir / entry["file"], compile=False)
+    assert gradcam_layers(shipped) == entry["gradcam_layer"]
+    members = [keras.models.load_model(knee_ensemble_dir.parent / f"member{s}" / f"{MODEL_ID}.ckpt.keras",
+                                       compile=False) for s in (0, 1)]
+    x = np.random.default_rng(1).random((4, 64, 64, 1), np.float32)
+    got = {k: np.asarray(v) for k, v in shipped(x, training=False).items()}
+    outs = [{k: np.asarray(v) for k, v in m(x, training=False).items()} for m in members]
+    for head in ("kl_value", "kl_coral", "mirrored"):          # float16 storage: a small tolerance
+        np.testing.assert_allclose(got[head], (outs[0][head] + outs[1][head]) / 2, atol=0.02)
+    d = outs[0]["embedding"].shape[1]
+    assert got["embedding"].shape[1] == 2 * d
+    for i, o in enumerate(outs):
+        block, ref = got["embedding"][:, i * d:(i + 1) * d].ravel(), o["embedding"].ravel()
+        scale = float(block @ ref / (ref @ ref))
+        assert scale > 0 and np.abs(block - scale * ref).max() < 0.02 * np.abs(block).max()
+    basis = severity_basis_of(shipped)                         # each member's head directions, in its block
+    assert basis.shape == (2 * d, 4) and np.allclose(basis.T @ basis, np.eye(4), atol=1e-6)
+    assert np.allclose(basis[:d, 2:], 0) and np.allclose(basis[d:, :2], 0)
+
+
+def test_grad_cam_of_an_ensemble_of_identical_members_is_the_member_map(knee_models_dir):
+    """The ensemble's Grad-CAM adds the members' weighted maps before the ReLU: two copies of one grader
+    must give exactly that grader's map (and its outputs)."""
+    import keras
+
+    from training.knee_ensemble import combine
+    from training.knee_ship import cams_batch
+
+    grader = keras.models.load_model(knee_models_dir / ".work" / f"{MODEL_ID}.ckpt.keras", compile=False)
+    twin = combine([grader, grader], [1.0, 1.0])
+    images = (np.random.default_rng(2).random((3, 64, 64)) * 255).astype(np.uint8)
+    np.testing.assert_allclose(cams_batch(twin, images), cams_batch(grader, images), atol=1e-4)
+    x = images[..., None].astype(np.float32) / 255.0
+    np.testing.assert_allclose(np.asarray(twin(x)["kl_value"]), np.asarray(grader(x)["kl_value"]), atol=1e-6)
+    with pytest.raises(ValueError):
+        combine([grader], [1.0])
 
 
 def test_catalogue_round_trip_through_the_model_files(knee_dir):

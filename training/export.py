@@ -251,9 +251,25 @@ def write_model_card(models_dir: str | os.PathLike, entry: dict[str, Any],
         training.get("command", "(command not recorded)"),
         "```",
         "",
-        f"Seed {training.get('seed')}, {training.get('epochs')} epochs, "
-        f"training wall time {training.get('wall_time_s', 0):.0f} s on the machine that produced this file.",
+        *_run_summary(training),
         "",
     ]
     path.write_text("\n".join(lines))
     return path
+
+
+def _run_summary(training: dict[str, Any]) -> list[str]:
+    """Seed, epochs and wall time of the run, or of each member run of an ensemble (with its first stage)."""
+    runs = training.get("members") or [training]
+    lines = []
+    for i, r in enumerate(runs):
+        first = r.get("first_stage") or {}
+        wall = (r.get("wall_time_s") or 0) + (first.get("wall_time_s") or 0)
+        epochs = f"{first['epochs_run']} + {r.get('epochs')}" if first else f"{r.get('epochs')}"
+        lines.append(("- " if len(runs) > 1 else "") + (f"Member {i + 1}: " if len(runs) > 1 else "")
+                     + f"seed {r.get('seed')}, {epochs} epochs, training wall time {wall:.0f} s"
+                     + ("" if len(runs) > 1 else " on the machine that produced this file."))
+    if len(runs) > 1:
+        lines.append("\n(wall times on the machine that produced this file)")
+    return lines
+

@@ -1,7 +1,8 @@
 """Train, evaluate and ship the knee KL grader and its phenotype catalogue.
 
     python -m training.knee [--quick] [--out DIR] [--size 160] [--budget-min 55 | --epochs N] [--seed 0]
-                            [--stage all|train|ship]
+                            [--stage all|train|ship] [--work DIR] [--init CKPT] [--lr LR]
+    python -m training.knee --stage ship --members WORK1 WORK2 [--out DIR]     (an ensemble, see below)
 
 Model (file models/<id>.keras, id knee-kl-grader, version 1.0.0): `training.knee_model.knee_grader`,
 one residual trunk with a regression head (sigmoid * 4, MSE) and a CORAL head, trained together, plus
@@ -19,6 +20,10 @@ still ends with a fully annealed model). Evaluation: test-time flip averaging (t
 Stages: `train` writes a checkpoint to the work folder (/tmp/jointscan_knee_work); `ship` reloads it,
 saves the compact file into --out, evaluates the SHIPPED file on val, builds the phenotype catalogue
 (training.knee_phenotypes) from the train-split embeddings, registers the model and writes its card.
+`ship --members W1 W2 ...` ships the graders trained (`--stage train --work Wi`, each with its own seed)
+as one ensemble file (training.knee_ensemble): outputs averaged, embeddings side by side. The committed
+model is such an ensemble, because one grader's embedding, and so its phenotype clusters, depends on
+its training seed.
 
 `--quick` trains a tiny model for one short epoch on a handful of images (knee phantoms when the real
 data folder is absent) into a temporary or given --out; it refuses to write into the committed models/.
@@ -383,26 +388,43 @@ def _config_from_args(args) -> Config:
     return replace(cfg, **over)
 
 
+def _train_command(c: dict[str, Any], quick: bool) -> str:
+    """The training command of one run from its recorded config (a Config's fields)."""
+    return ("python -m training.knee " + ("--quick " if quick else "") + f"--size {c['size']} "
+            + (f"--epochs {c['epochs']}" if c.get("epochs") else f"--budget-min {c['budget_min']:g}")
+            + (f" --lr {c['lr']:g}" if c.get("lr", Config.lr) != Config.lr else "")
+            + (f" --init {c['init']}" if c.get("init") else "") + f" --seed {c['seed']}")
+
+
+def _stages(c: dict[str, Any], init_info: dict[str, Any] | None, quick: bool) -> list[str]:
+    """A fine-tuned run is preceded by its first stage's command (training into the --init folder)."""
+    if c.get("init") and init_info:
+        return [_train_command(init_info["config"], quick) + f" --stage train --work {Path(c['init']).parent}"]
+    return []
+
+
 def command_line(args, cfg: Config, init_info: dict[str, Any] | None = None) -> str:
-    """The command(s) that regenerate the shipped file: a fine-tuned run is preceded by its first stage's."""
-    parts = ["python -m training.knee"]
-    if args.quick:
-        parts.append("--quick")
-    parts.append(f"--size {cfg.size}")
-    parts.append(f"--epochs {cfg.epochs}" if cfg.epochs else f"--budget-min {cfg.budget_min:g}")
-    if cfg.lr != Config.lr:
-        parts.append(f"--lr {cfg.lr:g}")
-    if cfg.init:
-        parts.append(f"--init {cfg.init}")
-    parts.append(f"--seed {cfg.seed} --out {args.out or 'models'}")
-    cmd = " ".join(parts)
-    if cfg.init and init_info:
-        c = init_info["config"]
-        first = ("python -m training.knee " + ("--quick " if args.quick else "") + f"--size {c['size']} "
-                 + (f"--epochs {c['epochs']}" if c.get("epochs") else f"--budget-min {c['budget_min']:g}")
-                 + f" --seed {c['seed']} --stage train --work {Path(cfg.init).parent}")
-        cmd = f"{first} && {cmd}"
-    return cmd
+    """The command(s) that regenerate the shipped file of a single run."""
+    c = cfg.__dict__
+    return " && ".join(_stages(c, init_info, args.quick)
+                       + [_train_command(c, args.quick) + f" --out {args.out or 'models'}"])
+
+
+def ensemble_command_line(args, infos: list[dict[str, Any]], works: list[str]) -> str:
+    """The commands that regenerate an ensemble: each member's training (both stages), then the ship."""
+    cmds = []
+    for info, work in zip(infos, works):
+        cmds += _stages(info["config"], info.get("initialised_from"), args.quick)
+        cmds.append(_train_command(info["config"], args.quick) + f" --stage train --work {work}")
+    cmds.append("python -m training.knee " + ("--quick " if args.quick else "")
+                + f"--stage ship --members {' '.join(works)} --out {args.out or 'models'}")
+    return " && ".join(cmds)
+
+
+def member_config(info: dict[str, Any]) -> Config:
+    """The Config a member was trained with, from its train_info.json (lists back to tuples)."""
+    known = Config.__dataclass_fields__
+    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items() if k in known})
 
 
 def init_info_of(cfg: Config) -> dict[str, Any] | None:
@@ -429,8 +451,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="fine-tune from this checkpoint (e.g. a lower-resolution run's; its weights fit any size)")
     ap.add_argument("--stage", choices=("all", "train", "ship"), default="all")
     ap.add_argument("--work", default=None, help=f"checkpoint folder (default {WORK_DIR})")
+    ap.add_argument("--members", nargs="+", default=None, metavar="WORK",
+                    help="with --stage ship: ship the graders trained in these work folders as one ensemble")
     args = ap.parse_args(argv)
-    cfg = _config_from_args(args)
+    if args.members and args.stage != "ship":
+        ap.error("--members goes with --stage ship (train each member with --stage train --work FOLDER first)")
+    infos = [json.loads((Path(w) / "train_info.json").read_text()) for w in args.members or []]
+    cfg = member_config(infos[0]) if infos else _config_from_args(args)
     set_threads()
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="knee_quick_")) if args.quick
                                           else COMMITTED_MODELS_DIR)
@@ -452,9 +479,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("all", "ship"):
         from training.knee_ship import ship
 
-        info = json.loads((work / "train_info.json").read_text())
-        ship(ckpt, cfg, train_set, val_set, out, info, source,
-             command_line(args, cfg, info.get("initialised_from")), log, quick=args.quick)
+        if args.members:
+            ckpts = [Path(w) / f"{MODEL_ID}.ckpt.keras" for w in args.members]
+            command = ensemble_command_line(args, infos, args.members)
+        else:
+            infos = [json.loads((work / "train_info.json").read_text())]
+            ckpts, command = [ckpt], command_line(args, cfg, infos[0].get("initialised_from"))
+        ship(ckpts, cfg, train_set, val_set, out, infos, source, command, log, quick=args.quick)
     log(f"done; output in {out}")
     return 0
 

@@ -18,11 +18,20 @@ CARD_DATA = ("Chen P., Knee Osteoarthritis Severity Grading Dataset, Mendeley Da
 
 
 def severity_basis_of(model) -> np.ndarray:
-    """The embedding directions the grade heads read (regression and CORAL kernels), orthonormalised."""
+    """The embedding directions the grade heads read (regression and CORAL kernels), orthonormalised.
+    For an ensemble, each member's directions in its own block of the concatenated embedding."""
+    from training.knee_ensemble import member_prefixes
     from training.knee_phenotypes import severity_basis
 
-    return severity_basis([model.get_layer("kl_value_sigmoid").get_weights()[0][:, 0],
-                           model.get_layer("coral_score").get_weights()[0][:, 0]])
+    prefixes = member_prefixes(model)
+    dims = [model.get_layer(p + "embedding").units for p in prefixes]
+    vectors = []
+    for i, p in enumerate(prefixes):
+        for layer in ("kl_value_sigmoid", "coral_score"):
+            v = np.zeros(sum(dims))
+            v[sum(dims[:i]):sum(dims[:i + 1])] = model.get_layer(p + layer).get_weights()[0][:, 0]
+            vectors.append(v)
+    return severity_basis(vectors)
 
 
 def to_current_graph(model, cfg):
@@ -50,7 +59,10 @@ def cams_batch(model, images_u8: np.ndarray, batch: int = 32) -> np.ndarray:
 
     from imaging.gradcam import batch_grad_cams
 
-    gm = keras.Model(model.inputs, [model.get_layer(GRADCAM_LAYER).output, model.output["kl_value"]
+    from training.knee_ensemble import gradcam_layers
+
+    maps = [model.get_layer(name).output for name in gradcam_layers(model)]
+    gm = keras.Model(model.inputs, [maps[0] if len(maps) == 1 else maps, model.output["kl_value"]
                                     if isinstance(model.output, dict) else model.output])
     return np.concatenate([batch_grad_cams(gm, images_u8[i:i + batch].astype(np.float32)[..., None] / 255.0,
                                            [lambda v: v[:, 0]])[0]
@@ -81,16 +93,24 @@ def make_catalogue(model, images_u8: np.ndarray, head: str, ids=None, meta: dict
     return cat, pred, grades
 
 
-def ship(ckpt: Path, cfg, train_set, val_set, out: Path, info: dict[str, Any], source: str, command: str,
-         log: Callable[[str], None], quick: bool = False) -> dict[str, Any]:
+def ship(ckpts: list[Path], cfg, train_set, val_set, out: Path, infos: list[dict[str, Any]], source: str,
+         command: str, log: Callable[[str], None], quick: bool = False) -> dict[str, Any]:
+    """Ship one trained grader, or several as one ensemble file (training.knee_ensemble), with its
+    validation figures, catalogue, registry entry and card. infos[i]: member i's train_info.json."""
     import keras
 
     from training import knee as K
+    from training.knee_ensemble import combine, embedding_scales, gradcam_layers
     from training.export import register_model, save_for_shipping, write_model_card
     from training.knee_phenotypes import save_catalogue
 
     out.mkdir(parents=True, exist_ok=True)
-    model = to_current_graph(keras.models.load_model(ckpt, compile=False), cfg)
+    graders = [to_current_graph(keras.models.load_model(c, compile=False), cfg) for c in ckpts]
+    if len(graders) == 1:
+        model = graders[0]
+    else:   # the scales come from the knees the catalogue is built from
+        model = combine(graders, embedding_scales(graders, train_set.images))
+        log(f"ensemble of {len(graders)} graders")
     fname = f"{K.MODEL_ID}.keras"
     save_for_shipping(model, out / fname)
     shipped = keras.models.load_model(out / fname, compile=False)      # published figures: what ships
@@ -109,7 +129,9 @@ def ship(ckpt: Path, cfg, train_set, val_set, out: Path, info: dict[str, Any], s
     entry = {
         "id": K.MODEL_ID, "task": K.TASK, "role": "grader", "version": K.VERSION,
         "title": "Knee KL grader with phenotypes (compact residual CNN)" + (" [quick]" if quick else ""),
-        "architecture": (f"Residual CNN from scratch: stem 3x3/2, stages {list(cfg.widths)} with {list(cfg.blocks)} "
+        "architecture": ((f"Ensemble of {len(graders)} graders (outputs averaged, embeddings side by side), each: "
+                          if len(graders) > 1 else "") +
+                         f"Residual CNN from scratch: stem 3x3/2, stages {list(cfg.widths)} with {list(cfg.blocks)} "
                          f"residual blocks (BN+ReLU), last stage at 1/16 ('{GRADCAM_LAYER}'), compartment pooling "
                          f"(image-left/right halves), Dense {cfg.embedding_dim} embedding; heads: regression "
                          "(sigmoid x 4, MSE), CORAL (4 rank-consistent thresholds), orientation (mirrored)"),
@@ -120,12 +142,16 @@ def ship(ckpt: Path, cfg, train_set, val_set, out: Path, info: dict[str, Any], s
                                                         "json_sha256": sha256_file(jpath),
                                                         "npz_sha256": sha256_file(npath)}},
         "outputs": ["kl_value", "kl_coral", "mirrored", "embedding"],
-        "gradcam_layer": GRADCAM_LAYER,
+        "gradcam_layer": (lambda names: names[0] if len(names) == 1 else names)(gradcam_layers(shipped)),
         "training": {"data": source, "split": "official train split for training, val split for model "
-                     "selection and the figures (no test split here)", "seed": cfg.seed,
-                     "epochs": info.get("epochs_run"), "best_epoch": info.get("best_epoch"),
-                     "wall_time_s": info.get("wall_time_s"), "command": command,
-                     "budget": f"{cfg.budget_min} min wall clock" if cfg.budget_min else f"{cfg.epochs} epochs"},
+                     "selection and the figures (no test split here)", "command": command,
+                     "members": [{"seed": i["config"]["seed"], "size": i["config"]["size"],
+                                  "epochs": i.get("epochs_run"), "best_epoch": i.get("best_epoch"),
+                                  "wall_time_s": i.get("wall_time_s"),
+                                  "budget": (f"{i['config']['budget_min']:g} min wall clock" if i["config"].get("budget_min")
+                                             else f"{i['config']['epochs']} epochs"),
+                                  **({"first_stage": i["initialised_from"]} if i.get("initialised_from") else {})}
+                                 for i in infos]},
         "metrics": {"val": {"decision_head": head, **{h: {k: figs[h][k] for k in ("accuracy", "qwk", "mae", "recall")}
                                                       for h in figs}, "side_detection_accuracy": round(side_acc, 4),
                             "n": int(len(val_set))}},
@@ -134,7 +160,7 @@ def ship(ckpt: Path, cfg, train_set, val_set, out: Path, info: dict[str, Any], s
                         "a Grad-CAM, and the knee's phenotype within its grade from the stored catalogue."),
     }
     entry = register_model(out, entry, model=shipped)
-    write_model_card(out, entry, _card_sections(figs, head, side_acc, cat, cfg, info, source))
+    write_model_card(out, entry, _card_sections(figs, head, side_acc, cat, cfg, infos, source))
     log(f"registered {K.MODEL_ID} in {out / 'registry.json'}")
     return entry
 
@@ -149,7 +175,29 @@ def _first_stage(init: dict[str, Any] | None) -> str:
             f"{init.get('best_epoch')}), then its weights fine-tuned at the full resolution: ")
 
 
-def _card_sections(figs, head, side_acc, cat, cfg, info, source) -> dict[str, str]:
+def _member_text(info: dict[str, Any]) -> str:
+    c = info["config"]
+    return (_first_stage(info.get("initialised_from")) +
+            f"{info.get('epochs_run')} epochs at {c['size']} px ({(info.get('wall_time_s') or 0) / 60:.0f} min on a shared "
+            f"2-core CPU, AdamW lr {c['lr']}), best val QWK at epoch {info.get('best_epoch')}")
+
+
+def _training_text(cfg, infos: list[dict[str, Any]]) -> str:
+    common = (f"Batch {cfg.batch_size}, AdamW with warm-up and cosine decay, light augmentation (rotation, scale, "
+              "shift, gamma, contrast, brightness, mirror flips as the orientation target); both grade heads "
+              "trained together on one trunk; test-time flip averaging.")
+    if len(infos) == 1:
+        return _member_text(infos[0]) + ". " + common
+    members = "\n".join(f"- Member {i + 1} (training seed {info['config']['seed']}): {_member_text(info)}."
+                        for i, info in enumerate(infos))
+    return (f"An ensemble of {len(infos)} graders of the same architecture, trained independently (different "
+            "seeds: initialisation, batch order, augmentation); their outputs are averaged and their embeddings "
+            "set side by side for the phenotypes (each scaled to the same spread over the training knees), "
+            "because one grader's embedding depends on its seed (see training/knee_ensemble.py).\n\n"
+            f"{members}\n\n{common}")
+
+
+def _card_sections(figs, head, side_acc, cat, cfg, infos, source) -> dict[str, str]:
     from training.export import metrics_table
 
     rows = {h + (" (kept)" if h == head else ""): {"accuracy": figs[h]["accuracy"], "QWK": figs[h]["qwk"],
@@ -170,12 +218,7 @@ def _card_sections(figs, head, side_acc, cat, cfg, info, source) -> dict[str, st
                           f"patient-disjoint) for model selection and every figure below. No test split exists "
                           f"here, so these are validation figures. Data: {CARD_DATA}. Medoid thumbnails in the "
                           "catalogue are 64-pixel downscaled crops of training radiographs under the same licence."),
-        "Training": (_first_stage(info.get("initialised_from")) +
-                     f"{info.get('epochs_run')} epochs ({info.get('wall_time_s', 0) / 60:.0f} min on a shared 2-core "
-                     f"CPU), best val QWK at epoch {info.get('best_epoch')}; input {cfg.size} px, batch {cfg.batch_size}, "
-                     f"AdamW lr {cfg.lr} with warm-up and cosine decay, light augmentation (rotation, scale, shift, "
-                     "gamma, contrast, brightness, mirror flips as the orientation target); both grade heads trained "
-                     "together on one trunk; test-time flip averaging."),
+        "Training": _training_text(cfg, infos),
         "Metrics on held-out data": (metrics_table(rows) + f"\n\nDecision head kept (highest val QWK): **{head}**. "
                                      f"Per-grade recall: {recall}. Side (orientation) detection on val: "
                                      f"{side_acc:.1%}.\n\nConfusion matrix (val):\n\n{cm_md}"),
