@@ -108,7 +108,8 @@ def test_ensemble_ships_one_file_averaging_its_members(knee_ensemble_dir):
     assert [m["seed"] for m in entry["training"]["members"]] == [0, 1]
     cmds = entry["training"]["command"].split(" && ")
     assert len(cmds) == 3 and "--seed 1 --stage train --work" in cmds[1] and "--stage ship --members" in cmds[2]
-    assert "Member 2 (training seed 1)" in (knee_ensemble_dir / entry["card"]).read_text()
+    card = (knee_ensemble_dir / entry["card"]).read_text()
+    assert "Member 2 (training seed 1)" in card and "`m0_gradcam_conv`, `m1_gradcam_conv`" in card
 
     shipped = keras.models.load_model(knee_ensemble_dir / entry["file"], compile=False)
     assert gradcam_layers(shipped) == entry["gradcam_layer"]
@@ -263,5 +264,7 @@ def test_upload_flow_and_catalogue_pages(knee_app):
     # a bad side value is refused before anything runs
     bad = dict(form, scan=(io.BytesIO(phantom_png()), "knee.png"), **{"option-knee-side": "middle"})
     assert client.post("/upload", data=bad, content_type="multipart/form-data").status_code == 400
+    card_page = client.get(f"/models/{MODEL_ID}").get_data(as_text=True)     # the ensemble's model card
+    assert "<code>m0_gradcam_conv</code>, <code>m1_gradcam_conv</code>" in card_page
     anon = knee_app.test_client()
     assert anon.get(f"/knee/phenotypes/{MODEL_ID}/1").status_code == 302

@@ -237,7 +237,9 @@ def write_model_card(models_dir: str | os.PathLike, entry: dict[str, Any],
         f"- Outputs: {', '.join(entry.get('outputs', []))}",
     ]
     if entry.get("gradcam_layer"):
-        lines.append(f"- Grad-CAM layer: `{entry['gradcam_layer']}`")
+        names = entry["gradcam_layer"]
+        lines.append(f"- Grad-CAM layer: `{names}`" if isinstance(names, str) else
+                     "- Grad-CAM layers (one map over all): " + ", ".join(f"`{n}`" for n in names))
     lines.append("")
     for title in ("Training data", "Training", "Metrics on held-out data", "Known failure modes and limits"):
         if title in extra:
