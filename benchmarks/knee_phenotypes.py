@@ -1,11 +1,12 @@
 """Proof of the knee phenotype method on phantoms with hidden phenotypes.
 
-    python benchmarks/knee_phenotypes.py [--n 1500] [--heldout 500] [--subjects 200] [--retrain] [--seed 0]
+    python benchmarks/knee_phenotypes.py [--n 1500] [--heldout 500] [--subjects 200] [--retrain] [--seeds 0,1]
 
 What it measures, on what:
-* Embeddings: a grader of the app's architecture and training code (training.knee_model / training.knee.train)
+* Embeddings: graders of the app's architecture and training code (training.knee_model / training.knee.train)
   trained on knee-phantom KL grades only (training.knee_phantom; cached under /tmp, trained here in a few
-  minutes when absent). It never sees the hidden phenotype.
+  minutes each when absent), one per training seed, combined into one ensemble exactly as the shipped model
+  is (training.knee_ensemble, embedding scales from the catalogue knees). They never see the hidden phenotype.
 * Catalogue: `training.knee_ship.make_catalogue`, the very function that builds the shipped model's
   catalogue: knees filed under their PREDICTED grade, HDBSCAN per grade with the tuned minimum cluster size,
   noise kept out, descriptions from image measurements. Catalogue knees: phantom test seeds 1,000,000+.
@@ -44,8 +45,10 @@ def main(argv=None) -> int:
     ap.add_argument("--heldout", type=int, default=500, help="held-out phantoms for assignment")
     ap.add_argument("--subjects", type=int, default=200, help="longitudinal subjects")
     ap.add_argument("--retrain", action="store_true", help="retrain the phantom grader")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="the phantom grader's training seed (seeds other than 0 show how much the figures vary)")
+    ap.add_argument("--seeds", default="0,1",
+                    help="training seeds of the phantom graders, comma-separated: two or more make an ensemble, as "
+                         "the shipped model is (default 0,1); one seed gives a single grader. Other seeds show how "
+                         "much the figures vary")
     args = ap.parse_args(argv)
 
     from scipy.stats import kruskal, spearmanr
@@ -60,14 +63,17 @@ def main(argv=None) -> int:
 
     K.set_threads()
     t0 = time.perf_counter()
-    model = KPh.load_or_train(args.retrain, seed=args.seed)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cat_set, phen, _ = KPh.phantom_set("test", args.n)
+    model = KPh.phantom_model(seeds, cat_set.images, retrain=args.retrain)
     val, _, _ = KPh.phantom_set("val", 400)
     figs = K.figures(val.grades, K.predict_tta(model, val.images))
     head = K.best_head(figs)
-    print(f"phantom grader ({KPh.phantom_grader_path(args.seed).name}, {KPh.PHANTOM_SIZE} px): val accuracy "
+    print(f"phantom grader{'s' if len(seeds) > 1 else ''} "
+          f"({', '.join(KPh.phantom_grader_path(s).name for s in seeds)}, {KPh.PHANTOM_SIZE} px"
+          f"{', one ensemble' if len(seeds) > 1 else ''}): val accuracy "
           f"{figs[head]['accuracy']:.3f}, QWK {figs[head]['qwk']:.3f}, MAE {figs[head]['mae']:.3f} ({head} head)")
 
-    cat_set, phen, _ = KPh.phantom_set("test", args.n)
     cat, pred, g_pred = make_catalogue(model, cat_set.images, head, ids=list(cat_set.ids),
                                        meta={"built_from": f"{args.n} knee phantoms"}, log=lambda m: None)
     acc = float((g_pred == cat_set.grades).mean())

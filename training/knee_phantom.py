@@ -6,7 +6,8 @@ cannot be checked. The embedding there comes from a grader of the SAME architect
 phenotype, with one addition: an auxiliary self-supervised objective (NT-Xent on two augmented views of
 each knee, weight CONTRASTIVE), which keeps in the embedding what distinguishes one knee from another
 rather than only what sets its grade. The clustering, catalogue and assignment are the app's own code
-(training.knee_phenotypes via training.knee_ship.make_catalogue).
+(training.knee_phenotypes via training.knee_ship.make_catalogue), and, as in the app, the graders of
+several training seeds are combined into one ensemble (`phantom_model`, training.knee_ensemble).
 
     python -m training.knee_phantom [--n-train 2400] [--epochs 16] [--contrastive 1.0] [--seed 0]
 """
@@ -116,6 +117,15 @@ def load_or_train(retrain: bool = False, log: Callable[[str], None] = print, see
         return keras.models.load_model(path, compile=False)
     model, _ = train_phantom_grader(log=log, seed=seed, **kw)
     return model
+
+
+def phantom_model(seeds, catalogue_images: np.ndarray, retrain: bool = False, log: Callable[[str], None] = print):
+    """The phantom grader of one seed, or those of several seeds as one ensemble built the way the shipped
+    model is (training.knee_ensemble; embedding scales from the knees the catalogue is built from)."""
+    from training.knee_ensemble import combine, embedding_scales
+
+    members = [load_or_train(retrain, log=log, seed=s) for s in seeds]
+    return members[0] if len(members) == 1 else combine(members, embedding_scales(members, catalogue_images))
 
 
 def main(argv=None) -> int:
