@@ -99,7 +99,9 @@ def test_ensemble_ships_one_file_averaging_its_members(knee_ensemble_dir):
     side (each scaled by one number), one Grad-CAM layer per member, both members' commands recorded."""
     import keras
 
-    from training.knee_ensemble import gradcam_layers
+    from training import knee as K
+    from training.knee_ensemble import embedding_scales, gradcam_layers
+    from training.knee_phenotypes import remove_directions
     from training.knee_ship import severity_basis_of
 
     entry = next(m for m in json.loads((knee_ensemble_dir / "registry.json").read_text())["models"]
@@ -126,6 +128,10 @@ def test_ensemble_ships_one_file_averaging_its_members(knee_ensemble_dir):
         block, ref = got["embedding"][:, i * d:(i + 1) * d].ravel(), o["embedding"].ravel()
         scale = float(block @ ref / (ref @ ref))
         assert scale > 0 and np.abs(block - scale * ref).max() < 0.02 * np.abs(block).max()
+    images = (np.random.default_rng(3).random((12, 64, 64)) * 255).astype(np.uint8)
+    for m, scale in zip(members, embedding_scales(members, images)):  # equal spread: RMS length 1 once scaled
+        E = remove_directions(K.predict_tta(m, images)["embedding"], severity_basis_of(m)) * scale
+        assert np.sqrt(((E - E.mean(axis=0)) ** 2).sum(axis=1).mean()) == pytest.approx(1.0, rel=1e-6)
     basis = severity_basis_of(shipped)                         # each member's head directions, in its block
     assert basis.shape == (2 * d, 4) and np.allclose(basis.T @ basis, np.eye(4), atol=1e-6)
     assert np.allclose(basis[:d, 2:], 0) and np.allclose(basis[d:, :2], 0)

@@ -6,7 +6,8 @@ This is the single code path used by training (the catalogue of the shipped mode
 assigning need NumPy only.
 
 Method, per grade g (the knees the grader puts in grade g):
-1. Embedding: the grader's penultimate layer ("embedding", 64-d), read in the canonical orientation.
+1. Embedding: the grader's penultimate layer ("embedding", 64-d), read in the canonical orientation; for
+   an ensemble of graders (the shipped form, training.knee_ensemble), the members' embeddings side by side.
 2. The directions along which the grade heads read severity (the kernels of the regression and CORAL
    heads) are projected out, so what is left is how a knee differs from others of its grade rather
    than where it sits inside the grade; then centring on the grade, unit length (cosine geometry:
