@@ -31,12 +31,22 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Regenerate the committed models from their training commands (each also has a notebook).
+# The knee grader is an ensemble of three graders, each trained in two stages (160 px, then 224 px).
+KNEE_WORK = /tmp/jointscan_knee_work
 models: $(STAMP)
 	$(PY) -m training.sacroiliac --out models
 	$(PY) -m training.hand --out models
-	$(PY) -m training.knee --size 160 --budget-min 55 --stage train --work /tmp/jointscan_knee_work/stage1
-	$(PY) -m training.knee --size 224 --budget-min 65 --lr 0.001 \
-		--init /tmp/jointscan_knee_work/stage1/knee-kl-grader.ckpt.keras --out models
+	$(PY) -m training.knee --size 160 --budget-min 55 --seed 0 --stage train --work $(KNEE_WORK)/m0_stage1
+	$(PY) -m training.knee --size 224 --budget-min 65 --lr 0.001 --seed 0 --stage train --work $(KNEE_WORK)/m0_stage2 \
+		--init $(KNEE_WORK)/m0_stage1/knee-kl-grader.ckpt.keras
+	$(PY) -m training.knee --size 160 --budget-min 45 --seed 1 --stage train --work $(KNEE_WORK)/m1_stage1
+	$(PY) -m training.knee --size 224 --budget-min 50 --lr 0.001 --seed 1 --stage train --work $(KNEE_WORK)/m1_stage2 \
+		--init $(KNEE_WORK)/m1_stage1/knee-kl-grader.ckpt.keras
+	$(PY) -m training.knee --size 160 --budget-min 30 --seed 2 --stage train --work $(KNEE_WORK)/m2_stage1
+	$(PY) -m training.knee --size 224 --budget-min 40 --lr 0.001 --seed 2 --stage train --work $(KNEE_WORK)/m2_stage2 \
+		--init $(KNEE_WORK)/m2_stage1/knee-kl-grader.ckpt.keras
+	$(PY) -m training.knee --stage ship --members $(KNEE_WORK)/m0_stage2 $(KNEE_WORK)/m1_stage2 $(KNEE_WORK)/m2_stage2 \
+		--out models
 	$(PY) -m training.spine --out models
 
 benchmarks: $(STAMP)
