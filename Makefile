@@ -55,5 +55,6 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/hand_speed.py
 	$(PY) benchmarks/knee_figures.py
 	$(PY) benchmarks/knee_phenotypes.py
+	$(PY) benchmarks/knee_phenotype_seeds.py
 	$(PY) benchmarks/knee_speed.py
 	$(PY) benchmarks/spine_figures.py

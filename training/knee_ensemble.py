@@ -2,9 +2,10 @@
 
 Why: the phenotype clusters live in the grader's embedding, and one grader's embedding depends on its
 training seed. On 1500 validation phantoms, six phantom graders (seeds 0-5) alone reached ARIs as low as
-0.66 at KL 1-4 (and 0.0 at KL 0); in all 15 pairs and 20 triples of them, side by side, every KL 1-4 ARI
-was at least 0.87 (benchmarks/knee_phenotypes.py --seeds). The grade heads are averaged as well (a plain
-ensemble: on real val knees three graders gave QWK 0.812 against 0.796-0.802 alone).
+0.66 at KL 1-4 (and 0.0 at KL 0); side by side, the lowest KL 1-4 ARI was 0.73 over their 15 pairs and
+0.875 over their 20 triples, and 13 of the triples reached 0.8 at KL 0 too
+(benchmarks/knee_phenotype_seeds.py). The grade heads are averaged as well (a plain ensemble: on real
+val knees three graders gave QWK 0.812 against 0.796-0.802 alone).
 
     input "image" (S, S, 1), shared by every member
     member i: the grader's own layers, renamed "m{i}_<name>" (weights copied), so the file is one
@@ -82,16 +83,19 @@ def combine(members: Sequence, scales: Sequence[float], name: str = "knee_grader
     return keras.Model(inputs, merged, name=name)
 
 
-def embedding_scales(members: Sequence, images_u8: np.ndarray) -> list[float]:
-    """Per member, 1 / the root-mean-square length of its centred embedding (severity directions
-    removed) over these knees: with it every member spreads the knees equally in the concatenation."""
-    from training.knee import predict_tta
+def embedding_scale(embeddings: np.ndarray, basis: np.ndarray) -> float:
+    """1 / the root-mean-square length of the centred embeddings once the severity directions are removed."""
     from training.knee_phenotypes import remove_directions
+
+    E = remove_directions(embeddings, basis)
+    E = E - E.mean(axis=0)
+    return float(1.0 / max(np.sqrt((E ** 2).sum(axis=1).mean()), 1e-12))
+
+
+def embedding_scales(members: Sequence, images_u8: np.ndarray) -> list[float]:
+    """Per member, `embedding_scale` of its embeddings of these knees: with it every member spreads the
+    knees equally in the concatenation."""
+    from training.knee import predict_tta
     from training.knee_ship import severity_basis_of
 
-    scales = []
-    for m in members:
-        E = remove_directions(predict_tta(m, images_u8)["embedding"], severity_basis_of(m))
-        E = E - E.mean(axis=0)
-        scales.append(float(1.0 / max(np.sqrt((E ** 2).sum(axis=1).mean()), 1e-12)))
-    return scales
+    return [embedding_scale(predict_tta(m, images_u8)["embedding"], severity_basis_of(m)) for m in members]
