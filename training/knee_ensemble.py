@@ -13,7 +13,7 @@ val knees three graders gave QWK 0.812 against 0.796-0.802 alone).
     "kl_value", "kl_coral", "mirrored": the members' outputs averaged
     "embedding": the members' embeddings side by side, member i scaled by scales[i], so every member
         weighs the same in the phenotype geometry (scales from `embedding_scales`, fixed at export)
-    Grad-CAM layers: every member's "m{i}_gradcam_conv" (GRADCAM_LAYERS); the ensemble's map is the
+    Grad-CAM layers: every member's "m{i}_gradcam_conv" (`gradcam_layers`); the ensemble's map is the
         Grad-CAM of the averaged score over all of them (imaging.gradcam sums the members' maps before
         keeping the positive evidence)
 """
@@ -37,7 +37,7 @@ def gradcam_layers(model) -> list[str]:
     names = [layer.name for layer in model.layers if layer.name.endswith(GRADCAM_LAYER)]
     if not names:
         raise ValueError(f"model {model.name} has no {GRADCAM_LAYER!r} layer")
-    return sorted(names)
+    return sorted(names, key=lambda n: int(n[1:n.index("_")]) if n != GRADCAM_LAYER else -1)   # m2 before m10
 
 
 def member_prefixes(model) -> list[str]:
