@@ -124,6 +124,7 @@ def ship(ckpts: list[Path], cfg, train_set, val_set, out: Path, infos: list[dict
                                meta={"model_id": K.MODEL_ID, "built_from": f"{len(train_set)} {train_set.split} knees "
                                      f"({source}), filed under the grade the model predicts"}, log=log)
     jpath, npath = save_catalogue(cat, out / fname)
+    cam_layers = gradcam_layers(shipped)               # one per member of an ensemble
     from training.export import sha256_file
 
     entry = {
@@ -142,7 +143,7 @@ def ship(ckpts: list[Path], cfg, train_set, val_set, out: Path, infos: list[dict
                                                         "json_sha256": sha256_file(jpath),
                                                         "npz_sha256": sha256_file(npath)}},
         "outputs": ["kl_value", "kl_coral", "mirrored", "embedding"],
-        "gradcam_layer": (lambda names: names[0] if len(names) == 1 else names)(gradcam_layers(shipped)),
+        "gradcam_layer": cam_layers[0] if len(cam_layers) == 1 else cam_layers,
         "training": {"data": source, "split": "official train split for training, val split for model "
                      "selection and the figures (no test split here)", "command": command,
                      "members": [{"seed": i["config"]["seed"], "size": i["config"]["size"],
