@@ -1,0 +1,85 @@
+"""Bone marrow oedema measurement and the ASAS rule on hand-made volumes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.sacroiliac_inflammation import (asas_positive, lesions_on_slice, marrow_reference, oedema_mask)
+
+
+def synthetic_stir(seed: int = 0):
+    """A region of normal marrow N(400, 40) with a dark cortical rim (150) and two bright lesions (900)."""
+    rng = np.random.default_rng(seed)
+    stir = rng.normal(400, 40, (12, 64, 64)).astype(np.float32)
+    region = np.zeros(stir.shape, bool)
+    region[:, 8:56, 8:56] = True
+    stir[:, 8:56, 8:10] = rng.normal(150, 20, (12, 48, 2))             # cortex: a dark tail
+    lesion = np.zeros(stir.shape, bool)
+    lesion[3:6, 20:26, 20:26] = True                                      # 3 slices x 36 px
+    lesion[8, 40:44, 40:45] = True                                        # 1 slice x 20 px
+    stir[lesion] = rng.normal(900, 30, int(lesion.sum()))
+    stir[~region] = 50
+    return stir, region, lesion
+
+
+def test_the_reference_is_normal_marrow_not_the_lesions_or_the_cortex():
+    stir, region, _ = synthetic_stir()
+    ref = marrow_reference(stir, region)
+    assert ref.mode == pytest.approx(400, abs=15)
+    # The spread below the mode is normal marrow's, widened a little by the cortex below it.
+    assert 30 < ref.lower_spread < 90
+    assert ref.n_voxels == int(region.sum())
+
+
+def test_extensive_oedema_does_not_move_the_reference():
+    stir, region, _ = synthetic_stir()
+    heavy = stir.copy()
+    heavy[:, 30:50, 8:56] = np.random.default_rng(1).normal(800, 40, (12, 20, 48))   # 40% of the region
+    assert marrow_reference(heavy, region).mode == pytest.approx(400, abs=20)
+
+
+def test_oedema_mask_finds_the_lesions_and_drops_specks():
+    stir, region, lesion = synthetic_stir()
+    speck = (6, 50, 12)
+    stir[speck] = 950                                                   # one bright voxel: noise
+    mask = oedema_mask(stir, region, min_voxels=10)
+    assert mask[lesion].all()
+    assert not mask[speck]
+    assert mask.sum() == lesion.sum()
+    assert not oedema_mask(stir, region)[~region].any()                 # never outside the region
+
+
+def test_lesions_are_counted_per_slice_by_connectivity():
+    s = np.zeros((10, 10), bool)
+    s[1:3, 1:3] = True
+    s[3, 3] = True            # diagonal neighbour: same lesion (8-connected)
+    s[6:8, 6:9] = True
+    assert lesions_on_slice(s, min_pixels=1) == 2
+    assert lesions_on_slice(s, min_pixels=6) == 1     # 5 pixels and 6 pixels
+
+
+@pytest.mark.parametrize("slices, positive, expected", [
+    ({3: 1, 4: 1}, True, (3, 4)),               # two consecutive slices
+    ({2: 2}, True, (2,)),                       # two lesions on one slice
+    ({2: 1, 5: 1}, False, ()),                  # two slices, not consecutive, one lesion each
+    ({7: 1}, False, ()),                        # one lesion on one slice
+    ({}, False, ()),
+    ({0: 1, 1: 1, 2: 1, 6: 2}, True, (0, 1, 2, 6)),
+])
+def test_the_asas_rule(slices, positive, expected):
+    mask = np.zeros((9, 40, 40), bool)
+    for k, n in slices.items():
+        for i in range(n):
+            mask[k, 5 + 12 * i: 9 + 12 * i, 5:9] = True
+    result = asas_positive(mask)
+    assert result.positive is positive
+    assert result.slices == expected
+    assert result.lesions_per_slice == tuple(slices.get(k, 0) for k in range(9))
+
+
+def test_asas_reason_is_worded():
+    mask = np.zeros((4, 20, 20), bool)
+    mask[1, 2:6, 2:6] = True
+    assert "below the ASAS definition" in asas_positive(mask).reason
+    mask[2, 2:6, 2:6] = True
+    assert asas_positive(mask).reason == "oedema on two or more consecutive slices"
