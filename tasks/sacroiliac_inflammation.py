@@ -107,3 +107,83 @@ def asas_positive(mask: np.ndarray, min_pixels: int = MIN_LESION_PIXELS) -> Asas
     else:
         reason = "no oedema found"
     return AsasResult(bool(slices), slices, reason, counts)
+
+
+# -- SPARCC-style count (research score) ------------------------------------------
+SPARCC_SLICES = 6               # consecutive slices scored
+SPARCC_DEPTH_MM = 10.0          # a lesion this deep from the joint line scores the depth bonus
+
+
+@dataclass(frozen=True)
+class SparccSlice:
+    slice: int
+    quadrants: dict[str, bool]   # "right upper iliac", ... : BME present
+    intense: dict[str, bool]     # per joint ("right", "left"): a lesion as bright as fluid
+    deep: dict[str, bool]        # per joint: a lesion >= 1 cm deep from the joint line
+
+    @property
+    def score(self) -> int:
+        return sum(self.quadrants.values()) + sum(self.intense.values()) + sum(self.deep.values())
+
+
+@dataclass(frozen=True)
+class SparccResult:
+    total: int                   # 0-72
+    slices: tuple[SparccSlice, ...]
+
+
+def sparcc_like(mask: np.ndarray, region: np.ndarray, stir: np.ndarray, col_spacing_mm: float,
+                fluid_level: float | None = None) -> SparccResult:
+    """A SPARCC-style count on the six consecutive slices with the most joint region.
+
+    The SPARCC method reads each joint's four quadrants (iliac and sacral, upper and lower) on six
+    consecutive semi-coronal slices, with a bonus per joint and slice for intense signal and for depth.
+    Without a joint-line segmentation the geometry is approximated from the region: the two joints
+    lie either side of the region's midline column; on each slice a joint's line is the median column
+    of its side's region (sacrum medial, ilium lateral) and its upper and lower halves split at the
+    median row. "Intense" means a lesion whose 90th intensity percentile reaches `fluid_level` (by
+    default the 99th percentile of STIR outside the region: fluid, such as the spinal canal's).
+    A research score, not the validated SPARCC reading.
+    """
+    mask, region = np.asarray(mask, bool), np.asarray(region, bool)
+    stir = np.asarray(stir, np.float32)
+    if not region.any():
+        return SparccResult(0, ())
+    if fluid_level is None:
+        outside = stir[~region]
+        fluid_level = float(np.percentile(outside, 99)) if outside.size else float(stir.max())
+    area = region.sum(axis=(1, 2))
+    n = min(SPARCC_SLICES, len(area))
+    start = int(np.argmax(np.convolve(area, np.ones(n), mode="valid")))
+    midline = int(round(np.nonzero(region)[2].mean()))
+    scored = []
+    for k in range(start, start + n):
+        quadrants, intense, deep = {}, {}, {}
+        # The patient's right is on the image's left.
+        for side, cols in (("right", slice(0, midline)), ("left", slice(midline, None))):
+            side_region = np.zeros_like(region[k])
+            side_region[:, cols] = region[k][:, cols]
+            side_mask = mask[k] & side_region
+            if not side_region.any():
+                for q in ("upper iliac", "lower iliac", "upper sacral", "lower sacral"):
+                    quadrants[f"{side} {q}"] = False
+                intense[side] = deep[side] = False
+                continue
+            rows, columns = np.nonzero(side_region)
+            joint_col, mid_row = np.median(columns), np.median(rows)
+            lesion_rows, lesion_cols = np.nonzero(side_mask)
+            lateral = lesion_cols < joint_col if side == "right" else lesion_cols > joint_col
+            upper = lesion_rows < mid_row
+            for name, sel in (("upper iliac", lateral & upper), ("lower iliac", lateral & ~upper),
+                              ("upper sacral", ~lateral & upper), ("lower sacral", ~lateral & ~upper)):
+                quadrants[f"{side} {name}"] = bool(sel.any())
+            intense[side] = deep[side] = False
+            labels, count = ndimage.label(side_mask, structure=np.ones((3, 3), bool))
+            for i in range(1, count + 1):
+                lesion = labels == i
+                if np.percentile(stir[k][lesion], 90) >= fluid_level:
+                    intense[side] = True
+                if np.abs(np.nonzero(lesion)[1] - joint_col).max() * col_spacing_mm >= SPARCC_DEPTH_MM:
+                    deep[side] = True
+        scored.append(SparccSlice(k, quadrants, intense, deep))
+    return SparccResult(sum(s.score for s in scored), tuple(scored))

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.sacroiliac_inflammation import (asas_positive, lesions_on_slice, marrow_reference, oedema_mask)
+from tasks.sacroiliac_inflammation import (asas_positive, lesions_on_slice, marrow_reference, oedema_mask,
+                                            sparcc_like)
 
 
 def synthetic_stir(seed: int = 0):
@@ -84,3 +85,41 @@ def test_asas_reason_is_worded():
     assert "below the ASAS definition" in asas_positive(mask).reason
     mask[2, 2:6, 2:6] = True
     assert asas_positive(mask).reason == "oedema on two or more consecutive slices"
+
+
+def two_joint_region(shape=(10, 60, 100)):
+    """Two joints either side of column 50; each side's region spans 30 columns, rows 10-49."""
+    region = np.zeros(shape, bool)
+    region[2:9, 10:50, 10:40] = True      # patient's right joint (image left), line near column 25
+    region[2:9, 10:50, 60:90] = True      # patient's left joint, line near column 75
+    return region
+
+
+def test_sparcc_counts_quadrants_on_the_six_slices_with_most_region():
+    region = two_joint_region()
+    stir = np.full(region.shape, 400, np.float32)
+    mask = np.zeros(region.shape, bool)
+    mask[4, 12:16, 12:16] = True           # right joint: upper, lateral (iliac)
+    mask[4, 40:44, 30:34] = True           # right joint: lower, medial (sacral)
+    stir[~region] = 2000                   # fluid brighter than the lesions: no intensity bonus
+    result = sparcc_like(mask, region, stir, col_spacing_mm=0.5)    # at most 6.5 mm deep: no depth bonus
+    assert [s.slice for s in result.slices] == [2, 3, 4, 5, 6, 7]
+    on4 = next(s for s in result.slices if s.slice == 4)
+    assert {q for q, v in on4.quadrants.items() if v} == {"right upper iliac", "right lower sacral"}
+    assert result.total == 2
+
+
+def test_sparcc_intensity_and_depth_bonuses():
+    region = two_joint_region()
+    stir = np.full(region.shape, 400, np.float32)
+    stir[:, 0:5, :] = 2000                 # fluid outside the region sets the intense level
+    mask = np.zeros(region.shape, bool)
+    mask[5, 20:24, 62:64] = True           # left joint, far lateral: 11-13 columns from the line at 75
+    stir[5][mask[5]] = 2100                # as bright as fluid
+    result = sparcc_like(mask, region, stir, col_spacing_mm=1.0)
+    on5 = next(s for s in result.slices if s.slice == 5)
+    assert on5.intense == {"right": False, "left": True}
+    assert on5.deep == {"right": False, "left": True}
+    assert on5.score == 3 and result.total == 3
+    # At half a millimetre per column the same lesion is 6 mm deep: no depth bonus.
+    assert sparcc_like(mask, region, stir, col_spacing_mm=0.5).total == 2
