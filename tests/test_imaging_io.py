@@ -26,8 +26,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-import imaging.io as imio
-from imaging.io import DecodedImage, ImageReadError, read_image, sniff_type
+import imaging.raster as raster
+from imaging.io import DecodedImage, ImageReadError, read_image
+from imaging.sniff import sniff_type
 
 # pydicom warns (rightly) about the odd values in real and fuzzed files; the
 # behaviour under test is that they decode or are rejected, not the warnings.
@@ -273,7 +274,7 @@ def test_png_decompression_bomb_rejected_before_decoding(monkeypatch):
     def must_not_decode(*args, **kwargs):
         raise AssertionError("decoder called for an oversized image")
 
-    monkeypatch.setattr(imio.cv2, "imdecode", must_not_decode)
+    monkeypatch.setattr(raster.cv2, "imdecode", must_not_decode)
     start = time.perf_counter()
     err = rejects(bomb, 413)
     assert time.perf_counter() - start < 0.5
@@ -284,7 +285,7 @@ def test_jpeg_header_bomb_rejected(monkeypatch):
     data = bytearray(jpeg_bytes(np.zeros((64, 64), np.uint8)))
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", 65000, 65000)
-    monkeypatch.setattr(imio.cv2, "imdecode", lambda *a, **k: pytest.fail("decoded a bomb"))
+    monkeypatch.setattr(raster.cv2, "imdecode", lambda *a, **k: pytest.fail("decoded a bomb"))
     rejects(bytes(data), 413)
 
 
