@@ -8,7 +8,7 @@ JSON-safe result plus named images. It never touches Flask or the database:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import wraps
 from dataclasses import dataclass, field
@@ -186,6 +186,26 @@ def timed_model(method: Method) -> Method:
         return returned
 
     return run_timed  # type: ignore[return-value]
+
+
+def run_role(models: Mapping[str, Sequence[LoadedModel]], role: str, step: Callable[[LoadedModel], Any]
+             ) -> tuple[list[ModelOutput], dict[str, Any]]:
+    """Run `step` on each chosen model of `role`, in the order chosen: their outputs, and by model id
+    what else each step returned for the rest of the run (a mask, the detections).
+
+    A step returns its ModelOutput, or a tuple of it and those extras.
+    """
+    outputs: list[ModelOutput] = []
+    extras: dict[str, Any] = {}
+    for model in models.get(role, []):
+        returned = step(model)
+        if isinstance(returned, tuple):
+            output, *rest = returned
+            extras[model.entry.id] = rest[0] if len(rest) == 1 else tuple(rest)
+        else:
+            output = returned
+        outputs.append(output)
+    return outputs, extras
 
 
 def all_equal(values: Any) -> bool:

@@ -24,7 +24,8 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import boxes_overlay, heatmap_overlay
 from model_loader import LoadedModel
-from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, timed_model
+from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
+                        timed_model)
 
 JOINT_NAMES = ("PIP2", "PIP3", "PIP4", "PIP5", "DIP2", "DIP3", "DIP4", "DIP5")
 CROP_MARGIN = 0.10             # the crop's side is the larger box side plus 10%
@@ -323,20 +324,14 @@ class HandTask(TaskBase):
     def run(self, image: DecodedImage, models: dict[str, list[LoadedModel]],
             options: dict[str, Any]) -> TaskOutput:
         img = image.pixels
-        outputs: list[ModelOutput] = []
-        detections: list[dict[str, Any]] | None = None
-        anatomy: dict[str, Any] | None = None
-        detector_id = None
-        for det in models.get("detector", []):
-            out, joints, anat = self._detect(det, img)
-            outputs.append(out)
-            if detections is None:
-                detections, anatomy, detector_id = joints, anat, det.entry.id
-        detections = detections or []
-        scorer_outputs = [self._score(sc, img, detections, anatomy or {}, detector_id)
-                          for sc in models.get("scorer", [])]
-        outputs += scorer_outputs
-        warnings = self._warnings(detections, anatomy or {})
+        detector_outputs, found = run_role(models, "detector", lambda model: self._detect(model, img))
+        # The first chosen detector names the joints every scorer scores.
+        detector_id = next(iter(found), None)
+        detections, anatomy = found[detector_id] if detector_id else ([], {})
+        scorer_outputs, _ = run_role(models, "scorer",
+                                     lambda model: self._score(model, img, detections, anatomy, detector_id))
+        outputs = detector_outputs + scorer_outputs
+        warnings = self._warnings(detections, anatomy)
         summary: dict[str, Any] = {
             "detector": detector_id,
             "confident": not warnings,

@@ -31,7 +31,8 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import heatmap_overlay
 from model_loader import LoadedModel, sha256_of
-from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, timed_model
+from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
+                        timed_model)
 
 N_GRADES = 5
 GRADE_NAMES = ("KL 0", "KL 1", "KL 2", "KL 3", "KL 4")
@@ -240,7 +241,8 @@ class KneeTask(TaskBase):
 
     def run(self, image: DecodedImage, models: dict[str, list[LoadedModel]],
             options: dict[str, Any]) -> TaskOutput:
-        outputs = [self._grade(m, image.pixels, options.get("side") or "auto") for m in models.get("grader", [])]
+        side = options.get("side") or "auto"
+        outputs, _ = run_role(models, "grader", lambda model: self._grade(model, image.pixels, side))
         summary: dict[str, Any] = {}
         if len(outputs) >= 2:
             summary["comparison"] = self.agreement({"grade": [o.result["grade"] for o in outputs],

@@ -17,7 +17,7 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import disagreement_overlay, heatmap_overlay, mask_overlay
 from model_loader import LoadedModel
-from tasks.base import ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, timed_model
+from tasks.base import ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
 
 STAGE_NAMES = ("Normal", "Early", "Moderate", "Advanced")
 AS_NAMES = ("negative", "positive")
@@ -103,17 +103,13 @@ class SacroiliacTask(TaskBase):
     def run(self, image: DecodedImage, models: dict[str, list[LoadedModel]],
             options: dict[str, Any]) -> TaskOutput:
         img = image.pixels
-        outputs: list[ModelOutput] = []
-        masks: dict[str, np.ndarray] = {}
-        for seg in models.get("segmenter", []):
-            out, mask = self._segment(seg, img)
-            outputs.append(out)
-            masks[seg.entry.id] = mask
+        segmentations, masks = run_role(models, "segmenter", lambda model: self._segment(model, img))
         # The first chosen segmenter defines the joint region the classifiers focus on.
         focus_id = next(iter(masks), None)
         focus_mask = masks[focus_id] if focus_id else np.zeros(img.shape, np.uint8)
-        for cls in models.get("classifier", []):
-            outputs.append(self._classify(cls, img, focus_mask, focus_id))
+        classifications, _ = run_role(models, "classifier",
+                                      lambda model: self._classify(model, img, focus_mask, focus_id))
+        outputs = segmentations + classifications
 
         summary: dict[str, Any] = {"focus_segmenter": focus_id, "comparison": self._compare(outputs, masks)}
         run_images: dict[str, np.ndarray] = {}

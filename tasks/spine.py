@@ -23,7 +23,7 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import disagreement_overlay, heatmap_overlay, mask_overlay
 from model_loader import LoadedModel
-from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskOutput, timed_model
+from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
 
 # Class index -> structure. The dataset (SPIDER, as stored in ../shared/data/spine_mri) writes other
 # grey values into its mask PNGs; DATASET_VALUES maps our class indices to them and back.
@@ -187,12 +187,7 @@ class SpineTask(TaskBase):
         if structure not in STRUCTURES:
             structure = "vertebra"
         spacing = _spacing(image.meta.get("pixel_spacing_mm")) if image.meta else None
-        outputs: list[ModelOutput] = []
-        labels: dict[str, np.ndarray] = {}
-        for seg in models.get("segmenter", []):
-            out, lab = self._segment(seg, img, structure, spacing)
-            outputs.append(out)
-            labels[seg.entry.id] = lab
+        outputs, labels = run_role(models, "segmenter", lambda model: self._segment(model, img, structure, spacing))
 
         summary: dict[str, Any] = {"structure": structure}
         run_images: dict[str, np.ndarray] = {}
