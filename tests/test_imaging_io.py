@@ -15,7 +15,6 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     BasicTextSRStorage,
     ComputedRadiographyImageStorage,
@@ -23,12 +22,12 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
-    generate_uid,
 )
 
 import imaging.raster as raster
 from imaging.io import DecodedImage, ImageReadError, read_image
 from imaging.sniff import sniff_type
+from tests.conftest import dicom_dataset
 
 # pydicom warns (rightly) about the odd values in real and fuzzed files; the
 # behaviour under test is that they decode or are rejected, not the warnings.
@@ -82,13 +81,7 @@ def make_dicom(
     **extra,
 ) -> bytes:
     """A minimal valid DICOM file; ``stored`` is (H, W), (F, H, W) or (H, W, 3)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds = dicom_dataset(sop_class, transfer_syntax)
     ds.Modality = "CR"
     for key, value in extra.items():
         setattr(ds, key, value)
