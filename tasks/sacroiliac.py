@@ -12,10 +12,10 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from imaging.gradcam import focus, grad_cams
+from imaging.gradcam import grad_cams
 from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
-from imaging.overlay import disagreement_overlay, heatmap_overlay, mask_overlay
+from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
 from model_loader import LoadedModel
 from tasks.base import ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
 
@@ -166,9 +166,7 @@ class SacroiliacTask(TaskBase):
         for head, cam in zip(("as", "stage"), cams):
             full = np.zeros((h, w), np.float32)  # CAM of the crop, placed back where the crop came from
             full[y1:y2, x1:x2] = cv2.resize(cam, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
-            images[f"gradcam_{head}"] = heatmap_overlay(img, full)
-            if focus_mask.any():
-                images[f"focused_gradcam_{head}"] = heatmap_overlay(img, focus(full, focus_mask), mask=focus_mask)
+            images.update(gradcam_overlays(img, full, focus_mask, suffix=f"_{head}"))
         result = {
             "as_status": AS_NAMES[as_idx],
             "as_probability": round(float(p_as[1]), 4),

@@ -18,10 +18,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from imaging.gradcam import focus, grad_cam_class_sum
+from imaging.gradcam import grad_cam_class_sum
 from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
-from imaging.overlay import disagreement_overlay, heatmap_overlay, mask_overlay
+from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
 from model_loader import LoadedModel
 from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
 
@@ -235,10 +235,8 @@ class SpineTask(TaskBase):
         images = {
             "mask_overlay": mask_overlay(img, lab, COLOURS),
             "label_mask": to_dataset_values(lab),
-            "gradcam": heatmap_overlay(img, cam_full),
+            **gradcam_overlays(img, cam_full, region),
         }
-        if region.any():
-            images["focused_gradcam"] = heatmap_overlay(img, focus(cam_full, region), mask=region)
         return ModelOutput(model.entry.id, "segmenter", result, images), lab
 
     def _compare(self, a: np.ndarray, b: np.ndarray, res_a: dict[str, Any], res_b: dict[str, Any]) -> dict[str, Any]:
