@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from imaging.gradcam import focus
 from imaging.normalize import to_uint8
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "grey_to_rgb",
     "mask_overlay",
     "heatmap_overlay",
+    "gradcam_overlays",
     "boxes_overlay",
     "disagreement_overlay",
     "DEFAULT_COLOURS",
@@ -106,6 +108,16 @@ def heatmap_overlay(
         region = _fit_mask(mask, (h, w)) > 0
         _draw_contour(out, region, (255, 255, 255), _line_width((h, w)))
     return out
+
+
+def gradcam_overlays(img01: np.ndarray, cam: np.ndarray, region: np.ndarray, suffix: str = ""
+                     ) -> dict[str, np.ndarray]:
+    """A Grad-CAM over the image as "gradcam<suffix>" and, when `region` has any pixel, the CAM restricted
+    to the region (rescaled to its peak there, region outlined) as "focused_gradcam<suffix>"."""
+    images = {f"gradcam{suffix}": heatmap_overlay(img01, cam)}
+    if region.any():
+        images[f"focused_gradcam{suffix}"] = heatmap_overlay(img01, focus(cam, region), mask=region)
+    return images
 
 
 def boxes_overlay(

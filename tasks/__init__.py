@@ -1,18 +1,33 @@
-"""Clinical tasks, one module each. Adding a task = a module + a template partial + registry entries."""
+"""Clinical tasks, one module each, found by scanning this package.
+
+A module that defines a module-level `TASK` is a task: adding one means adding its module, its
+template partial (templates/tasks/<name>.html) and its models' registry entries. Task modules
+import TensorFlow only inside the functions that run a model, so scanning them stays cheap.
+"""
 from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import cache
 
 from tasks.base import ModelOutput, OptionSpec, RoleSpec, Task, TaskInputError, TaskOutput  # noqa: F401
 
 
-def all_tasks() -> dict[str, Task]:
-    # Imported lazily so that importing `tasks` never drags TensorFlow into web code.
-    from tasks import sacroiliac, spine
+@cache
+def _discovered() -> dict[str, Task]:
+    found = []
+    for module_info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        task = getattr(module, "TASK", None)
+        if task is not None:
+            found.append(task)
+    return {t.name: t for t in sorted(found, key=lambda t: (t.order, t.name))}
 
-    found = [sacroiliac.TASK, spine.TASK]
-    from tasks import knee; found.append(knee.TASK)  # noqa: E702 - the knee task (issue 4)
-    from tasks import hand; found.append(hand.TASK)  # noqa: E702 - the hand task (issue 3)
-    return {t.name: t for t in found}
+
+def all_tasks() -> dict[str, Task]:
+    """Every task by name, in the order lists show them (`order`, then name)."""
+    return dict(_discovered())
 
 
 def get_task(name: str) -> Task | None:
-    return all_tasks().get(name)
+    return _discovered().get(name)

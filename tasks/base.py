@@ -1,4 +1,4 @@
-"""The contract every clinical task module fulfils.
+"""The contract every clinical task module fulfils, and the defaults the tasks share.
 
 A task knows what it accepts, which model roles it needs, how to turn a
 decoded image into model inputs, and how to run the chosen models into a
@@ -7,14 +7,18 @@ JSON-safe result plus named images. It never touches Flask or the database:
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import wraps
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
-if TYPE_CHECKING:  # imported for type hints only, keeps task import cheap
-    from imaging.io import DecodedImage
-    from model_loader import LoadedModel
+from imaging.io import DecodedImage
+from model_loader import LoadedModel
 
 
 class TaskInputError(ValueError):
@@ -24,18 +28,6 @@ class TaskInputError(ValueError):
         super().__init__(message)
         self.message = message
         self.status = status
-
-
-def check_modality(image: "DecodedImage", accepted: tuple[str | None, ...], reads: str, single: str) -> None:
-    """The check every task starts with: the right modality (None = PNG/JPEG) and one grey image.
-
-    `reads` names what the task reads ("MRI"), `single` what one image is ("MRI slice").
-    """
-    if image.modality not in accepted:
-        raise TaskInputError(f"This task reads {reads}; the file is a {image.modality} image. "
-                             "Choose the task that matches the scan.")
-    if image.pixels.ndim != 2:
-        raise TaskInputError(f"Expected a single grey {single}.")
 
 
 @dataclass
@@ -125,23 +117,143 @@ class Task(Protocol):
     description: str
     roles: tuple[RoleSpec, ...]
     options: tuple[OptionSpec, ...]              # extra inputs; validated values arrive in run(options=...)
-    result_template: str
-    field_labels: dict[str, str]                 # display names for result keys on the comparison page
-    # Optional: `review_scale: ReviewScale` for graded outputs (see ReviewScale); tasks without one
-    # are reviewed as agree/disagree with a score in words and a comment.
-    # Image names containing "gradcam" or "heatmap" are explanations: the API omits them
-    # when a client asks for include_heatmaps=false.                        # template partial that renders a ModelOutput of this task
+    result_template: str                        # template partial that renders a ModelOutput of this task
+    field_labels: Mapping[str, str]              # display names for result keys on the comparison page
+    review_scale: ReviewScale | None            # graded outputs (see ReviewScale); None: reviewed in words
+    explanation_images: frozenset[str]           # image names that explain a decision (Grad-CAMs, heatmaps);
+                                                 # the API omits them on include_heatmaps=false
+    agreement_fields: Mapping[str, str]          # summary["comparison"] key -> the result field it judges
+    order: int                                   # where the task sits in lists (upload form, API, models page)
 
-    def check_input(self, image: "DecodedImage") -> None:
+    def check_input(self, image: DecodedImage) -> None:
         """Raise TaskInputError when the image cannot be analysed by this task."""
 
-    def run(self, image: "DecodedImage", models: dict[str, list["LoadedModel"]],
+    def run(self, image: DecodedImage, models: dict[str, list[LoadedModel]],
             options: dict[str, Any]) -> TaskOutput:
         """Run the chosen models (grouped by role) on the image.
 
         When several models of one role ran, the summary carries their
-        agreement under "comparison" for the side-by-side page.
+        agreement under "comparison" for the side-by-side page; the keys that
+        say whether the models agree on a result field are `agreement_fields`.
         """
 
     def headline(self, summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
         """One line for the history list; `results` are dicts with model_id, role and result."""
+
+    def is_explanation(self, image_name: str) -> bool:
+        """Whether the image named so is one of `explanation_images`."""
+
+    def disagreements(self, comparison: Mapping[str, Any]) -> set[str]:
+        """The result fields `agreement_fields` mark as disagreed on in a summary's "comparison"."""
+
+
+@dataclass
+class Timer:
+    """Milliseconds since the timer started; frozen once its `timed()` block ends."""
+
+    start: float = field(default_factory=time.perf_counter)
+    end: float | None = None
+
+    @property
+    def ms(self) -> float:
+        return ((self.end if self.end is not None else time.perf_counter()) - self.start) * 1000
+
+
+@contextmanager
+def timed() -> Iterator[Timer]:
+    """`with timed() as t: ...` -> `t.ms`, readable inside the block (time so far) and after it."""
+    timer = Timer()
+    try:
+        yield timer
+    finally:
+        timer.end = time.perf_counter()
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def timed_model(method: Method) -> Method:
+    """Times a task's per-model step into its ModelOutput's `elapsed_ms`.
+
+    The step returns the ModelOutput, or a tuple that starts with it (with what else the run needs).
+    """
+    @wraps(method)
+    def run_timed(*args: Any, **kwargs: Any) -> Any:
+        with timed() as t:
+            returned = method(*args, **kwargs)
+        output = returned[0] if isinstance(returned, tuple) else returned
+        output.elapsed_ms = t.ms
+        return returned
+
+    return run_timed  # type: ignore[return-value]
+
+
+def run_role(models: Mapping[str, Sequence[LoadedModel]], role: str, step: Callable[[LoadedModel], Any]
+             ) -> tuple[list[ModelOutput], dict[str, Any]]:
+    """Run `step` on each chosen model of `role`, in the order chosen: their outputs, and by model id
+    what else each step returned for the rest of the run (a mask, the detections).
+
+    A step returns its ModelOutput, or a tuple of it and those extras.
+    """
+    outputs: list[ModelOutput] = []
+    extras: dict[str, Any] = {}
+    for model in models.get(role, []):
+        returned = step(model)
+        if isinstance(returned, tuple):
+            output, *rest = returned
+            extras[model.entry.id] = rest[0] if len(rest) == 1 else tuple(rest)
+        else:
+            output = returned
+        outputs.append(output)
+    return outputs, extras
+
+
+def all_equal(values: Any) -> bool:
+    """Whether every model gave the same value (the agreement a comparison reports)."""
+    return len(set(values)) == 1
+
+
+class TaskBase:
+    """Defaults every task shares; a task module subclasses it and sets what differs.
+
+    Subclasses set `name`, `title`, `description` and `roles`, and implement `run` and `headline`.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    description: ClassVar[str]
+    roles: ClassVar[tuple[RoleSpec, ...]]
+    options: ClassVar[tuple[OptionSpec, ...]] = ()
+    field_labels: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    review_scale: ClassVar[ReviewScale | None] = None
+    explanation_images: ClassVar[frozenset[str]] = frozenset()
+    agreement_fields: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    order: ClassVar[int] = 100
+    accepted_modalities: ClassVar[tuple[str | None, ...]] = (None,)   # None: PNG/JPEG, whose modality we cannot read
+    reads: ClassVar[str] = "images"          # what the task reads, for the wrong-modality message ("MRI")
+    single_image: ClassVar[str] = "image"    # what one image is, for the wrong-shape message ("MRI slice")
+
+    @property
+    def result_template(self) -> str:
+        return f"tasks/{self.name}.html"
+
+    def check_input(self, image: DecodedImage) -> None:
+        """The right modality and one grey image; tasks with further limits extend this."""
+        if image.modality not in self.accepted_modalities:
+            raise TaskInputError(f"This task reads {self.reads}; the file is a {image.modality} image. "
+                                 "Choose the task that matches the scan.")
+        if image.pixels.ndim != 2:
+            raise TaskInputError(f"Expected a single grey {self.single_image}.")
+
+    def is_explanation(self, image_name: str) -> bool:
+        """Whether a stored image explains a decision (the API leaves these out on include_heatmaps=false)."""
+        return image_name in self.explanation_images
+
+    def disagreements(self, comparison: Mapping[str, Any]) -> set[str]:
+        """Result fields the models disagree on, from a summary's "comparison"."""
+        return {result_field for key, result_field in self.agreement_fields.items() if comparison.get(key) is False}
+
+    def agreement(self, values_by_field: Mapping[str, Any]) -> dict[str, bool]:
+        """The comparison's agreement keys from {result field: the models' values of it}."""
+        return {key: all_equal(values_by_field[result_field]) for key, result_field in self.agreement_fields.items()
+                if result_field in values_by_field}

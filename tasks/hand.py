@@ -7,26 +7,27 @@ larger box side + 10%, from the original image, padded where it leaves the image
 peak 200 vs not) and stage 2 (CORAL over 20 thresholds on non-peak joints), with a Grad-CAM per stage.
 
 The preprocessing and decoding functions here are the single definition used by training, the
-benchmarks and serving. Nothing here imports TensorFlow at import time.
+benchmarks and serving. TensorFlow is imported only inside the Grad-CAM score that needs it, so
+importing this module stays cheap.
 """
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
-from tasks.base import check_modality, ModelOutput, OptionSpec, RoleSpec, TaskInputError, TaskOutput
-
-if TYPE_CHECKING:
-    from imaging.io import DecodedImage
-    from model_loader import LoadedModel
+from imaging.gradcam import batch_grad_cams
+from imaging.io import DecodedImage
+from imaging.normalize import to_model_input
+from imaging.overlay import boxes_overlay, heatmap_overlay
+from model_loader import LoadedModel
+from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
+                        timed_model)
 
 JOINT_NAMES = ("PIP2", "PIP3", "PIP4", "PIP5", "DIP2", "DIP3", "DIP4", "DIP5")
-FINGER_OF = {n: int(n[-1]) for n in JOINT_NAMES}
 CROP_MARGIN = 0.10             # the crop's side is the larger box side plus 10%
 DETECTOR_STRIDE = 4            # heatmap cells per input pixel
 BOX_UNIT = 32.0                # the detector's box width/height are in input pixels / BOX_UNIT
@@ -74,8 +75,6 @@ def detector_input(image01: np.ndarray, size: int) -> tuple[np.ndarray, Letterbo
 
     Returns the batch (1, size, size, 1) and the geometry that maps detections back to the image.
     """
-    from imaging.normalize import to_model_input
-
     h, w = image01.shape[:2]
     lb = letterbox_geometry(h, w, size)
     nw, nh = int(round(w * lb.scale_x)), int(round(h * lb.scale_y))
@@ -144,8 +143,6 @@ def crop_square(image: np.ndarray, box: Sequence[float], margin: float = CROP_MA
 
 def scorer_input(crop01: np.ndarray, size: int, joint_index: int | None = None) -> np.ndarray:
     """(size, size, C): the crop resized and percentile-scaled; position-aware models get 8 one-hot planes."""
-    from imaging.normalize import to_model_input
-
     x = to_model_input(crop01.astype(np.float32), (size, size))[:, :, None]
     if joint_index is None:
         return x
@@ -279,7 +276,7 @@ def _label_scale(img: np.ndarray) -> float:
 
 
 # -- the task -------------------------------------------------------------------------------
-class HandTask:
+class HandTask(TaskBase):
     name = "hand"
     title = "Hand radiograph: erosive hand OA (GUSS)"
     description = ("PA radiograph of one whole hand. Finds the eight finger joints PIP2-PIP5 and DIP2-DIP5 by "
@@ -295,12 +292,16 @@ class HandTask:
         OptionSpec("timepoint", "Date of the radiograph (optional)", kind="date",
                    help="Orders the scans of one pseudonym over time; the upload date is used when empty."),
     )
-    result_template = "tasks/hand.html"
-    accepted_modalities = (None, "CR", "DX", "RG", "DR", "OT")   # None: PNG/JPEG
+    order = 40
+    accepted_modalities = (None, "CR", "DX", "RG", "DR", "OT")
+    reads, single_image = "hand radiographs", "radiograph"
+    explanation_images = frozenset({"detector_heatmap"} | {f"gradcam_stage{stage}_{joint}" for stage in (1, 2)
+                                                           for joint in JOINT_NAMES})
+    agreement_fields = {"guss_agree": "guss"}
     min_side = 128
 
-    def check_input(self, image: "DecodedImage") -> None:
-        check_modality(image, self.accepted_modalities, "hand radiographs", "radiograph")
+    def check_input(self, image: DecodedImage) -> None:
+        super().check_input(image)
         if min(image.pixels.shape) < self.min_side:
             raise TaskInputError(f"The image is too small for a whole hand (at least {self.min_side} pixels "
                                  "on each side are needed).")
@@ -320,23 +321,17 @@ class HandTask:
         return text
 
     # ------------------------------------------------------------------------------------
-    def run(self, image: "DecodedImage", models: dict[str, list["LoadedModel"]],
+    def run(self, image: DecodedImage, models: dict[str, list[LoadedModel]],
             options: dict[str, Any]) -> TaskOutput:
         img = image.pixels
-        outputs: list[ModelOutput] = []
-        detections: list[dict[str, Any]] | None = None
-        anatomy: dict[str, Any] | None = None
-        detector_id = None
-        for det in models.get("detector", []):
-            out, joints, anat = self._detect(det, img)
-            outputs.append(out)
-            if detections is None:
-                detections, anatomy, detector_id = joints, anat, det.entry.id
-        detections = detections or []
-        scorer_outputs = [self._score(sc, img, detections, anatomy or {}, detector_id)
-                          for sc in models.get("scorer", [])]
-        outputs += scorer_outputs
-        warnings = self._warnings(detections, anatomy or {})
+        detector_outputs, found = run_role(models, "detector", lambda model: self._detect(model, img))
+        # The first chosen detector names the joints every scorer scores.
+        detector_id = next(iter(found), None)
+        detections, anatomy = found[detector_id] if detector_id else ([], {})
+        scorer_outputs, _ = run_role(models, "scorer",
+                                     lambda model: self._score(model, img, detections, anatomy, detector_id))
+        outputs = detector_outputs + scorer_outputs
+        warnings = self._warnings(detections, anatomy)
         summary: dict[str, Any] = {
             "detector": detector_id,
             "confident": not warnings,
@@ -371,10 +366,8 @@ class HandTask:
         return warnings
 
     # ------------------------------------------------------------------------------------
-    def _detect(self, model: "LoadedModel", img: np.ndarray):
-        from imaging.overlay import boxes_overlay, heatmap_overlay
-
-        start = time.perf_counter()
+    @timed_model
+    def _detect(self, model: LoadedModel, img: np.ndarray):
         spec = model.entry.input
         size = int(spec["shape"][0])
         x, lb = detector_input(img, size)
@@ -430,8 +423,7 @@ class HandTask:
         }
         images = {"detections": boxes_overlay(img, boxes, font_scale=_label_scale(img)),
                   "detector_heatmap": heatmap_overlay(img, np.clip(hm_img, 0, 1), alpha=0.5)}
-        return (ModelOutput(model.entry.id, "detector", result, images, (time.perf_counter() - start) * 1000),
-                joints, anatomy)
+        return ModelOutput(model.entry.id, "detector", result, images), joints, anatomy
 
     @staticmethod
     def _ood(out: dict[str, np.ndarray], spec: dict[str, Any]) -> dict[str, Any]:
@@ -441,12 +433,9 @@ class HandTask:
         score = float(np.asarray(out["ood"]).reshape(-1)[0])
         return {"flag": bool(score > float(spec["ood_threshold"])), "score": round(score, 3)}
 
-    def _score(self, model: "LoadedModel", img: np.ndarray, detections: list[dict[str, Any]],
+    @timed_model
+    def _score(self, model: LoadedModel, img: np.ndarray, detections: list[dict[str, Any]],
                anatomy: dict[str, Any], detector_id: str | None) -> ModelOutput:
-        from imaging.gradcam import batch_grad_cams
-        from imaging.overlay import boxes_overlay, heatmap_overlay
-
-        start = time.perf_counter()
         spec = model.entry.input
         size = int(spec["shape"][0])
         position_aware = "joint_onehot" in spec.get("channels", [])
@@ -516,7 +505,7 @@ class HandTask:
             "peak_threshold": PEAK_THRESHOLD,
         }
         images = {"scored_joints": boxes_overlay(img, boxes, font_scale=_label_scale(img)), **images}
-        return ModelOutput(model.entry.id, "scorer", result, images, (time.perf_counter() - start) * 1000)
+        return ModelOutput(model.entry.id, "scorer", result, images)
 
     @staticmethod
     def _sum(t):
@@ -524,8 +513,7 @@ class HandTask:
 
         return tf.reduce_sum(t, axis=-1)
 
-    @staticmethod
-    def _compare(scorers: list[ModelOutput]) -> dict[str, Any]:
+    def _compare(self, scorers: list[ModelOutput]) -> dict[str, Any]:
         if len(scorers) < 2:
             return {}
         a, b = scorers[0].result["joints"], scorers[1].result["joints"]
@@ -534,7 +522,7 @@ class HandTask:
         return {"scorers": [scorers[0].model_id, scorers[1].model_id],
                 "guss_difference": diffs,
                 "max_abs_guss_difference": max((abs(v) for v in diffs.values()), default=None),
-                "guss_agree": all(abs(v) < DEFAULT_SDC for v in diffs.values())}
+                **{key: all(abs(v) < DEFAULT_SDC for v in diffs.values()) for key in self.agreement_fields}}
 
 
 TASK = HandTask()

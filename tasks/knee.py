@@ -20,18 +20,19 @@ evaluation (benchmarks/knee_figures.py) and serving.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
-from tasks.base import check_modality, ModelOutput, OptionSpec, RoleSpec, TaskInputError, TaskOutput
-
-if TYPE_CHECKING:
-    from imaging.io import DecodedImage
-    from model_loader import LoadedModel
+from imaging.gradcam import grad_cams
+from imaging.io import DecodedImage
+from imaging.normalize import to_model_input
+from imaging.overlay import heatmap_overlay
+from model_loader import LoadedModel, sha256_of
+from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
+                        timed_model)
 
 N_GRADES = 5
 GRADE_NAMES = ("KL 0", "KL 1", "KL 2", "KL 3", "KL 4")
@@ -53,8 +54,6 @@ MIN_SIDE_PX = 64
 # -- preprocessing shared with training ---------------------------------------------
 def grader_input(image01: np.ndarray, size: int) -> np.ndarray:
     """(H, W) image in [0, 1] -> (size, size) float32 model input (resize + 1-99 % percentile scaling)."""
-    from imaging.normalize import to_model_input
-
     return to_model_input(image01, (size, size))
 
 
@@ -133,12 +132,12 @@ _CATALOGUES: dict[tuple[str, str, str], Any] = {}
 _CAT_LOCK = threading.Lock()
 
 
-def model_file_path(model: "LoadedModel") -> Path:
+def model_file_path(model: LoadedModel) -> Path:
     """Where the loaded model's verified file lives; its catalogue sits beside it."""
     return Path(model.path)
 
 
-def catalogue_for(model: "LoadedModel"):
+def catalogue_for(model: LoadedModel):
     """The loaded model's phenotype catalogue (see `catalogue_at`)."""
     return catalogue_at(model_file_path(model), model.entry)
 
@@ -154,7 +153,6 @@ def catalogue_at(model_path: Path, entry) -> Any:
     with _CAT_LOCK:
         if key in _CATALOGUES:
             return _CATALOGUES[key]
-        from model_loader import sha256_of
         from training.knee_phenotypes import load_catalogue
 
         base = Path(model_path)
@@ -199,8 +197,6 @@ def _r(v) -> float | None:
 
 def phenotype_card_image(cat, grade: int, cluster: int, mirror: bool, size: int = 96) -> np.ndarray | None:
     """RGB strip: the cluster's medoid knees, its mean image and its mean Grad-CAM (as the upload is oriented)."""
-    from imaging.overlay import heatmap_overlay
-
     med = cat.images.get(f"g{grade}_c{cluster}_medoids")
     if med is None:
         return None
@@ -219,7 +215,7 @@ def phenotype_card_image(cat, grade: int, cluster: int, mirror: bool, size: int 
 
 
 # -- the task ---------------------------------------------------------------------------
-class KneeTask:
+class KneeTask(TaskBase):
     name = "knee"
     title = "Knee radiograph: Kellgren-Lawrence grade and phenotype"
     description = ("Knee radiograph (AP/PA), a crop centred on the tibiofemoral joint. Gives the Kellgren-Lawrence "
@@ -229,25 +225,28 @@ class KneeTask:
     options = (OptionSpec("side", "Knee side", "choice",
                           (("auto", "Detect from the image"), ("L", "Left knee"), ("R", "Right knee")), "auto",
                           "Medial and lateral follow from the side; when unknown the model reads it from the image."),)
-    result_template = "tasks/knee.html"
+    order = 30
     field_labels = {"grade": "KL grade", "value": "Continuous grade", "phenotype": "Phenotype", "side": "Side",
                     "grade_probabilities": "Grade probabilities"}
+    accepted_modalities = ACCEPTED_MODALITIES
+    reads, single_image = "knee radiographs", "radiograph"
+    explanation_images = frozenset({"gradcam_grade"})
+    agreement_fields = {"grade_agree": "grade", "phenotype_agree": "phenotype"}
 
-    def check_input(self, image: "DecodedImage") -> None:
-        check_modality(image, ACCEPTED_MODALITIES, "knee radiographs", "radiograph")
+    def check_input(self, image: DecodedImage) -> None:
+        super().check_input(image)
         if min(image.pixels.shape) < MIN_SIDE_PX:
             raise TaskInputError(f"The image is too small ({image.width}x{image.height}); a knee crop of at least "
                                  f"{MIN_SIDE_PX} pixels is needed.")
 
-    def run(self, image: "DecodedImage", models: dict[str, list["LoadedModel"]],
+    def run(self, image: DecodedImage, models: dict[str, list[LoadedModel]],
             options: dict[str, Any]) -> TaskOutput:
-        outputs = [self._grade(m, image.pixels, options.get("side") or "auto") for m in models.get("grader", [])]
+        side = options.get("side") or "auto"
+        outputs, _ = run_role(models, "grader", lambda model: self._grade(model, image.pixels, side))
         summary: dict[str, Any] = {}
         if len(outputs) >= 2:
-            grades = {o.model_id: o.result["grade"] for o in outputs}
-            phen = {o.model_id: o.result["phenotype"]["name"] for o in outputs}
-            summary["comparison"] = {"grade_agree": len(set(grades.values())) == 1,
-                                     "phenotype_agree": len(set(phen.values())) == 1}
+            summary["comparison"] = self.agreement({"grade": [o.result["grade"] for o in outputs],
+                                                    "phenotype": [o.result["phenotype"]["name"] for o in outputs]})
         return TaskOutput(summary=summary, models=outputs)
 
     def headline(self, summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
@@ -259,11 +258,8 @@ class KneeTask:
                 return text + (f", phenotype {ph['name']}" if ph.get("assigned") else ", no phenotype")
         return "Done"
 
-    def _grade(self, model: "LoadedModel", img: np.ndarray, side_option: str) -> ModelOutput:
-        from imaging.gradcam import grad_cams
-        from imaging.overlay import heatmap_overlay
-
-        start = time.perf_counter()
+    @timed_model
+    def _grade(self, model: LoadedModel, img: np.ndarray, side_option: str) -> ModelOutput:
         spec = model.entry.input
         size = int(spec["shape"][0])
         head = spec.get("decision_head", "regression")
@@ -317,7 +313,7 @@ class KneeTask:
             "p_left": round(p_left, 4),
             "phenotype": phenotype,
         }
-        return ModelOutput(model.entry.id, "grader", result, images, (time.perf_counter() - start) * 1000)
+        return ModelOutput(model.entry.id, "grader", result, images)
 
 
 TASK = KneeTask()

@@ -7,17 +7,17 @@ both training and serving.
 """
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 
-from tasks.base import check_modality, ModelOutput, ReviewScale, RoleSpec, TaskOutput
-
-if TYPE_CHECKING:
-    from imaging.io import DecodedImage
-    from model_loader import LoadedModel
+from imaging.gradcam import grad_cams
+from imaging.io import DecodedImage
+from imaging.normalize import to_model_input
+from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
+from model_loader import LoadedModel
+from tasks.base import ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
 
 STAGE_NAMES = ("Normal", "Early", "Moderate", "Advanced")
 AS_NAMES = ("negative", "positive")
@@ -29,8 +29,6 @@ MASK_COLOURS = {1: (255, 200, 0)}
 
 # -- preprocessing shared with training ------------------------------------
 def segmenter_input(image01: np.ndarray, size: int) -> np.ndarray:
-    from imaging.normalize import to_model_input
-
     return to_model_input(image01, (size, size))[None, :, :, None]
 
 
@@ -52,8 +50,6 @@ def classifier_input(image01: np.ndarray, mask: np.ndarray, spec: dict[str, Any]
     spec["crop"] == "joint_region": crop the box around `mask` (full image when empty);
     spec["channels"]: "image" and optionally "mask" (the joint region as a second channel).
     """
-    from imaging.normalize import to_model_input
-
     h_in, w_in = spec["shape"][0], spec["shape"][1]
     h, w = image01.shape
     box = (0, 0, w, h)
@@ -86,7 +82,7 @@ def classifier_probabilities(infer: Callable[[np.ndarray], Any], x: np.ndarray, 
 
 
 # -- the task ---------------------------------------------------------------
-class SacroiliacTask:
+class SacroiliacTask(TaskBase):
     name = "sacroiliac"
     title = "Sacroiliac MRI: ankylosing spondylitis"
     description = ("Semi-coronal sacroiliac-joint MRI slice (STIR or T1). Segments the joint region, "
@@ -94,37 +90,31 @@ class SacroiliacTask:
                    "with Grad-CAM and a Grad-CAM focused on the segmented joints.")
     roles = (RoleSpec("segmenter", "Joint-region segmentation"),
              RoleSpec("classifier", "AS status and stage"))
-    options = ()
-    result_template = "tasks/sacroiliac.html"
+    order = 10
     field_labels = {"as_status": "AS status", "stage_name": "Stage", "stage": "Stage"}
     # Reviewers grade the stage; weighted kappa compares them with each classifier.
     review_scale = ReviewScale("Stage", STAGE_NAMES, role="classifier", field="stage")
-    accepted_modalities = ("MR", None)   # None: PNG/JPEG, whose modality we cannot read
+    accepted_modalities = ("MR", None)
+    reads, single_image = "MRI", "MRI slice"
+    explanation_images = frozenset(f"{kind}_{head}" for kind in ("gradcam", "focused_gradcam")
+                                   for head in ("as", "stage"))
+    agreement_fields = {"as_status_agree": "as_status", "stage_name_agree": "stage_name"}
 
-    def check_input(self, image: "DecodedImage") -> None:
-        check_modality(image, self.accepted_modalities, "MRI", "MRI slice")
-
-    def run(self, image: "DecodedImage", models: dict[str, list["LoadedModel"]],
+    def run(self, image: DecodedImage, models: dict[str, list[LoadedModel]],
             options: dict[str, Any]) -> TaskOutput:
         img = image.pixels
-        outputs: list[ModelOutput] = []
-        masks: dict[str, np.ndarray] = {}
-        for seg in models.get("segmenter", []):
-            out, mask = self._segment(seg, img)
-            outputs.append(out)
-            masks[seg.entry.id] = mask
+        segmentations, masks = run_role(models, "segmenter", lambda model: self._segment(model, img))
         # The first chosen segmenter defines the joint region the classifiers focus on.
         focus_id = next(iter(masks), None)
         focus_mask = masks[focus_id] if focus_id else np.zeros(img.shape, np.uint8)
-        for cls in models.get("classifier", []):
-            outputs.append(self._classify(cls, img, focus_mask, focus_id))
+        classifications, _ = run_role(models, "classifier",
+                                      lambda model: self._classify(model, img, focus_mask, focus_id))
+        outputs = segmentations + classifications
 
         summary: dict[str, Any] = {"focus_segmenter": focus_id, "comparison": self._compare(outputs, masks)}
         run_images: dict[str, np.ndarray] = {}
         if len(masks) >= 2:
-            from imaging.overlay import disagreement_overlay
-
-            (id_a, a), (id_b, b) = list(masks.items())[:2]
+            a, b = list(masks.values())[:2]
             run_images["segmenter_disagreement"] = disagreement_overlay(img, a, b)
         return TaskOutput(summary=summary, models=outputs, images=run_images)
 
@@ -139,10 +129,8 @@ class SacroiliacTask:
         return "Done"
 
     # ---------------------------------------------------------------------
-    def _segment(self, model: "LoadedModel", img: np.ndarray) -> tuple[ModelOutput, np.ndarray]:
-        from imaging.overlay import mask_overlay
-
-        start = time.perf_counter()
+    @timed_model
+    def _segment(self, model: LoadedModel, img: np.ndarray) -> tuple[ModelOutput, np.ndarray]:
         size = model.entry.input_shape[0]
         prob = np.asarray(model(segmenter_input(img, size)))[0, :, :, 0]
         small = prob > MASK_THRESHOLD
@@ -160,15 +148,11 @@ class SacroiliacTask:
             "mean_confidence": round(float(prob[small].mean()) if found else 0.0, 3),
         }
         images = {"mask_overlay": mask_overlay(img, mask, MASK_COLOURS), "mask": (mask * 255).astype(np.uint8)}
-        return ModelOutput(model.entry.id, "segmenter", result, images,
-                           (time.perf_counter() - start) * 1000), mask
+        return ModelOutput(model.entry.id, "segmenter", result, images), mask
 
-    def _classify(self, model: "LoadedModel", img: np.ndarray, focus_mask: np.ndarray,
+    @timed_model
+    def _classify(self, model: LoadedModel, img: np.ndarray, focus_mask: np.ndarray,
                   focus_id: str | None) -> ModelOutput:
-        from imaging.gradcam import focus, grad_cams
-        from imaging.overlay import heatmap_overlay
-
-        start = time.perf_counter()
         spec = model.entry.input
         x, box = classifier_input(img, focus_mask, spec)
         probs = classifier_probabilities(model, x, spec)
@@ -182,9 +166,7 @@ class SacroiliacTask:
         for head, cam in zip(("as", "stage"), cams):
             full = np.zeros((h, w), np.float32)  # CAM of the crop, placed back where the crop came from
             full[y1:y2, x1:x2] = cv2.resize(cam, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
-            images[f"gradcam_{head}"] = heatmap_overlay(img, full)
-            if focus_mask.any():
-                images[f"focused_gradcam_{head}"] = heatmap_overlay(img, focus(full, focus_mask), mask=focus_mask)
+            images.update(gradcam_overlays(img, full, focus_mask, suffix=f"_{head}"))
         result = {
             "as_status": AS_NAMES[as_idx],
             "as_probability": round(float(p_as[1]), 4),
@@ -195,10 +177,9 @@ class SacroiliacTask:
             "focus_segmenter": focus_id,
             "joint_region_found": bool(focus_mask.any()),
         }
-        return ModelOutput(model.entry.id, "classifier", result, images, (time.perf_counter() - start) * 1000)
+        return ModelOutput(model.entry.id, "classifier", result, images)
 
-    @staticmethod
-    def _compare(outputs: list[ModelOutput], masks: dict[str, np.ndarray]) -> dict[str, Any]:
+    def _compare(self, outputs: list[ModelOutput], masks: dict[str, np.ndarray]) -> dict[str, Any]:
         comparison: dict[str, Any] = {}
         ids = list(masks)
         if len(ids) >= 2:
@@ -207,9 +188,8 @@ class SacroiliacTask:
             comparison["segmenter_dice"] = round(float(2 * (a & b).sum() / denom), 4) if denom else 1.0
         classifiers = [o for o in outputs if o.role == "classifier"]
         if len(classifiers) >= 2:
-            for field_name in ("as_status", "stage_name"):
-                values = {o.model_id: o.result[field_name] for o in classifiers}
-                comparison[f"{field_name}_agree"] = len(set(values.values())) == 1
+            comparison.update(self.agreement(
+                {name: [o.result[name] for o in classifiers] for name in self.agreement_fields.values()}))
         return comparison
 
 

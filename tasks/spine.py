@@ -13,17 +13,17 @@ evaluation (benchmarks/spine_figures.py) and serving.
 """
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
-from tasks.base import check_modality, ModelOutput, OptionSpec, RoleSpec, TaskOutput
-
-if TYPE_CHECKING:
-    from imaging.io import DecodedImage
-    from model_loader import LoadedModel
+from imaging.gradcam import grad_cam_class_sum
+from imaging.io import DecodedImage
+from imaging.normalize import to_model_input
+from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
+from model_loader import LoadedModel
+from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
 
 # Class index -> structure. The dataset (SPIDER, as stored in ../shared/data/spine_mri) writes other
 # grey values into its mask PNGs; DATASET_VALUES maps our class indices to them and back.
@@ -74,8 +74,6 @@ def to_dataset_values(labels: np.ndarray) -> np.ndarray:
 # -- preprocessing and post-processing shared with training ---------------------------
 def spine_input(image01: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A grey slice (any size, any range) -> model input (h, w, 1) float32 in [0, 1]."""
-    from imaging.normalize import to_model_input
-
     return to_model_input(image01, (int(size[0]), int(size[1])))[:, :, None]
 
 
@@ -166,7 +164,7 @@ def legend() -> list[dict[str, Any]]:
 
 
 # -- the task -----------------------------------------------------------------------
-class SpineTask:
+class SpineTask(TaskBase):
     name = "spine"
     title = "Lumbar spine MRI: vertebrae, discs, canal"
     description = ("Sagittal lumbar spine MRI slice (T2, PNG/JPEG or MR DICOM). Segments vertebrae, "
@@ -176,31 +174,24 @@ class SpineTask:
     options = (OptionSpec("structure", "Grad-CAM for", "choice",
                           tuple((s, STRUCTURE_TITLES[s]) for s in STRUCTURES), default="vertebra",
                           help="The structure whose Grad-CAM (gradient of its summed output) is shown."),)
-    result_template = "tasks/spine.html"
-    accepted_modalities = ("MR", None)   # None: PNG/JPEG, whose modality we cannot read
+    order = 20
+    accepted_modalities = ("MR", None)
+    reads, single_image = "MRI", "MRI slice"
+    explanation_images = frozenset({"gradcam", "focused_gradcam"})
+    agreement_fields = {"vertebrae_agree": "vertebrae", "discs_agree": "discs"}
 
-    def check_input(self, image: "DecodedImage") -> None:
-        check_modality(image, self.accepted_modalities, "MRI", "MRI slice")
-
-    def run(self, image: "DecodedImage", models: dict[str, list["LoadedModel"]],
+    def run(self, image: DecodedImage, models: dict[str, list[LoadedModel]],
             options: dict[str, Any]) -> TaskOutput:
         img = image.pixels
         structure = options.get("structure") or "vertebra"
         if structure not in STRUCTURES:
             structure = "vertebra"
         spacing = _spacing(image.meta.get("pixel_spacing_mm")) if image.meta else None
-        outputs: list[ModelOutput] = []
-        labels: dict[str, np.ndarray] = {}
-        for seg in models.get("segmenter", []):
-            out, lab = self._segment(seg, img, structure, spacing)
-            outputs.append(out)
-            labels[seg.entry.id] = lab
+        outputs, labels = run_role(models, "segmenter", lambda model: self._segment(model, img, structure, spacing))
 
         summary: dict[str, Any] = {"structure": structure}
         run_images: dict[str, np.ndarray] = {}
         if len(labels) >= 2:
-            from imaging.overlay import disagreement_overlay
-
             (id_a, a), (id_b, b) = list(labels.items())[:2]
             summary["compared_models"] = [id_a, id_b]
             summary["comparison"] = self._compare(a, b, outputs[0].result, outputs[1].result)
@@ -210,12 +201,9 @@ class SpineTask:
         return TaskOutput(summary=summary, models=outputs, images=run_images)
 
     # ---------------------------------------------------------------------
-    def _segment(self, model: "LoadedModel", img: np.ndarray, structure: str,
+    @timed_model
+    def _segment(self, model: LoadedModel, img: np.ndarray, structure: str,
                  spacing: tuple[float, float] | None) -> tuple[ModelOutput, np.ndarray]:
-        from imaging.gradcam import focus, grad_cam_class_sum
-        from imaging.overlay import heatmap_overlay, mask_overlay
-
-        start = time.perf_counter()
         h_in, w_in = model.entry.input_shape[:2]
         x = spine_input(img, (h_in, w_in))[None]
         probs = np.asarray(model(x))[0]
@@ -247,23 +235,18 @@ class SpineTask:
         images = {
             "mask_overlay": mask_overlay(img, lab, COLOURS),
             "label_mask": to_dataset_values(lab),
-            "gradcam": heatmap_overlay(img, cam_full),
+            **gradcam_overlays(img, cam_full, region),
         }
-        if region.any():
-            images["focused_gradcam"] = heatmap_overlay(img, focus(cam_full, region), mask=region)
-        return ModelOutput(model.entry.id, "segmenter", result, images,
-                           (time.perf_counter() - start) * 1000), lab
+        return ModelOutput(model.entry.id, "segmenter", result, images), lab
 
-
-    @staticmethod
-    def _compare(a: np.ndarray, b: np.ndarray, res_a: dict[str, Any], res_b: dict[str, Any]) -> dict[str, Any]:
+    def _compare(self, a: np.ndarray, b: np.ndarray, res_a: dict[str, Any], res_b: dict[str, Any]) -> dict[str, Any]:
         """Agreement of the first two segmenters, flat for the comparison page: <structure>_dice
-        per structure, then whether their vertebra and disc counts agree (<field>_agree)."""
+        per structure, then whether their vertebra and disc counts agree (`agreement_fields`)."""
         per = dice_by_structure(a, b)
         comparison: dict[str, Any] = {f"{name}_dice": value for name, value in per.items()}
         comparison["mean_dice"] = round(float(np.mean(list(per.values()))), 4)
-        for key in ("vertebrae", "discs"):
-            comparison[f"{key}_agree"] = res_a["counts"][key] == res_b["counts"][key]
+        comparison.update(self.agreement({key: [res_a["counts"][key], res_b["counts"][key]]
+                                          for key in self.agreement_fields.values()}))
         return comparison
 
     @staticmethod

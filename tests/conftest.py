@@ -188,20 +188,28 @@ def scan_jpeg() -> bytes:
     return buf.tobytes()
 
 
+def dicom_dataset(sop_class: str, transfer_syntax: str | None = None):
+    """An empty DICOM dataset with its file meta and a fresh instance UID (explicit VR little endian by default)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def dicom_bytes(modality: str = "MR", patient_name: str = "Doe^Jane", seed: int = 7) -> bytes:
     import io
 
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import MRImageStorage
 
     pixels = phantom_image(seed).astype(np.uint16) * 16        # 12-bit range
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds = dicom_dataset(MRImageStorage)
     ds.Modality = modality
     ds.PatientName = patient_name
     ds.PatientID = "JD-0042"

@@ -15,7 +15,6 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     BasicTextSRStorage,
     ComputedRadiographyImageStorage,
@@ -23,11 +22,12 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
-    generate_uid,
 )
 
-import imaging.io as imio
-from imaging.io import DecodedImage, ImageReadError, read_image, sniff_type
+import imaging.raster as raster
+from imaging.io import DecodedImage, ImageReadError, read_image
+from imaging.sniff import sniff_type
+from tests.conftest import dicom_dataset
 
 # pydicom warns (rightly) about the odd values in real and fuzzed files; the
 # behaviour under test is that they decode or are rejected, not the warnings.
@@ -81,13 +81,7 @@ def make_dicom(
     **extra,
 ) -> bytes:
     """A minimal valid DICOM file; ``stored`` is (H, W), (F, H, W) or (H, W, 3)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds = dicom_dataset(sop_class, transfer_syntax)
     ds.Modality = "CR"
     for key, value in extra.items():
         setattr(ds, key, value)
@@ -273,7 +267,7 @@ def test_png_decompression_bomb_rejected_before_decoding(monkeypatch):
     def must_not_decode(*args, **kwargs):
         raise AssertionError("decoder called for an oversized image")
 
-    monkeypatch.setattr(imio.cv2, "imdecode", must_not_decode)
+    monkeypatch.setattr(raster.cv2, "imdecode", must_not_decode)
     start = time.perf_counter()
     err = rejects(bomb, 413)
     assert time.perf_counter() - start < 0.5
@@ -284,7 +278,7 @@ def test_jpeg_header_bomb_rejected(monkeypatch):
     data = bytearray(jpeg_bytes(np.zeros((64, 64), np.uint8)))
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", 65000, 65000)
-    monkeypatch.setattr(imio.cv2, "imdecode", lambda *a, **k: pytest.fail("decoded a bomb"))
+    monkeypatch.setattr(raster.cv2, "imdecode", lambda *a, **k: pytest.fail("decoded a bomb"))
     rejects(bytes(data), 413)
 
 

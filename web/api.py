@@ -77,8 +77,8 @@ def _session_csrf_problem():
 
 # -- serialisation ---------------------------------------------------------------------
 def is_heatmap(task: Any, name: str) -> bool:
-    """The naming convention of tasks/base.py: explanation images say so in their name."""
-    return "gradcam" in name or "heatmap" in name
+    """Whether the task declares the image an explanation (its `explanation_images`)."""
+    return task is not None and task.is_explanation(name)
 
 
 def _images(run: Run, images: dict[str, str] | None, task: Any, include_heatmaps: bool) -> dict[str, str]:

@@ -144,9 +144,10 @@ def _entries_by_id(run) -> dict[str, Any]:
 
 
 def _disagreements(run) -> set[str]:
-    """Result fields the models disagree on, from the task's summary["comparison"]["<field>_agree"]."""
+    """Result fields the models disagree on: the task's `agreement_fields` read in summary["comparison"]."""
+    task = get_task(run.task)
     comparison = (run.summary or {}).get("comparison") or {}
-    return {key[: -len("_agree")] for key, value in comparison.items() if key.endswith("_agree") and value is False}
+    return task.disagreements(comparison) if task else set()
 
 
 def _comparable_roles(run) -> list[str]:

@@ -1,0 +1,362 @@
+"""DICOM uploads: parse, check limits and bombs, decode the middle frame, window it to [0, 1].
+
+Handles the modality LUT and VOI window (also from enhanced multi-frame functional groups),
+MONOCHROME1 inversion, colour and palette images, compressed transfer syntaxes (a clear 415 when
+no codec is installed), and returns only whitelisted, non-identifying metadata.
+"""
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import get_frame
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from imaging.errors import ImageReadError
+from imaging.sniff import check_min_size, check_pixels, j2k_size, jpeg_size
+
+_DEFLATED_TS = b"1.2.840.10008.1.2.1.99"
+
+
+def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str | None, dict[str, Any]]:
+    _check_deflate_bomb(data, max_pixels)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise ImageReadError("The DICOM file could not be parsed: it may be corrupt or truncated.", 400) from exc
+
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        _raise_no_image(ds)
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except Exception as exc:
+        raise ImageReadError("The DICOM header is incomplete: it gives no image size (Rows/Columns).", 400) from exc
+    frames = _int_or(_get(ds, "NumberOfFrames"), 1)
+    check_pixels(cols, rows, max_pixels, frames)  # before touching pixel data
+    check_min_size(cols, rows)
+
+    _ensure_transfer_syntax(ds)
+    ts = UID(ds.file_meta.TransferSyntaxUID)
+    index = frames // 2  # the middle frame is the most representative of a cine/volume
+    if ts.is_encapsulated and "PixelData" in ds:
+        _check_encapsulated_frame(ds.PixelData, index, frames, ts, max_pixels)
+
+    try:
+        raw = pixel_array(ds, index=index)
+    except Exception as exc:
+        if ts.is_compressed:
+            try:
+                available = get_decoder(ts).is_available
+            except Exception:
+                available = False
+            family = _codec_family(ts)
+            if not available:
+                raise ImageReadError(f"This DICOM compression is not supported ({family}).", 415) from exc
+            raise ImageReadError(f"Could not decode the compressed DICOM pixel data ({family}).", 400) from exc
+        raise ImageReadError("The DICOM pixel data could not be read: it may be corrupt or truncated.", 400) from exc
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    meta = _dicom_meta(ds, ts, frames, index, photometric)
+    if (raw.ndim == 3 and raw.shape[-1] in (3, 4)) or photometric == "PALETTE COLOR":
+        pixels = _colour_to_grey(raw, ds, photometric)
+        meta["window"] = {"source": "colour"}
+    else:
+        if raw.ndim != 2:
+            raise ImageReadError("The DICOM pixel data has an unexpected layout.", 400)
+        pixels, window = _monochrome_display(raw, ds, index)
+        meta["window"] = window
+        if photometric == "MONOCHROME1":  # stored with white = low values; invert after windowing
+            pixels = 1.0 - pixels
+        meta["inverted"] = photometric == "MONOCHROME1"
+    modality = ds.get("Modality")
+    return pixels, (str(modality).strip() or None) if modality else None, meta
+
+
+def _raise_no_image(ds: Any) -> None:
+    sop = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    name = UID(str(sop)).name if sop else ""
+    if name and name != str(sop) and "image" not in name.lower():
+        # A valid DICOM object of a non-image kind (report, RT structure, DICOMDIR ...).
+        raise ImageReadError(f"This DICOM file holds no image: it is a {name} object.", 415)
+    raise ImageReadError("This DICOM file holds no image (no pixel data).", 400)
+
+
+def _ensure_transfer_syntax(ds: Any) -> None:
+    """Files without file meta (like CR-MONO1-10-chest.dcm) have no transfer
+    syntax, which pydicom needs to decode pixels; use the encoding it read with."""
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" in ds.file_meta:
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        implicit, little = True, True
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+
+
+def _check_deflate_bomb(data: bytes, max_pixels: int) -> None:
+    """pydicom inflates a Deflated Explicit VR dataset in one unbounded call;
+    inflate it ourselves first with a cap so a zip bomb costs bounded memory."""
+    if _DEFLATED_TS not in data[:4096]:
+        return
+    start = 132 if data[128:132] == b"DICM" else 0
+    # (0002,0000) File Meta Information Group Length, explicit VR UL: 12 bytes then the meta group.
+    if data[start : start + 6] != b"\x02\x00\x00\x00UL":
+        raise ImageReadError("The deflated DICOM file has no readable file meta header.", 400)
+    (group_len,) = struct.unpack_from("<I", data, start + 8)
+    body = data[start + 12 + group_len :]
+    cap = max_pixels * 8 + 16 * 2**20  # room for the biggest allowed frame stack plus the header
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflater.decompress(body, cap)
+    except zlib.error as exc:
+        raise ImageReadError("The deflated DICOM data is corrupt.", 400) from exc
+    if inflater.unconsumed_tail:
+        raise ImageReadError("The deflated DICOM data expands beyond the size limit.", 413)
+
+
+def _check_encapsulated_frame(pixel_data: bytes, index: int, frames: int, ts: Any, max_pixels: int) -> None:
+    """Compare the codestream's own size with the limit: the decoder trusts the
+    JPEG/JPEG 2000 header, not Rows/Columns, so a lying header is a bomb."""
+    family = _codec_family(ts)
+    try:
+        frame = get_frame(pixel_data, index, number_of_frames=frames)
+    except Exception as exc:
+        raise ImageReadError(f"Could not decode the compressed DICOM pixel data ({family}).", 400) from exc
+    if family == "JPEG 2000":
+        size = j2k_size(frame)
+    elif family in ("JPEG", "JPEG-LS"):
+        size = jpeg_size(frame) if frame[:2] == b"\xff\xd8" else None
+    else:
+        return  # RLE and others decode into a buffer sized from Rows/Columns
+    if size is None:
+        raise ImageReadError(f"Could not decode the compressed DICOM pixel data ({family}).", 400)
+    check_pixels(size[0], size[1], max_pixels)
+
+
+def _codec_family(ts: Any) -> str:
+    name = ts.name
+    if "2000" in name:
+        return "JPEG 2000"
+    if "JPEG-LS" in name:
+        return "JPEG-LS"
+    if "JPEG" in name:
+        return "JPEG"
+    if "RLE" in name:
+        return "RLE"
+    return name
+
+
+def _int_or(value: Any, default: int) -> int:
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        return default
+    return out if out > 0 else default
+
+
+def _first_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
+        if len(value) == 0:
+            return None
+        value = value[0]
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
+
+
+def _functional(ds: Any, index: int, sequence: str, attr: str) -> Any:
+    """A value from the top level, else from the enhanced multi-frame functional
+    groups (per-frame first, then shared), where enhanced MR/CT keep rescale and window."""
+    if attr in ds:
+        return _get(ds, attr)
+    for groups_name, i in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
+        groups = _get(ds, groups_name)
+        if groups and i < len(groups):
+            seq = _get(groups[i], sequence)
+            if seq and attr in seq[0]:
+                return _get(seq[0], attr)
+    return None
+
+
+def _monochrome_display(raw: np.ndarray, ds: Any, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Modality LUT (stored -> real units), then the VOI window -> [0, 1]."""
+    if "ModalityLUTSequence" in ds:
+        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+    else:
+        slope = _first_float(_functional(ds, index, "PixelValueTransformationSequence", "RescaleSlope"))
+        intercept = _first_float(_functional(ds, index, "PixelValueTransformationSequence", "RescaleIntercept"))
+        values = raw.astype(np.float64)
+        if raw.dtype.kind == "f":  # Float Pixel Data may hold NaN/inf
+            values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        if slope is not None and slope != 0 and (slope != 1 or intercept):
+            values = values * slope + (intercept or 0.0)
+        elif intercept:
+            values = values + intercept
+
+    valid = _not_padding(raw, ds)
+    center = _first_float(_functional(ds, index, "FrameVOILUTSequence", "WindowCenter"))
+    width = _first_float(_functional(ds, index, "FrameVOILUTSequence", "WindowWidth"))
+    if center is not None and width is not None and width > 0:
+        function = str(_get(ds, "VOILUTFunction") or "LINEAR").strip().upper()
+        out = _apply_window(values, center, width, function)
+        if np.ptp(out) > 0 or np.ptp(values) == 0:
+            return out, {"source": "header", "center": center, "width": width, "function": function}
+        # A header window entirely outside the data would show a blank image.
+    lo, hi = _robust_range(values, valid)
+    if hi > lo:
+        out = _apply_window(values, (lo + hi) / 2.0, hi - lo, "LINEAR_EXACT")
+    else:  # a constant image has nothing to show
+        out = np.zeros(values.shape, np.float32)
+    return out, {"source": "percentile", "center": (lo + hi) / 2.0, "width": hi - lo, "function": "LINEAR_EXACT"}
+
+
+def _apply_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    # Formulas from DICOM PS3.3 C.11.2.1.2, with output range [0, 1].
+    if function == "SIGMOID":
+        out = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -60, 60)))
+    elif function == "LINEAR_EXACT" or width <= 1:
+        out = (values - center) / width + 0.5
+    else:
+        out = (values - (center - 0.5)) / (width - 1.0) + 0.5
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _not_padding(raw: np.ndarray, ds: Any) -> np.ndarray | None:
+    pad = _first_float(_get(ds, "PixelPaddingValue"))
+    if pad is None:
+        return None
+    limit = _first_float(_get(ds, "PixelPaddingRangeLimit"))
+    lo, hi = sorted((pad, pad if limit is None else limit))
+    return (raw < lo) | (raw > hi)
+
+
+def _robust_range(values: np.ndarray, valid: np.ndarray | None) -> tuple[float, float]:
+    sample = values[valid] if valid is not None and valid.any() else values.ravel()
+    step = max(1, sample.size // 1_000_000)  # a strided sample is plenty for percentiles
+    sample = sample[::step]
+    lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+    if not hi > lo:
+        lo, hi = float(sample.min()), float(sample.max())
+    return lo, hi
+
+
+def _colour_to_grey(raw: np.ndarray, ds: Any, photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        raw = apply_color_lut(raw, ds)
+        full = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else float(raw.max() or 1)
+    else:
+        bits = _int_or(ds.get("BitsStored"), 8)
+        full = float(2**bits - 1)
+    rgb = raw[..., :3].astype(np.float32)
+    # pydicom already converts YBR to RGB; ITU-R BT.601 luma weights as in OpenCV.
+    grey = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return np.clip(grey / full, 0.0, 1.0)
+
+
+_PERSON_KEYS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "IssuerOfPatientID")
+
+
+def _identifying_tokens(ds: Any) -> set[str]:
+    """Words from every person-name element and patient identifier, so free text
+    we pass on (series description) can be dropped if it repeats any of them."""
+    tokens: set[str] = set()
+    try:
+        for elem in ds.iterall():
+            if elem.VR == "PN" or elem.keyword in _PERSON_KEYS:
+                values = elem.value if isinstance(elem.value, (list, tuple, MultiValue)) else [elem.value]
+                for value in values:
+                    for token in re.split(r"[\^=\s,]+", str(value)):
+                        if len(token) >= 2:
+                            tokens.add(token.lower())
+    except Exception:
+        tokens.add("\x00unreadable")  # be safe: free text will be dropped
+    return tokens
+
+
+def _get(ds: Any, keyword: str) -> Any:
+    """An optional element's value, or None when absent or unreadable: metadata
+    is a nicety and a malformed optional tag must not reject the image."""
+    try:
+        return ds.get(keyword)
+    except Exception:
+        return None
+
+
+def _safe_text(ds: Any, keyword: str, tokens: set[str]) -> str | None:
+    value = _get(ds, keyword)
+    if value is None:
+        return None
+    text = str(value).strip()[:128]
+    if not text or "^" in text:
+        return None
+    lowered = text.lower()
+    words = set(re.split(r"[^0-9a-z]+", lowered))
+    if "\x00unreadable" in tokens or any(t in words or (len(t) >= 4 and t in lowered) for t in tokens):
+        return None
+    return text
+
+
+def _dicom_meta(ds: Any, ts: Any, frames: int, index: int, photometric: str) -> dict[str, Any]:
+    """Whitelisted, non-identifying facts only; never names, IDs, dates or places."""
+    tokens = _identifying_tokens(ds)
+    meta: dict[str, Any] = {
+        "photometric": photometric,
+        "rows": _int_or(_get(ds, "Rows"), 0),
+        "cols": _int_or(_get(ds, "Columns"), 0),
+        "bits_allocated": _int_or(_get(ds, "BitsAllocated"), 0),
+        "bits_stored": _int_or(_get(ds, "BitsStored"), 0),
+        "samples_per_pixel": _int_or(_get(ds, "SamplesPerPixel"), 1),
+        "frames": frames,
+        "frame_index": index,
+        "transfer_syntax": str(ts),
+        "transfer_syntax_name": ts.name,
+        "compressed": bool(ts.is_compressed),
+    }
+    sop = _get(ds, "SOPClassUID")
+    if sop:
+        meta["sop_class"] = UID(str(sop)).name
+    for key, keyword in (
+        ("modality", "Modality"),
+        ("body_part", "BodyPartExamined"),
+        ("view_position", "ViewPosition"),
+        ("laterality", "ImageLaterality"),
+        ("series_description", "SeriesDescription"),
+    ):
+        text = _safe_text(ds, keyword, tokens)
+        if text:
+            meta[key] = text
+    image_type = _get(ds, "ImageType")
+    if image_type:
+        # e.g. DERIVED/SECONDARY: a screen capture that may carry burnt-in text.
+        values = [image_type] if isinstance(image_type, str) else list(image_type)
+        meta["image_type"] = [str(v)[:16] for v in values][:8]
+    burned = _safe_text(ds, "BurnedInAnnotation", tokens)
+    if burned:
+        meta["burned_in_annotation"] = burned
+    spacing = _get(ds, "PixelSpacing") or _get(ds, "ImagerPixelSpacing")
+    if hasattr(spacing, "__len__") and not isinstance(spacing, (str, bytes)) and len(spacing) == 2:
+        row_mm, col_mm = _first_float(spacing[0]), _first_float(spacing[1])
+        if row_mm and col_mm:
+            meta["pixel_spacing_mm"] = [row_mm, col_mm]
+    thickness = _first_float(_get(ds, "SliceThickness"))
+    if thickness is not None:
+        meta["slice_thickness_mm"] = thickness
+    slope, intercept = _first_float(_get(ds, "RescaleSlope")), _first_float(_get(ds, "RescaleIntercept"))
+    if slope is not None or intercept is not None:
+        meta["rescale"] = {"slope": 1.0 if slope is None else slope, "intercept": intercept or 0.0}
+    return meta
