@@ -37,7 +37,7 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut
 
-from imaging.io import ImageReadError
+from imaging.errors import ImageReadError
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"

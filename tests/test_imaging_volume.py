@@ -15,7 +15,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from imaging.io import ImageReadError
+from imaging.errors import ImageReadError
 from imaging.volume import (Reorientation, StudyLimits, read_nifti, read_study, reorientation_for, sequence_kind,
                             zip_members)
 
