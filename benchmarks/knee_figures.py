@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
     from tasks.knee import GRADE_NAMES, TASK
     from training import knee as K
-    from training import metrics as M
+    from tasks.metrics import accuracy, kappa_figure, mae
 
     K.set_threads()
     lm = reg.load(MODEL_ID)
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     print(f"{'':34} {'accuracy':>8} {'QWK':>6} {'MAE':>6} {'MAE(cont)':>9}")
     for name, f in rows:
         print(f"{name:34} {f['accuracy']:>8.3f} {f['qwk']:>6.3f} {f['mae']:>6.3f} {f['mae_continuous']:>9.3f}")
-    print(f"{'baseline: always KL 0':34} {M.accuracy(majority, val.grades):>8.3f} "
-          f"{M.quadratic_weighted_kappa(val.grades, majority, 5):>6.3f} {M.mae(majority, val.grades):>6.3f}")
+    print(f"{'baseline: always KL 0':34} {accuracy(majority, val.grades):>8.3f} "
+          f"{kappa_figure(val.grades, majority, 5):>6.3f} {mae(majority, val.grades):>6.3f}")
     print(f"{'calibration: 2.8 M res-CNN 128 px':34} {0.493:>8.3f} {0.72:>6.3f} {0.62:>6.3f}")
     print(f"{'original design (regression)':34} {'':>8} {'':>6} {0.87:>6.3f}")
     print(f"{'published, ImageNet-pretrained':34} {0.70:>8.3f} {0.88:>6.3f}")

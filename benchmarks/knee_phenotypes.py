@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from tasks.knee import decide
     from training import knee as K
     from training import knee_phantom as KPh
-    from training.knee_phenotypes import CLUSTER_LETTERS
+    from tasks.knee_catalogue import CLUSTER_LETTERS
     from training.knee_ship import make_catalogue
     from training.phantoms.knee import PHENOTYPES, RATES
 

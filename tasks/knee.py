@@ -155,7 +155,7 @@ def catalogue_at(model_path: Path, entry) -> Any:
         if key in _CATALOGUES:
             return _CATALOGUES[key]
         from model_loader import sha256_of
-        from training.knee_phenotypes import load_catalogue
+        from tasks.knee_catalogue import load_catalogue
 
         base = Path(model_path)
         for kind in ("json", "npz"):

@@ -101,7 +101,7 @@ def test_ensemble_ships_one_file_averaging_its_members(knee_ensemble_dir):
 
     from training import knee as K
     from training.knee_ensemble import embedding_scales, gradcam_layers
-    from training.knee_phenotypes import remove_directions
+    from tasks.knee_catalogue import remove_directions
     from training.knee_ship import severity_basis_of
 
     entry = next(m for m in json.loads((knee_ensemble_dir / "registry.json").read_text())["models"]

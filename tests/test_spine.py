@@ -93,7 +93,7 @@ def test_dice_on_hand_made_masks():
     assert d["vertebra"] == pytest.approx(2 / 3, abs=1e-4)
     assert d["disc"] == 1.0 and d["canal"] == 0.0
     assert T.dice_by_structure(np.zeros((3, 3)), np.zeros((3, 3))) == {"vertebra": 1.0, "disc": 1.0, "canal": 1.0}
-    from training.metrics import dice_per_class
+    from tasks.metrics import dice_per_class
 
     assert np.allclose(dice_per_class(a, b, 4)[1:], [2 / 3, 1.0, 0.0])
 

@@ -47,7 +47,7 @@ def test_quick_run_registers_verified_models(quick_run):
         else:
             assert entry["outputs"] == ["mask"]
     assert {raw[m]["default"] for m in S.OURS} == {True} and {raw[m]["reference"] for m in S.REFERENCES} == {True}
-    from training.quantize import Int8Conv2D, Int8Conv2DTranspose
+    from imaging.layers import Int8Conv2D, Int8Conv2DTranspose
 
     ref_unet = registry.load("sij-unet-ref").model                  # shipped with int8 conv kernels
     assert isinstance(ref_unet.get_layer("mask"), Int8Conv2D) and isinstance(ref_unet.get_layer("dec0_up"),

@@ -154,7 +154,7 @@ def register_model(models_dir: str | os.PathLike, entry: dict[str, Any], model=N
     elif entry.get("params") is None:
         import keras
 
-        from training.architectures import custom_objects
+        from imaging.layers import custom_objects
 
         entry["params"] = keras.models.load_model(file_path, compile=False,
                                                   custom_objects=custom_objects()).count_params()

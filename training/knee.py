@@ -47,7 +47,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tasks.knee import DECISION_HEADS, GRADE_NAMES, N_GRADES, decide  # noqa: E402
-from training import metrics as M  # noqa: E402
+from tasks.metrics import accuracy, confusion_matrix, kappa_figure, mae, per_class_recall
 
 TASK = "knee"
 MODEL_ID = "knee-kl-grader"
@@ -237,13 +237,13 @@ def figures(grades: np.ndarray, pred: dict[str, np.ndarray]) -> dict[str, dict[s
     for head in DECISION_HEADS:
         g, cont = decide(pred["kl_value"], pred["kl_coral"], head)
         out[head] = {
-            "accuracy": round(M.accuracy(g, grades), 4),
-            "qwk": round(M.quadratic_weighted_kappa(grades, g, N_GRADES), 4),
-            "mae": round(M.mae(g, grades), 4),
-            "mae_continuous": round(M.mae(np.clip(cont, 0, 4), grades), 4),
+            "accuracy": round(accuracy(g, grades), 4),
+            "qwk": round(kappa_figure(grades, g, N_GRADES), 4),
+            "mae": round(mae(g, grades), 4),
+            "mae_continuous": round(mae(np.clip(cont, 0, 4), grades), 4),
             "recall": {n: (None if not np.isfinite(r) else round(float(r), 4))
-                       for n, r in zip(GRADE_NAMES, M.per_class_recall(grades, g, N_GRADES))},
-            "confusion_matrix": M.confusion_matrix(grades, g, N_GRADES).tolist(),
+                       for n, r in zip(GRADE_NAMES, per_class_recall(grades, g, N_GRADES))},
+            "confusion_matrix": confusion_matrix(grades, g, N_GRADES).tolist(),
             "n": int(len(grades)),
         }
     return out

@@ -85,7 +85,7 @@ def combine(members: Sequence, scales: Sequence[float], name: str = "knee_grader
 
 def embedding_scale(embeddings: np.ndarray, basis: np.ndarray) -> float:
     """1 / the root-mean-square length of the centred embeddings once the severity directions are removed."""
-    from training.knee_phenotypes import remove_directions
+    from tasks.knee_catalogue import remove_directions
 
     E = remove_directions(embeddings, basis)
     E = E - E.mean(axis=0)

@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tasks.sacroiliac import (MASK_THRESHOLD, MIN_REGION_PX, STAGE_NAMES, AS_NAMES,  # noqa: E402
                               classifier_input, classifier_probabilities, segmenter_input)
-from training import metrics as M  # noqa: E402
+from tasks.metrics import accuracy, classification_report, dice_per_case, kappa_figure, macro_f1, mae, per_class_recall
 
 TASK = "sacroiliac"
 VERSION = "1.0.0"
@@ -391,7 +391,7 @@ def ship(result: TrainResult, out_dir: Path) -> tuple[Path, Any]:
     U-Net's convolution kernels int8 per output channel) and reload it."""
     import keras
 
-    from training.architectures import custom_objects
+    from imaging.layers import custom_objects
     from training.export import save_for_shipping
     from training.quantize import quantize_convolutions
 
@@ -481,7 +481,7 @@ def _sequence_groups(ph: Phantoms) -> dict[str, np.ndarray]:
 
 
 def segmentation_metrics(pred_masks: np.ndarray, ph: Phantoms) -> dict[str, Any]:
-    d = M.dice_per_case(pred_masks, ph.masks)
+    d = dice_per_case(pred_masks, ph.masks)
     by_seq = {q: round(float(d[idx].mean()), 4) for q, idx in _sequence_groups(ph).items() if idx.size}
     return {
         "test_cases": len(ph), "test_seeds": ph.seed_text,
@@ -493,16 +493,16 @@ def segmentation_metrics(pred_masks: np.ndarray, ph: Phantoms) -> dict[str, Any]
 
 
 def classification_metrics(as_pred: np.ndarray, stage_pred: np.ndarray, ph: Phantoms) -> dict[str, Any]:
-    stage_rep = M.classification_report(ph.stage, stage_pred, STAGE_NAMES)
-    as_rep = M.classification_report(ph.as_status, as_pred, AS_NAMES)
+    stage_rep = classification_report(ph.stage, stage_pred, STAGE_NAMES)
+    as_rep = classification_report(ph.as_status, as_pred, AS_NAMES)
     return {
         "test_cases": len(ph), "test_seeds": ph.seed_text,
         "as_accuracy": as_rep["accuracy"],
         "as_sensitivity": as_rep["recall"]["positive"], "as_specificity": as_rep["recall"]["negative"],
         "stage_accuracy": stage_rep["accuracy"], "stage_macro_f1": stage_rep["macro_f1"],
         "stage_recall": stage_rep["recall"], "stage_precision": stage_rep["precision"],
-        "stage_qwk": round(M.quadratic_weighted_kappa(ph.stage, stage_pred, 4), 4),
-        "stage_mae": round(M.mae(stage_pred, ph.stage), 4),
+        "stage_qwk": round(kappa_figure(ph.stage, stage_pred, 4), 4),
+        "stage_mae": round(mae(stage_pred, ph.stage), 4),
         "as_confusion": as_rep["confusion_matrix"], "stage_confusion": stage_rep["confusion_matrix"],
         **_by_sequence(as_pred, stage_pred, ph),
     }
@@ -513,15 +513,15 @@ def _by_sequence(as_pred: np.ndarray, stage_pred: np.ndarray, ph: Phantoms) -> d
     if not groups:
         return {}
     return {
-        "as_accuracy_by_sequence": {q: round(M.accuracy(as_pred[i], ph.as_status[i]), 4) for q, i in groups.items()},
-        "stage_macro_f1_by_sequence": {q: round(M.macro_f1(ph.stage[i], stage_pred[i], 4), 4)
+        "as_accuracy_by_sequence": {q: round(accuracy(as_pred[i], ph.as_status[i]), 4) for q, i in groups.items()},
+        "stage_macro_f1_by_sequence": {q: round(macro_f1(ph.stage[i], stage_pred[i], 4), 4)
                                        for q, i in groups.items()},
         "early_recall_by_sequence": {q: _recall_of(ph.stage[i], stage_pred[i], 1) for q, i in groups.items()},
     }
 
 
 def _recall_of(target: np.ndarray, pred: np.ndarray, cls: int) -> float | None:
-    r = M.per_class_recall(target, pred, 4)[cls]
+    r = per_class_recall(target, pred, 4)[cls]
     return None if not np.isfinite(r) else round(float(r), 4)
 
 

@@ -420,7 +420,7 @@ def export_one(spec: ModelSpec, model, out_dir: Path, *, val_rows, val_patients,
     """save_for_shipping -> reload -> evaluate the shipped file -> register_model (card written later)."""
     import keras
 
-    from training.architectures import custom_objects
+    from imaging.layers import custom_objects
     from training.export import register_model, save_for_shipping
 
     path = save_for_shipping(model, out_dir / f"{spec.id}.keras")
