@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from tasks import hand as T
-from training import hand as TR
+from training.hand.data import (CTX_FACTOR, CTX_SIZE, augment_crop, coral_targets, detector_targets,
+                                peak_class_weights, sampling_weights)
+from training.hand.evaluate import average_precision, iou, scoring_metrics, within
 
 
 # -- crops ------------------------------------------------------------------------------------
@@ -64,7 +66,7 @@ def test_detector_targets_put_an_exact_peak_and_the_box_at_the_centre_cell():
     centres = np.array([[[41.0, 22.0]] * 8], np.float32)
     sizes = np.array([[[20.0, 12.0]] * 8], np.float32)
     centres[0, 7] = (-50, -50)                            # outside: no target
-    heat, reg = TR.detector_targets(centres, sizes, 64)
+    heat, reg = detector_targets(centres, sizes, 64)
     assert heat[0, 5, 10, 0] == 1.0 and heat[0].max() == 1.0 and heat[0, :, :, 7].max() == 0.0
     assert reg[0, 5, 10].tolist() == pytest.approx([20 / 32, 12 / 32, 0.25, 0.5, 1.0])
     assert reg[0, :, :, 4].sum() == 1
@@ -76,8 +78,8 @@ def test_coral_decoding_counts_thresholds_and_clamps_to_190():
     assert T.coral_rank(probs) == 8 and T.stage2_score(probs) == 80
     assert T.stage2_score(np.full(20, 0.9)) == 190                     # 200 is never a stage-2 answer
     assert T.stage2_score(np.full(20, 0.1)) == 0
-    assert TR.coral_targets(np.array([0, 80, 190]), 20)[1].tolist() == [1.0] * 8 + [0.0] * 12
-    assert TR.coral_targets(np.array([190]), 20)[0].sum() == 19
+    assert coral_targets(np.array([0, 80, 190]), 20)[1].tolist() == [1.0] * 8 + [0.0] * 12
+    assert coral_targets(np.array([190]), 20)[0].sum() == 19
 
 
 def test_two_stage_decoding_and_plate_space_split():
@@ -132,46 +134,46 @@ def test_anatomy_check_flags_swapped_fingers_reversed_dip_and_wrong_side():
 def test_protocol_metrics_by_hand():
     pred = np.array([200, 200, 180, 150, 60])
     true = np.array([200, 170, 190, 100, 70])
-    m = TR.scoring_metrics(pred, true)
+    m = scoring_metrics(pred, true)
     assert m["mae_all"] == pytest.approx((0 + 30 + 10 + 50 + 10) / 5)
     assert m["mae_nonpeak"] == pytest.approx((30 + 10 + 50 + 10) / 4)
     assert m["w20_all"] == pytest.approx(3 / 5)                           # |d| <= 20: 0, 10, 10
     assert m["w20_nonpeak"] == pytest.approx(2 / 4)
-    assert TR.within([10], [30]) == 1.0 and TR.within([10], [31]) == 0.0
+    assert within([10], [30]) == 1.0 and within([10], [31]) == 0.0
 
 
 def test_iou_and_average_precision_by_hand():
-    assert TR.iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
-    assert TR.iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
     # ranked: TP, FP, TP with 2 positives -> precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1
-    ap = TR.average_precision([0.9, 0.8, 0.7], [True, False, True], 2)
+    ap = average_precision([0.9, 0.8, 0.7], [True, False, True], 2)
     assert ap == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
-    assert TR.average_precision([0.9, 0.1], [True, True], 2) == pytest.approx(1.0)
-    assert TR.average_precision([0.9], [False], 1) == 0.0
+    assert average_precision([0.9, 0.1], [True, True], 2) == pytest.approx(1.0)
+    assert average_precision([0.9], [False], 1) == 0.0
 
 
 def test_samplers_are_inverse_frequency():
     guss = np.array([200, 200, 200, 200, 180, 180, 40])
-    cw = TR.peak_class_weights(guss)
+    cw = peak_class_weights(guss)
     assert cw[1] == pytest.approx(7 / 8) and cw[0] == pytest.approx(7 / 6)
     nonpeak = guss[guss < 200]
-    w = TR.sampling_weights(nonpeak)
+    w = sampling_weights(nonpeak)
     assert w.sum() == pytest.approx(1.0)
     assert w[2] == pytest.approx(0.5) and w[0] == w[1] == pytest.approx(0.25)   # each value drawn equally often
 
 
 def test_training_augmentation_keeps_the_serving_geometry():
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:TR.CTX_SIZE, 0:TR.CTX_SIZE]
+    yy, xx = np.mgrid[0:CTX_SIZE, 0:CTX_SIZE]
     smooth = 0.5 + 0.3 * np.sin(xx / 7.0) * np.cos(yy / 11.0) + 0.002 * xx
     ctx = (np.clip(smooth, 0, 1) * 255).astype(np.uint8)
-    plain = TR.augment_crop(ctx, None, train=False)
+    plain = augment_crop(ctx, None, train=False)
     assert plain.shape == (64, 64) and plain.min() >= 0 and plain.max() <= 1
-    side = TR.CTX_SIZE / TR.CTX_FACTOR
-    lo = int(round((TR.CTX_SIZE - side) / 2))
+    side = CTX_SIZE / CTX_FACTOR
+    lo = int(round((CTX_SIZE - side) / 2))
     from imaging.normalize import to_model_input
 
     ref = to_model_input(ctx[lo:lo + int(round(side)), lo:lo + int(round(side))].astype(np.float32) / 255, (64, 64))
     assert np.corrcoef(plain.ravel(), ref.ravel())[0, 1] > 0.95           # the centre of the context crop
-    outs = [TR.augment_crop(ctx, rng) for _ in range(4)]
+    outs = [augment_crop(ctx, rng) for _ in range(4)]
     assert all(o.shape == (64, 64) for o in outs) and not np.allclose(outs[0], outs[1])
