@@ -1,4 +1,4 @@
-"""Hand pipeline figures (issue 3): the original protocol's table on held-out test patients, detection
+"""Hand pipeline figures: the original protocol's table on held-out test patients, detection
 AP@0.5 per joint class, the share of hands with all eight joints found and named correctly, and what
 the detector does with the real paediatric hands.
 

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--app-path", type=int, default=100, help="val images also run through the upload path")
     args = ap.parse_args(argv)
 
-    from training import knee_data
+    from training.knee import data as knee_data
 
     if not knee_data.available():
         print(f"SKIP: real knee data not found at {knee_data.knee_dir()} (set JOINTSCAN_DATA_DIR)")
@@ -48,17 +48,18 @@ def main(argv=None) -> int:
         return 0
 
     from tasks.knee import GRADE_NAMES, TASK
-    from training import knee as K
     from tasks.metrics import accuracy, kappa_figure, mae
+    from training.knee.evaluate import figures, predict_tta
+    from training.knee.train.train import set_threads
 
-    K.set_threads()
+    set_threads()
     lm = reg.load(MODEL_ID)
     size = entry.input_shape[0]
     head = entry.input.get("decision_head", "regression")
     t = time.perf_counter()
     val = knee_data.load_split("val", size)
-    pred = K.predict_tta(lm, val.images)
-    figs = K.figures(val.grades, pred)
+    pred = predict_tta(lm, val.images)
+    figs = figures(val.grades, pred)
     side_acc = float((pred["canon_ok"] > 0.5).mean())
     n = len(val)
     print(f"Knee KL grading, VALIDATION figures (val split, {n} knees, real OAI radiographs; no test split exists)")

@@ -1,4 +1,4 @@
-"""Hand task building blocks (issue 3): crop geometry, letterbox and detection decoding, CORAL decoding,
+"""Hand task building blocks: crop geometry, letterbox and detection decoding, CORAL decoding,
 the plate/space split, the anatomy check, the metrics against hand-computed examples, and the training
 targets and samplers."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks import hand as T
+from tasks import hand as hand_task
 from training.hand.data import (CTX_FACTOR, CTX_SIZE, augment_crop, coral_targets, detector_targets,
                                 peak_class_weights, sampling_weights)
 from training.hand.evaluate import average_precision, iou, scoring_metrics, within
@@ -16,17 +16,17 @@ from training.hand.evaluate import average_precision, iou, scoring_metrics, with
 def test_crop_is_square_with_a_ten_percent_margin_centred_on_the_box():
     img = np.arange(200 * 300, dtype=np.float32).reshape(200, 300)
     box = (100.0, 50.0, 140.0, 80.0)                   # 40 wide, 30 high
-    crop, (l, t, r, b) = T.crop_square(img, box)
+    crop, (l, t, r, b) = hand_task.crop_square(img, box)
     assert crop.shape == (44, 44) and r - l == b - t == 44                  # 40 * 1.1
     assert (l + r) / 2 == pytest.approx(120, abs=0.5) and (t + b) / 2 == pytest.approx(65, abs=0.5)
     assert np.array_equal(crop, img[t:b, l:r])                               # from the original pixels
-    tall = T.square_crop_box((10, 10, 20, 60))                               # the larger side decides
+    tall = hand_task.square_crop_box((10, 10, 20, 60))                               # the larger side decides
     assert tall[2] - tall[0] == tall[3] - tall[1] == 55
 
 
 def test_crop_is_clipped_at_the_image_border_and_padded():
     img = np.full((100, 120), 0.5, np.float32)
-    crop, (l, t, r, b) = T.crop_square(img, (-10.0, 80.0, 30.0, 110.0))    # off the left and bottom edges
+    crop, (l, t, r, b) = hand_task.crop_square(img, (-10.0, 80.0, 30.0, 110.0))    # off the left and bottom edges
     assert crop.shape == (44, 44) and l < 0 and b > 100
     inside = crop[max(0, -t):100 - t, -l:]
     assert np.all(inside == 0.5)
@@ -36,15 +36,15 @@ def test_crop_is_clipped_at_the_image_border_and_padded():
 
 def test_scorer_input_shapes_and_one_hot_planes():
     crop = np.random.default_rng(0).random((50, 50)).astype(np.float32)
-    x = T.scorer_input(crop, 64)
+    x = hand_task.scorer_input(crop, 64)
     assert x.shape == (64, 64, 1) and 0 <= x.min() and x.max() <= 1
-    xp = T.scorer_input(crop, 64, joint_index=5)
+    xp = hand_task.scorer_input(crop, 64, joint_index=5)
     assert xp.shape == (64, 64, 9) and np.all(xp[:, :, 1 + 5] == 1) and xp[:, :, 1:].sum() == 64 * 64
 
 
 # -- detector geometry -----------------------------------------------------------------
 def test_letterbox_round_trip_and_detection_decoding():
-    lb = T.letterbox_geometry(768, 640, 256)
+    lb = hand_task.letterbox_geometry(768, 640, 256)
     assert lb.pad_y == 0 and lb.pad_x == (256 - 213) // 2
     pts = np.array([[100.0, 700.0], [639.0, 0.0]])
     assert np.allclose(lb.to_image(lb.to_input(pts)), pts)
@@ -53,13 +53,13 @@ def test_letterbox_round_trip_and_detection_decoding():
     cx_in, cy_in = lb.to_input(np.array([300.0, 200.0]))
     ix, iy = int(cx_in // 4), int(cy_in // 4)
     heat[iy, ix, 2] = 0.9
-    box[iy, ix] = (24 / T.BOX_UNIT, 16 / T.BOX_UNIT, cx_in / 4 - ix, cy_in / 4 - iy)
-    d = T.decode_detections(heat, box, lb)[2]
+    box[iy, ix] = (24 / hand_task.BOX_UNIT, 16 / hand_task.BOX_UNIT, cx_in / 4 - ix, cy_in / 4 - iy)
+    d = hand_task.decode_detections(heat, box, lb)[2]
     assert d["name"] == "PIP4" and d["confidence"] == pytest.approx(0.9)
     assert d["center"] == pytest.approx((300.0, 200.0), abs=1e-3)
     x1, y1, x2, y2 = d["box"]
     assert (x2 - x1) == pytest.approx(24 / lb.scale_x, rel=1e-6) and (y2 - y1) == pytest.approx(16 / lb.scale_y)
-    assert [T.classify_detection(c) for c in (0.1, 0.4, 0.9)] == ["missing", "unsure", "found"]
+    assert [hand_task.classify_detection(c) for c in (0.1, 0.4, 0.9)] == ["missing", "unsure", "found"]
 
 
 def test_detector_targets_put_an_exact_peak_and_the_box_at_the_centre_cell():
@@ -75,9 +75,9 @@ def test_detector_targets_put_an_exact_peak_and_the_box_at_the_centre_cell():
 # -- CORAL decoding and the split --------------------------------------------------------
 def test_coral_decoding_counts_thresholds_and_clamps_to_190():
     probs = np.array([0.99] * 7 + [0.6, 0.4] + [0.01] * 11)          # passes 8 thresholds -> 80
-    assert T.coral_rank(probs) == 8 and T.stage2_score(probs) == 80
-    assert T.stage2_score(np.full(20, 0.9)) == 190                     # 200 is never a stage-2 answer
-    assert T.stage2_score(np.full(20, 0.1)) == 0
+    assert hand_task.coral_rank(probs) == 8 and hand_task.stage2_score(probs) == 80
+    assert hand_task.stage2_score(np.full(20, 0.9)) == 190                     # 200 is never a stage-2 answer
+    assert hand_task.stage2_score(np.full(20, 0.1)) == 0
     assert coral_targets(np.array([0, 80, 190]), 20)[1].tolist() == [1.0] * 8 + [0.0] * 12
     assert coral_targets(np.array([190]), 20)[0].sum() == 19
 
@@ -85,15 +85,15 @@ def test_coral_decoding_counts_thresholds_and_clamps_to_190():
 def test_two_stage_decoding_and_plate_space_split():
     g8 = np.array([0.9] * 8 + [0.1] * 12)                              # stage 2: 80
     plate_hi, plate_lo = np.array([0.9] * 6 + [0.1] * 4), np.array([0.9] * 2 + [0.1] * 8)
-    peak = T.decode_scores(0.7, g8, plate_hi, plate_lo)
+    peak = hand_task.decode_scores(0.7, g8, plate_hi, plate_lo)
     assert (peak["guss"], peak["plate"], peak["space"], peak["stage"]) == (200, 100, 100, 1)
-    s = T.decode_scores(0.2, g8, plate_hi, plate_lo)                   # heads say plate 60, space 20
+    s = hand_task.decode_scores(0.2, g8, plate_hi, plate_lo)                   # heads say plate 60, space 20
     assert s["stage"] == 2 and s["guss"] == 80 and (s["plate"], s["space"]) == (60, 20)
-    assert T.split_guss(190, 100, 100) == (100, 90) or T.split_guss(190, 100, 100) == (90, 100)
+    assert hand_task.split_guss(190, 100, 100) == (100, 90) or hand_task.split_guss(190, 100, 100) == (90, 100)
     for g in range(0, 200, 10):
         for ph in range(0, 101, 10):
             for sh in range(0, 101, 10):
-                p, q = T.split_guss(g, ph, sh)
+                p, q = hand_task.split_guss(g, ph, sh)
                 assert p + q == g and 0 <= p <= 100 and 0 <= q <= 100 and p % 10 == q % 10 == 0
 
 
@@ -108,26 +108,26 @@ def _left_hand(dx=30.0):
 
 
 def test_anatomy_check_accepts_a_plausible_hand_and_its_mirror():
-    ok = T.anatomy_check(_left_hand(), p_right=0.05)
+    ok = hand_task.anatomy_check(_left_hand(), p_right=0.05)
     assert ok["ok"] and ok["order_side"] == "left" and ok["side"] == "left"
     mirrored = {k: (600 - x, y) for k, (x, y) in _left_hand().items()}
-    assert T.anatomy_check(mirrored, p_right=0.97)["ok"]
+    assert hand_task.anatomy_check(mirrored, p_right=0.97)["ok"]
     partial = dict(_left_hand())
     partial.pop("DIP4")
-    assert T.anatomy_check(partial, p_right=0.05)["ok"]                 # a missing joint is not an error
+    assert hand_task.anatomy_check(partial, p_right=0.05)["ok"]                 # a missing joint is not an error
 
 
 def test_anatomy_check_flags_swapped_fingers_reversed_dip_and_wrong_side():
     swapped = _left_hand()
     swapped["PIP2"], swapped["PIP3"] = swapped["PIP3"], swapped["PIP2"]
-    assert not T.anatomy_check(swapped, 0.05)["ok"]
+    assert not hand_task.anatomy_check(swapped, 0.05)["ok"]
     reversed_dip = _left_hand()
     reversed_dip["DIP3"] = (reversed_dip["PIP3"][0], 360.0)             # DIP3 below PIP3
-    res = T.anatomy_check(reversed_dip, 0.05)
+    res = hand_task.anatomy_check(reversed_dip, 0.05)
     assert not res["ok"] and any("DIP3" in p for p in res["problems"])
-    wrong_side = T.anatomy_check(_left_hand(), p_right=0.95)
+    wrong_side = hand_task.anatomy_check(_left_hand(), p_right=0.95)
     assert not wrong_side["ok"] and "right hand" in " ".join(wrong_side["problems"])
-    assert T.anatomy_check(_left_hand(), p_right=0.6)["ok"]             # laterality unsure: order not judged
+    assert hand_task.anatomy_check(_left_hand(), p_right=0.6)["ok"]             # laterality unsure: order not judged
 
 
 # -- metrics against hand-computed examples ----------------------------------------------

@@ -223,7 +223,7 @@ def augment_crop(ctx: np.ndarray, rng: np.random.Generator, out_size: int = CROP
     return percentile_scale(f)
 
 
-def _with_position(x: np.ndarray, joint: np.ndarray) -> np.ndarray:
+def with_position(x: np.ndarray, joint: np.ndarray) -> np.ndarray:
     planes = np.zeros(x.shape[:3] + (N_CLASSES,), np.float32)
     planes[np.arange(len(x)), :, :, joint] = 1.0
     return np.concatenate([x, planes], axis=-1)

@@ -12,8 +12,8 @@ from tasks.hand import (JOINT_NAMES, MISSING_THRESHOLD, PEAK_THRESHOLD, UNSURE_T
                         scorer_input)
 from tasks.metrics import mae
 from training.hand.config import DETECTOR_ID, POSITION_ID, SCORER_ID
-from training.hand.data import (CROP_SIZE, CTX_SIZE, DET_SIZE, N_CLASSES, HandSet, HandSplits,
-                                _with_position, augment_crop)
+from training.hand.data import (CROP_SIZE, CTX_SIZE, DET_SIZE, N_CLASSES, HandSet, HandSplits, augment_crop,
+                                with_position)
 from training.toolbox.inference import compiled_inference
 from training.toolbox.runs import json_safe
 
@@ -37,7 +37,7 @@ def evaluate_scorer_on_crops(model, hs: HandSet, position: bool) -> dict[str, fl
     ctx = hs.crops.reshape(-1, CTX_SIZE, CTX_SIZE)
     x = np.stack([augment_crop(c, None, train=False) for c in ctx])[..., None]
     if position:
-        x = _with_position(x, np.tile(np.arange(N_CLASSES), len(hs)))
+        x = with_position(x, np.tile(np.arange(N_CLASSES), len(hs)))
     pred = np.array([d["guss"] for d in predict_scores(model, x)])
     return scoring_metrics(pred, hs.guss.reshape(-1))
 

@@ -6,12 +6,13 @@ from typing import Any, Callable
 
 import keras
 
-from tasks.hand import BOX_UNIT, DETECTOR_STRIDE, JOINT_NAMES, MISSING_THRESHOLD, UNSURE_THRESHOLD
+from tasks.hand import (BOX_UNIT, DEFAULT_SDC, DETECTOR_STRIDE, JOINT_NAMES, MISSING_THRESHOLD,
+                        UNSURE_THRESHOLD)
 from training.export import register_model, save_for_shipping, write_model_card
 from training.hand.config import DETECTOR_ID, FULL_BUDGET, POSITION_ID, SCORER_ID
 from training.hand.data import CROP_SIZE, DET_SIZE, N_CLASSES, HandSplits
 from training.hand.evaluate import evaluate_all
-from training.toolbox.runs import REPO_ROOT
+from training.toolbox.runs import repo_relative
 
 
 TASK = "hand"
@@ -62,11 +63,7 @@ def input_spec(model_id: str, extra: dict[str, Any] | None = None) -> dict[str, 
 
 
 def command_for(out_dir: Path, quick: bool, patients: int, seed: int) -> str:
-    try:
-        shown = str(Path(out_dir).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        shown = str(out_dir)
-    cmd = f"python -m training.hand --out {shown}"
+    cmd = f"python -m training.hand --out {repo_relative(out_dir)}"
     if quick:
         cmd += " --quick"
     if patients != FULL_BUDGET.patients and not quick:
@@ -171,7 +168,8 @@ def card_sections(mid: str, entry: dict[str, Any], evaluation: dict[str, Any], i
         failure = ("Trained on phantom joints: real erosions, osteophytes, subluxation, overlapping fingers and "
                    "projection changes differ. Scores for a joint whose detection is unsure, or for a hand flagged by "
                    "the anatomy or out-of-distribution checks, are withheld by the app. Steps of 10 below about "
-                   "20 points are within the scorer's error: use the smallest detectable change (20) when following "
+                   f"{DEFAULT_SDC} points are within the scorer's error: use the smallest detectable change "
+                   f"({DEFAULT_SDC}) when following "
                    "a patient.")
     return {"Training data": training_data, "Training": training, "Metrics on held-out data": metrics,
             "Known failure modes and limits": failure}

@@ -130,7 +130,7 @@ def guss_scorer(input_size: int = 64, widths: Sequence[int] = (16, 32, 48, 64), 
 BUILDERS = {"joint_detector": joint_detector, "guss_scorer": guss_scorer}
 
 
-def _focal_loss(tf, y, p):
+def focal_loss(tf, y, p):
     """CenterNet's penalty-reduced pixel-wise focal loss, normalised by the number of centres."""
     p = tf.clip_by_value(p, 1e-4, 1 - 1e-4)
     pos = tf.cast(tf.equal(y, 1.0), tf.float32)

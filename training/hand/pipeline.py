@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from training.hand.config import ALL_MODELS, DETECTOR_ID, FULL_BUDGET, QUICK_BUDGET
 from training.hand.data import generate_data
-from training.toolbox.runs import COMMITTED_MODELS_DIR, json_safe
+from training.toolbox.runs import is_committed_models_dir, json_safe
 
 
 def run(out_dir: Path, quick: bool = False, patients: int | None = None, seed: int = 0,
@@ -19,7 +19,7 @@ def run(out_dir: Path, quick: bool = False, patients: int | None = None, seed: i
     budget = QUICK_BUDGET if quick else FULL_BUDGET
     n = patients or budget.patients
     out_dir = Path(out_dir)
-    if quick and out_dir.resolve() == COMMITTED_MODELS_DIR.resolve():
+    if quick and is_committed_models_dir(out_dir):
         raise SystemExit("--quick refuses to write tiny models into the committed models/ directory")
     t0 = time.perf_counter()
     data = generate_data(n, log=log, cache=cache)

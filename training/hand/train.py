@@ -12,13 +12,14 @@ import tensorflow as tf
 
 from tasks.hand import DETECTOR_STRIDE
 from training.hand.config import POSITION_ID, Budget
-from training.hand.data import (CROP_SIZE, CTX_SIZE, DET_SIZE, N_CLASSES, HandSplits, _with_position,
-                                augment_crop, augment_detector_batch, coral_targets, detector_targets,
-                                peak_class_weights, sampling_weights)
+from training.hand.data import (CROP_SIZE, CTX_SIZE, DET_SIZE, N_CLASSES, HandSplits, augment_crop,
+                                augment_detector_batch, coral_targets, detector_targets, peak_class_weights,
+                                sampling_weights, with_position)
 from training.hand.evaluate import evaluate_scorer_on_crops
-from training.hand.model import _focal_loss, add_ood_output
-from training.hand_models import COMPARTMENT_THRESHOLDS, GUSS_THRESHOLDS, guss_scorer, joint_detector
+from training.hand.model import (COMPARTMENT_THRESHOLDS, GUSS_THRESHOLDS, add_ood_output, focal_loss,
+                                 guss_scorer, joint_detector)
 from training.toolbox.inference import compiled_inference
+from training.toolbox.schedule import adam_cosine
 
 
 def train_detector(data: HandSplits, budget: Budget, seed: int = 0, log: Callable[[str], None] = print, quick: bool = False):
@@ -29,15 +30,13 @@ def train_detector(data: HandSplits, budget: Budget, seed: int = 0, log: Callabl
     tr = data.train
     steps_per_epoch = max(1, len(tr) // budget.det_batch)
     total = steps_per_epoch * budget.det_epochs
-    sched = keras.optimizers.schedules.CosineDecay(budget.det_lr, total, alpha=0.01,
-                                                   warmup_target=None)
-    opt = keras.optimizers.Adam(sched)
+    opt = adam_cosine(budget.det_lr, total, alpha=0.01)
 
     @tf.function(reduce_retracing=True)
     def step(x, heat, reg, side):
         with tf.GradientTape() as tape:
             out = model(x, training=True)
-            l_heat = _focal_loss(tf, heat, out["heatmap"])
+            l_heat = focal_loss(tf, heat, out["heatmap"])
             mask = reg[..., 4:5]
             n = tf.maximum(tf.reduce_sum(mask), 1.0)
             l_wh = tf.reduce_sum(tf.abs(out["box"][..., :2] - reg[..., :2]) * mask) / n
@@ -116,8 +115,7 @@ def train_scorer(model_id: str, data: HandSplits, budget: Budget, seed: int = 0,
         kern, _ = layer.get_weights()
         layer.set_weights([kern, np.log(freq / (1 - freq)).astype(np.float32)])
 
-    sched = keras.optimizers.schedules.CosineDecay(budget.scorer_lr, budget.scorer_steps, alpha=0.02)
-    opt = keras.optimizers.Adam(sched)
+    opt = adam_cosine(budget.scorer_lr, budget.scorer_steps, alpha=0.02)
     bce = keras.losses.binary_crossentropy
 
     @tf.function(reduce_retracing=True)
@@ -145,7 +143,7 @@ def train_scorer(model_id: str, data: HandSplits, budget: Budget, seed: int = 0,
         x1 = np.stack([augment_crop(crops[i], rng) for i in i1])[..., None]
         x2 = np.stack([augment_crop(crops[i], rng) for i in i2])[..., None]
         if position:
-            x1, x2 = _with_position(x1, joint[i1]), _with_position(x2, joint[i2])
+            x1, x2 = with_position(x1, joint[i1]), with_position(x2, joint[i2])
         y1 = (guss[i1] == 200).astype(np.float32)
         w1 = np.where(y1 == 1, cw[1], cw[0]).astype(np.float32)
         acc += np.array([float(v) for v in step(x1, y1, w1, x2, coral_targets(guss[i2], GUSS_THRESHOLDS),

@@ -47,6 +47,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tasks.knee import N_GRADES
+
 PHENOTYPES = ("medial", "lateral", "osteophyte", "sclerotic")
 PHENOTYPE_TITLES = {
     "medial": "Medial narrowing (varus)",
@@ -55,7 +57,6 @@ PHENOTYPE_TITLES = {
     "sclerotic": "Sclerotic",
 }
 RATES = {"medial": 0.22, "lateral": 0.13, "osteophyte": 0.06, "sclerotic": 0.33}   # KL units per year
-N_GRADES = 5
 SIDES = ("L", "R")
 SEED_RANGES = {
     "train": range(0, 100_000),

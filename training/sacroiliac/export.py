@@ -14,7 +14,7 @@ from training.quantize import quantize_convolutions
 from training.sacroiliac.data import PhantomSplits
 from training.sacroiliac.model import CLASSIFIER_SPECS, COUNTERPART, SEGMENTER_SPEC
 from training.sacroiliac.train import TrainResult
-from training.toolbox.runs import REPO_ROOT
+from training.toolbox.runs import inside_repo, repo_relative
 
 
 TASK = "sacroiliac"
@@ -98,11 +98,7 @@ def _entry(model_id: str, result: TrainResult, metrics: dict[str, Any], data: Ph
 
 
 def _display_out(out_dir: Path) -> str:
-    try:
-        rel = Path(out_dir).resolve().relative_to(REPO_ROOT)
-        return str(rel) + "/"
-    except ValueError:
-        return str(out_dir)
+    return repo_relative(out_dir) + "/" if inside_repo(out_dir) else str(out_dir)
 
 
 def _fmt_pct(v: Any) -> str:

@@ -22,7 +22,7 @@ from training.sacroiliac.export import _entry, ship, write_cards
 from training.sacroiliac.model import ALL_MODELS, CLASSIFIER_SPECS, COUNTERPART, PAIRED_SEGMENTER, SEGMENTERS
 from training.sacroiliac.train import (FULL_BUDGETS, FULL_SIZES, QUICK_BUDGETS, QUICK_SIZES, Budget,
                                        TrainResult, train_model)
-from training.toolbox.runs import COMMITTED_MODELS_DIR
+from training.toolbox.runs import COMMITTED_MODELS_DIR, is_committed_models_dir
 
 
 @dataclass
@@ -53,7 +53,7 @@ def prepare(model_ids: Sequence[str] = ALL_MODELS, out_dir: str | os.PathLike | 
     if out_dir is None:
         out_dir = tempfile.mkdtemp(prefix="jointscan-sij-") if quick else COMMITTED_MODELS_DIR
     out = Path(out_dir)
-    if quick and out.resolve() == COMMITTED_MODELS_DIR.resolve():
+    if quick and is_committed_models_dir(out):
         raise ValueError("--quick must not write into the committed models/ directory; pass another --out")
     out.mkdir(parents=True, exist_ok=True)
     state = NotebookRun(ids, out, quick, seed, dict(QUICK_BUDGETS if quick else FULL_BUDGETS, **(budgets or {})),

@@ -18,12 +18,13 @@ def data_dir() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
+def inside_repo(path: str | os.PathLike) -> bool:
+    return Path(path).resolve().is_relative_to(REPO_ROOT)
+
+
 def repo_relative(path: str | os.PathLike) -> str:
     """`path` relative to the repository when it lies inside it (as a recorded command shows it), else as given."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
+    return str(Path(path).resolve().relative_to(REPO_ROOT)) if inside_repo(path) else str(path)
 
 
 def is_committed_models_dir(path: str | os.PathLike) -> bool:

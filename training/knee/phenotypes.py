@@ -7,7 +7,7 @@ Used by training (the catalogue of the shipped model) and the phantom proof
 
 Method, per grade g (the knees the grader puts in grade g):
 1. Embedding: the grader's penultimate layer ("embedding", 64-d), read in the canonical orientation; for
-   an ensemble of graders (the shipped form, training.knee_ensemble), the members' embeddings side by side.
+   an ensemble of graders (the shipped form, training.knee.ensemble), the members' embeddings side by side.
 2. The directions along which the grade heads read severity (the kernels of the regression and CORAL
    heads) are projected out, so what is left is how a knee differs from others of its grade rather
    than where it sits inside the grade; then centring on the grade, unit length (cosine geometry:
@@ -27,13 +27,19 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 
 from tasks.knee_catalogue import (CATALOGUE_VERSION, Catalogue, GradeClusters, catalogue_paths, cluster_name,
                                   core_distances, pairwise_distances, remove_directions, unit_rows)
 
+
 N_COMPONENTS = 5
 MIN_SAMPLES = 2     # HDBSCAN min_samples (and k of the core distance). Chosen on VALIDATION phantoms (seeds
+                    # 100,400+, two phantom graders, n_components 3-6 x min_samples 2-8): 2 gave the best mean
+                    # and minimum ARI; the benchmark's test phantoms played no part in the choice
+
+
                     # 100,400+, two phantom graders, n_components 3-6 x min_samples 2-8): 2 gave the best mean
                     # and minimum ARI; the benchmark's test phantoms played no part in the choice
 NULL_REPS = 3                                         # Gaussian null draws per grade
@@ -44,7 +50,6 @@ THUMB = 64                                            # medoid / mean image / Gr
 N_MEDOIDS = 3
 
 
-# -- the per-grade model -----------------------------------------------------------------------------
 def severity_basis(vectors: Sequence[np.ndarray]) -> np.ndarray:
     """Orthonormal basis (d, r) of the heads' severity directions (their kernels on the embedding)."""
     V = np.stack([np.asarray(v, np.float64).reshape(-1) for v in vectors], axis=1)
@@ -84,7 +89,7 @@ def _links(P: np.ndarray, labels: np.ndarray, core: np.ndarray) -> tuple[np.ndar
 
 
 def _hdbscan(P: np.ndarray, min_cluster_size: int, min_samples: int) -> np.ndarray:
-    from sklearn.cluster import HDBSCAN
+    from sklearn.cluster import HDBSCAN  # deferred: scikit-learn is needed for fitting only
 
     return HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples,
                    cluster_selection_method="eom", copy=True).fit(P).labels_.astype(np.int64)
@@ -159,9 +164,6 @@ def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-# -- the catalogue ------------------------------------------------------------------------------------
-
-
 def medoids(P: np.ndarray, members: np.ndarray, m: int = N_MEDOIDS) -> np.ndarray:
     """Indices (into members) of the m most central members (smallest mean distance to the others)."""
     D = pairwise_distances(P[members], P[members])
@@ -169,8 +171,6 @@ def medoids(P: np.ndarray, members: np.ndarray, m: int = N_MEDOIDS) -> np.ndarra
 
 
 def thumb(img: np.ndarray, size: int = THUMB) -> np.ndarray:
-    import cv2
-
     a = np.asarray(img, np.float32)
     if a.max() > 1.5:
         a = a / 255.0
@@ -275,9 +275,6 @@ def describe(features: dict[str, np.ndarray], grade_idx: np.ndarray, members: np
     return z, "Compared with the other KL {} knees: {}.".format(grade, "; ".join(parts))
 
 
-# -- files: <model>.catalogue.json + <model>.catalogue.npz beside the model ------------------------------
-
-
 def save_catalogue(cat: Catalogue, model_path: str | Path) -> tuple[Path, Path]:
     jpath, npath = catalogue_paths(model_path)
     arrays: dict[str, np.ndarray] = {}
@@ -300,5 +297,3 @@ def save_catalogue(cat: Catalogue, model_path: str | Path) -> tuple[Path, Path]:
                       for g, gc in cat.grades.items()}
     jpath.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     return jpath, npath
-
-
