@@ -91,10 +91,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return sha256_of(Path(path))   # the loader verifies with the same function
 
 
-def count_params(model) -> int:
-    return int(sum(int(np.prod(w.shape)) for w in model.weights))
-
-
 _FLOAT16_NOTE = "weights stored as float16 (loaded as float32)"
 
 

@@ -14,7 +14,8 @@ from training.toolbox.runs import COMMITTED_MODELS_DIR
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Train, evaluate and ship the hand models on phantoms.")
+    ap = argparse.ArgumentParser(prog="python -m training.hand",
+                                 description="Train, evaluate and ship the hand models on phantoms.")
     ap.add_argument("--quick", action="store_true", help="tiny models, a few patients, seconds")
     ap.add_argument("--out", type=Path, default=None, help="models directory (default: models/, or a temp dir with --quick)")
     ap.add_argument("--patients", type=int, default=None)

@@ -127,7 +127,6 @@ def guss_scorer(input_size: int = 64, widths: Sequence[int] = (16, 32, 48, 64), 
     return keras.Model(inputs, outputs, name=name or ("guss_scorer_position" if position_aware else "guss_scorer"))
 
 
-BUILDERS = {"joint_detector": joint_detector, "guss_scorer": guss_scorer}
 
 
 def focal_loss(tf, y, p):

@@ -57,7 +57,7 @@ def init_info_of(cfg: Config) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m training.knee", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny model, one short epoch, temporary output")
     ap.add_argument("--out", default=None, help="models folder to write (default: models/, or a temp dir with --quick)")
     ap.add_argument("--size", type=int, default=None)

@@ -36,7 +36,6 @@ from training.phantoms.knee import SEED_RANGES, generate_knee
 from training.toolbox.runs import data_dir
 
 
-SPLITS = ("train", "val")
 CACHE_DIR = Path(os.environ.get("JOINTSCAN_KNEE_CACHE", "/tmp/jointscan_knee_cache"))
 _NAME = re.compile(r"^(?P<patient>.+?)(?P<side>[LR])$")
 

@@ -39,7 +39,6 @@ from training.knee.config import LOSS_WEIGHTS, Config
 
 GRADCAM_LAYER = "gradcam_conv"
 EMBEDDING_LAYER = "embedding"
-OUTPUTS = ("kl_value", "kl_coral", "mirrored", "embedding")
 
 
 def _conv_bn(x, filters: int, name: str, stride: int = 1, relu: bool = True, kernel: int = 3):

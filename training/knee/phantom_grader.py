@@ -67,7 +67,8 @@ def phantom_model(seeds, catalogue_images: np.ndarray, retrain: bool = False, lo
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Train the grader architecture on knee phantoms.")
+    ap = argparse.ArgumentParser(prog="python -m training.knee.phantom_grader",
+                                 description="Train the grader architecture on knee phantoms.")
     ap.add_argument("--n-train", type=int, default=2400)
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--contrastive", type=float, default=CONTRASTIVE)

@@ -48,9 +48,7 @@ import numpy as np
 from tasks.hand import JOINT_NAMES
 
 N_JOINTS = len(JOINT_NAMES)
-FINGERS = (2, 3, 4, 5)
 SIDES = ("left", "right")
-PHASES = ("intact", "progression", "stable", "remodelling")
 IMAGE_SHAPE = (768, 640)            # (height, width): at least 512 px on the long side
 PATIENT_POOL = range(0, 1_000_000)  # patient ids; the split is by patient (see `split_of`)
 SPLITS = ("train", "val", "test")

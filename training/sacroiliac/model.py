@@ -13,7 +13,6 @@ DEFAULT_MODELS = ("sij-attention-unet", "sij-dual-head")
 REFERENCES = ("sij-unet-ref", "sij-cnn3-ref")
 ALL_MODELS = ("sij-attention-unet", "sij-unet-ref", "sij-dual-head", "sij-cnn3-ref")   # training order
 SEGMENTERS = ("sij-attention-unet", "sij-unet-ref")
-CLASSIFIERS = ("sij-dual-head", "sij-cnn3-ref")
 PAIRED_SEGMENTER = {"sij-dual-head": "sij-attention-unet", "sij-cnn3-ref": "sij-unet-ref"}
 COUNTERPART = {"sij-attention-unet": "sij-unet-ref", "sij-unet-ref": "sij-attention-unet",
                "sij-dual-head": "sij-cnn3-ref", "sij-cnn3-ref": "sij-dual-head"}
