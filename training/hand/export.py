@@ -73,7 +73,7 @@ def command_for(out_dir: Path, quick: bool, patients: int, seed: int) -> str:
     return cmd
 
 
-def ship_all(models: dict[str, Any], infos: dict[str, dict], data: HandSplits, out_dir: Path, quick: bool, seed: int,
+def export_models(models: dict[str, Any], infos: dict[str, dict], data: HandSplits, out_dir: Path, quick: bool, seed: int,
              log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Save (float16), RELOAD, evaluate end to end on the test patients, register and write cards."""
 

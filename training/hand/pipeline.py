@@ -27,7 +27,7 @@ def run(out_dir: Path, quick: bool = False, patients: int | None = None, seed: i
     # while it is not loaded.
     import keras
 
-    from training.hand.export import ship_all
+    from training.hand.export import export_models
     from training.hand.train import calibrate_detector, train_detector, train_scorer
 
     models, infos = {}, {}
@@ -45,7 +45,7 @@ def run(out_dir: Path, quick: bool = False, patients: int | None = None, seed: i
         elif reuse and (out_dir / f"{mid}.keras").exists():
             models[mid] = keras.models.load_model(out_dir / f"{mid}.keras", compile=False)
             infos[mid] = _training_info(out_dir, mid)
-    entries = ship_all(models, infos, data, out_dir, quick, seed, log)
+    entries = export_models(models, infos, data, out_dir, quick, seed, log)
     for mid in entries:                                   # recorded in the registry now
         (out_dir / f"{mid}.train.json").unlink(missing_ok=True)
     log(f"done in {time.perf_counter() - t0:.0f} s")

@@ -16,7 +16,7 @@ from typing import Any
 
 from training.knee.config import MODEL_ID, QUICK_CONFIG, WORK_DIR, Config
 from training.knee.data import load_data
-from training.knee.export import command_line, ensemble_command_line, ship
+from training.knee.export import command_line, ensemble_command_line, export_grader
 from training.knee.train import set_threads, train
 from training.toolbox.runs import COMMITTED_MODELS_DIR, file_logger, is_committed_models_dir
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             infos = [json.loads((work / "train_info.json").read_text())]
             ckpts, command = [ckpt], command_line(args, cfg, infos[0].get("initialised_from"))
-        ship(ckpts, cfg, train_set, val_set, out, infos, source, command, log, quick=args.quick)
+        export_grader(ckpts, cfg, train_set, val_set, out, infos, source, command, log, quick=args.quick)
     log(f"done; output in {out}")
     return 0
 

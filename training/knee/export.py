@@ -39,7 +39,7 @@ def to_current_graph(model, cfg):
     return new
 
 
-def ship(ckpts: list[Path], cfg, train_set, val_set, out: Path, infos: list[dict[str, Any]], source: str,
+def export_grader(ckpts: list[Path], cfg, train_set, val_set, out: Path, infos: list[dict[str, Any]], source: str,
          command: str, log: Callable[[str], None], quick: bool = False) -> dict[str, Any]:
     """Ship one trained grader, or several as one ensemble file (training.knee.ensemble), with its
     validation figures, catalogue, registry entry and card. infos[i]: member i's train_info.json."""

@@ -50,7 +50,7 @@ META: dict[str, dict[str, Any]] = {
 }
 
 
-def ship(result: TrainResult, out_dir: Path) -> tuple[Path, Any]:
+def save_and_reload(result: TrainResult, out_dir: Path) -> tuple[Path, Any]:
     """Save `<out_dir>/<id>.keras` (float16 storage; the reference CNN's Dense layers int8, the reference
     U-Net's convolution kernels int8 per output channel) and reload it."""
     model = result.model

@@ -18,7 +18,7 @@ from training.export import register_model
 from training.sacroiliac.data import PhantomSplits, generate_data, generate_split
 from training.sacroiliac.evaluate import (classification_metrics, load_shipped, predict_classes,
                                           predict_masks, segmentation_metrics)
-from training.sacroiliac.export import _entry, ship, write_cards
+from training.sacroiliac.export import _entry, save_and_reload, write_cards
 from training.sacroiliac.model import ALL_MODELS, CLASSIFIER_SPECS, COUNTERPART, PAIRED_SEGMENTER, SEGMENTERS
 from training.sacroiliac.train import (FULL_BUDGETS, FULL_SIZES, QUICK_BUDGETS, QUICK_SIZES, Budget,
                                        TrainResult, train_model)
@@ -64,14 +64,14 @@ def prepare(model_ids: Sequence[str] = ALL_MODELS, out_dir: str | os.PathLike | 
     return state
 
 
-def train_and_ship(state: NotebookRun, model_id: str, verbose: int = 2,
+def train_and_save(state: NotebookRun, model_id: str, verbose: int = 2,
                    log: Callable[[str], None] | None = print) -> Path:
     """Train one model, save it for shipping into state.out_dir and keep the reloaded file's model."""
     if log:
         log(f"== training {model_id} ({state.budgets[model_id]})")
     state.results[model_id] = train_model(model_id, state.data, state.budgets[model_id], seed=state.seed,
                                             quick=state.quick, verbose=verbose, log=log)
-    path, state.shipped[model_id] = ship(state.results[model_id], state.out_dir)
+    path, state.shipped[model_id] = save_and_reload(state.results[model_id], state.out_dir)
     if log:
         log(f"   shipped {path} ({path.stat().st_size / 1024:.0f} KiB)")
     return path
@@ -128,7 +128,7 @@ def run(model_ids: Sequence[str] = ALL_MODELS, out_dir: str | os.PathLike | None
     """Train `model_ids`, ship them into `out_dir`, evaluate the shipped files, register them, write cards."""
     state = prepare(model_ids, out_dir, quick, seed, budgets, sizes, log=log)
     for mid in state.model_ids:
-        train_and_ship(state, mid, verbose=verbose, log=log)
+        train_and_save(state, mid, verbose=verbose, log=log)
     summary: dict[str, Any] = {"out_dir": str(state.out_dir), "models": {}}
     for mid in state.model_ids:
         evaluate_shipped(state, mid, log=log)
