@@ -1,4 +1,4 @@
-"""The Keras batch feeder every task's augmented training data goes through."""
+"""The Keras batch feeder for training data augmented on the fly (the sacroiliac classifiers, the knee grader)."""
 from __future__ import annotations
 
 import math
