@@ -190,7 +190,7 @@ class ModelRegistry:
             raise ModelUnavailable(entry.id, f"model file {entry.file} is damaged or was replaced (checksum mismatch)")
         import keras
 
-        from training.architectures import custom_objects  # layers the architectures define
+        from imaging.layers import custom_objects  # layers the architectures define
 
         with tempfile.NamedTemporaryFile(suffix=".keras") as tmp:
             tmp.write(data)

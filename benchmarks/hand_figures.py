@@ -1,4 +1,4 @@
-"""Hand pipeline figures (issue 3): the original protocol's table on held-out test patients, detection
+"""Hand pipeline figures: the original protocol's table on held-out test patients, detection
 AP@0.5 per joint class, the share of hands with all eight joints found and named correctly, and what
 the detector does with the real paediatric hands.
 
@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     from model_loader import ModelRegistry
-    from training import hand as TR
+    from tasks.hand import MIN_SURE_JOINTS, MISSING_THRESHOLD, UNSURE_THRESHOLD
+    from training.hand.config import FULL_BUDGET
+    from training.hand.data import generate_split
+    from training.hand.evaluate import (compartment_metrics, detect_images, detection_metrics, format_table,
+                                        protocol_table, score_detected)
     from training.phantoms.hand import split_patients
 
     reg = ModelRegistry(a.models_dir)
@@ -57,22 +61,22 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"unusable models: {problems}")
         return 1
-    n = a.patients or int(det_entry.training.get("patients", TR.FULL.patients))
+    n = a.patients or int(det_entry.training.get("patients", FULL_BUDGET.patients))
     t0 = time.perf_counter()
     test_patients = split_patients(list(range(n)))["test"]
-    test = TR.generate_split("test", test_patients, log=None)
+    test = generate_split("test", test_patients, log=None)
     train_guss = train_guss_of(split_patients(list(range(n)))["train"])
     gen_s = time.perf_counter() - t0
 
     det = reg.load(det_entry.id).model
-    thresholds = {"missing": det_entry.input.get("missing_threshold", TR.MISSING_THRESHOLD),
-                  "unsure": det_entry.input.get("unsure_threshold", TR.UNSURE_THRESHOLD)}
-    dets = TR.detect_images(det, test.images, thresholds)
-    dm = TR.detection_metrics(dets, test)
+    thresholds = {"missing": det_entry.input.get("missing_threshold", MISSING_THRESHOLD),
+                  "unsure": det_entry.input.get("unsure_threshold", UNSURE_THRESHOLD)}
+    dets = detect_images(det, test.images, thresholds)
+    dm = detection_metrics(dets, test)
     correct = dm.pop("_correct")
-    scored = {e.id: TR.score_detected(reg.load(e.id).model, test, dets, "joint_onehot" in e.input["channels"], correct)
+    scored = {e.id: score_detected(reg.load(e.id).model, test, dets, "joint_onehot" in e.input["channels"], correct)
               for e in scorer_entries}
-    rows = TR.protocol_table(train_guss, scored)
+    rows = protocol_table(train_guss, scored)
 
     print(f"Hand pipeline on held-out TEST patients: {len(test_patients)} patients, {len(test)} radiographs "
           f"(phantoms regenerated in {gen_s:.0f} s; models from {a.models_dir}; first {n} patients of the pool)")
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Scoring, original protocol (crops from the detected boxes of {det_entry.id}; "
           f"{len(next(iter(scored.values()))['true_guss'])} joints, "
           f"{int((next(iter(scored.values()))['true_guss'] < 200).sum())} non-peak)")
-    print(TR.format_table(rows))
+    print(format_table(rows))
     base_a = rows["baseline A: always 200"]["w20_nonpeak"]
     for mid, s in scored.items():
         w = rows[mid]["w20_nonpeak"]
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     print("Stage 1 and the compartments")
     print(f"{'':30s} {'stage-1 acc':>11s} {'non-peak found':>14s} {'peak found':>10s} {'plate MAE':>9s} {'space MAE':>9s}")
     for mid, s in scored.items():
-        c = TR.compartment_metrics(s)
+        c = compartment_metrics(s)
         print(f"{mid:30s} {100 * c['stage1_accuracy']:10.1f}% {100 * c['stage1_sensitivity_nonpeak']:13.1f}% "
               f"{100 * c['stage1_specificity_peak']:9.1f}% {c['plate_mae']:9.1f} {c['space_mae']:9.1f}")
     print()
@@ -110,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     n_sure = np.array([sum(j["status"] == "found" for j in d["joints"]) for d in dets])
     anat = np.array([d["anatomy"]["ok"] for d in dets])
     confident = (n_sure == 8) & anat & ~ood_flag
-    scored = (n_sure >= TR.MIN_SURE_JOINTS) & anat & ~ood_flag
+    scored = (n_sure >= MIN_SURE_JOINTS) & anat & ~ood_flag
     print(f"  in the app: hands shown as confident {100 * confident.mean():.1f}%, hands scored at all "
-          f"(>= {TR.MIN_SURE_JOINTS} joints sure, anatomy ok, in distribution) {100 * scored.mean():.1f}%, "
+          f"(>= {MIN_SURE_JOINTS} joints sure, anatomy ok, in distribution) {100 * scored.mean():.1f}%, "
           f"flagged out-of-distribution {100 * ood_flag.mean():.1f}% (score median {np.median(ood):.2f}, "
           f"threshold {ood_t})")
     print()

@@ -1,4 +1,4 @@
-"""Hand pipeline latency (issue 3): one whole hand, warm: detection, eight crops, both scoring stages and
+"""Hand pipeline latency: one whole hand, warm: detection, eight crops, both scoring stages and
 all Grad-CAMs (the task's `run`), plus encoding every result image as PNG (what `predict` stores).
 
 What it measures, on what: the default hand detector and scorer of models/registry.json, loaded once;

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--app-path", type=int, default=100, help="val images also run through the upload path")
     args = ap.parse_args(argv)
 
-    from training import knee_data
+    from training.knee import data as knee_data
 
     if not knee_data.available():
         print(f"SKIP: real knee data not found at {knee_data.knee_dir()} (set JOINTSCAN_DATA_DIR)")
@@ -48,17 +48,18 @@ def main(argv=None) -> int:
         return 0
 
     from tasks.knee import GRADE_NAMES, TASK
-    from training import knee as K
-    from training import metrics as M
+    from tasks.metrics import accuracy, kappa_figure, mae
+    from training.knee.evaluate import figures, predict_tta
+    from training.knee.train.train import set_threads
 
-    K.set_threads()
+    set_threads()
     lm = reg.load(MODEL_ID)
     size = entry.input_shape[0]
     head = entry.input.get("decision_head", "regression")
     t = time.perf_counter()
     val = knee_data.load_split("val", size)
-    pred = K.predict_tta(lm, val.images)
-    figs = K.figures(val.grades, pred)
+    pred = predict_tta(lm, val.images)
+    figs = figures(val.grades, pred)
     side_acc = float((pred["canon_ok"] > 0.5).mean())
     n = len(val)
     print(f"Knee KL grading, VALIDATION figures (val split, {n} knees, real OAI radiographs; no test split exists)")
@@ -78,8 +79,8 @@ def main(argv=None) -> int:
     print(f"{'':34} {'accuracy':>8} {'QWK':>6} {'MAE':>6} {'MAE(cont)':>9}")
     for name, f in rows:
         print(f"{name:34} {f['accuracy']:>8.3f} {f['qwk']:>6.3f} {f['mae']:>6.3f} {f['mae_continuous']:>9.3f}")
-    print(f"{'baseline: always KL 0':34} {M.accuracy(majority, val.grades):>8.3f} "
-          f"{M.quadratic_weighted_kappa(val.grades, majority, 5):>6.3f} {M.mae(majority, val.grades):>6.3f}")
+    print(f"{'baseline: always KL 0':34} {accuracy(majority, val.grades):>8.3f} "
+          f"{kappa_figure(val.grades, majority, 5):>6.3f} {mae(majority, val.grades):>6.3f}")
     print(f"{'calibration: 2.8 M res-CNN 128 px':34} {0.493:>8.3f} {0.72:>6.3f} {0.62:>6.3f}")
     print(f"{'original design (regression)':34} {'':>8} {'':>6} {0.87:>6.3f}")
     print(f"{'published, ImageNet-pretrained':34} {0.70:>8.3f} {0.88:>6.3f}")

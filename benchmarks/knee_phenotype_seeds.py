@@ -3,12 +3,12 @@
     python benchmarks/knee_phenotype_seeds.py [--seeds 0,1,2,3,4,5] [--max-members 3] [--n 1500]
 
 On VALIDATION phantoms (seeds 100,400 and up: the set the clustering constants were chosen on, never the
-benchmark's test phantoms), for every combination of up to --max-members phantom graders (training.knee_phantom,
+benchmark's test phantoms), for every combination of up to --max-members phantom graders (training.knee.phantom_grader,
 trained here when absent, a few minutes each): the ARI of the clusters within each predicted grade against
 the hidden phenotypes (noise counted as a group), and per ensemble size how many combinations reach
-ARI >= 0.8 at every grade. An ensemble is evaluated as the shipped one computes it (training.knee_ensemble):
+ARI >= 0.8 at every grade. An ensemble is evaluated as the shipped one computes it (training.knee.ensemble):
 heads averaged, each member's embedding scaled by `embedding_scale` over these knees and set side by side,
-each member's grade directions removed; the clustering is training.knee_phenotypes.build_catalogue.
+each member's grade directions removed; the clustering is training.knee.phenotypes.build_catalogue.
 Each grader embeds the phantoms once. Prints a table and exits 0.
 """
 from __future__ import annotations
@@ -37,20 +37,21 @@ def main(argv=None) -> int:
     from sklearn.metrics import adjusted_rand_score
 
     from tasks.knee import decide
-    from training import knee as K
-    from training import knee_phantom as KPh
-    from training.knee_ensemble import embedding_scale
-    from training.knee_phenotypes import build_catalogue
-    from training.knee_ship import severity_basis_of
+    from training.knee.ensemble import embedding_scale, severity_basis_of
+    from training.knee.evaluate import best_head, figures, predict_tta
+    from training.knee.phantom import phantom_set
+    from training.knee.phantom_grader import load_or_train
+    from training.knee.phenotypes import build_catalogue
+    from training.knee.train.train import set_threads
 
-    K.set_threads()
+    set_threads()
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
-    knees, phen, _ = KPh.phantom_set("val", args.n, offset=400)
+    knees, phen, _ = phantom_set("val", args.n, offset=400)
     preds, bases = {}, {}
     for s in seeds:
-        model = KPh.load_or_train(seed=s)
-        preds[s], bases[s] = K.predict_tta(model, knees.images), severity_basis_of(model)
+        model = load_or_train(seed=s)
+        preds[s], bases[s] = predict_tta(model, knees.images), severity_basis_of(model)
     print(f"{args.n} validation phantoms; graders {', '.join(map(str, seeds))}; ARI per predicted grade, "
           "noise counted as a group")
     print(f"{'graders':>10} {'head':>10}  " + " ".join(f"{'KL ' + str(g):>6}" for g in range(5)) + f" {'worst':>6}")
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     for size in range(1, args.max_members + 1):
         for combo in itertools.combinations(seeds, size):
             pred = {k: np.mean([preds[s][k] for s in combo], axis=0) for k in ("kl_value", "kl_coral")}
-            head = K.best_head(K.figures(knees.grades, pred))
+            head = best_head(figures(knees.grades, pred))
             grades, _ = decide(pred["kl_value"], pred["kl_coral"], head)
             E = np.concatenate([preds[s]["embedding"] * embedding_scale(preds[s]["embedding"], bases[s])
                                 for s in combo], axis=1)

@@ -3,11 +3,11 @@
     python benchmarks/knee_phenotypes.py [--n 1500] [--heldout 500] [--subjects 200] [--retrain] [--seeds 0,1,2]
 
 What it measures, on what:
-* Embeddings: graders of the app's architecture and training code (training.knee_model / training.knee.train)
-  trained on knee-phantom KL grades only (training.knee_phantom; cached under /tmp, trained here in a few
+* Embeddings: graders of the app's architecture and training code (training.knee.model / training.knee.train.train)
+  trained on knee-phantom KL grades only (training.knee.phantom_grader; cached under /tmp, trained here in a few
   minutes each when absent), one per training seed, combined into one ensemble exactly as the shipped model
-  is (training.knee_ensemble, embedding scales from the catalogue knees). They never see the hidden phenotype.
-* Catalogue: `training.knee_ship.make_catalogue`, the very function that builds the shipped model's
+  is (training.knee.ensemble, embedding scales from the catalogue knees). They never see the hidden phenotype.
+* Catalogue: `training.knee.catalogue.make_catalogue`, the very function that builds the shipped model's
   catalogue: knees filed under their PREDICTED grade, HDBSCAN per grade with the tuned minimum cluster size,
   noise kept out, descriptions from image measurements. Catalogue knees: phantom test seeds 1,000,000+.
 * ARI per grade: clusters found vs hidden phenotype, over all knees of the grade (noise counted as one more
@@ -55,22 +55,24 @@ def main(argv=None) -> int:
     from sklearn.metrics import adjusted_rand_score
 
     from tasks.knee import decide
-    from training import knee as K
-    from training import knee_phantom as KPh
-    from training.knee_phenotypes import CLUSTER_LETTERS
-    from training.knee_ship import make_catalogue
+    from tasks.knee_catalogue import CLUSTER_LETTERS
+    from training.knee.catalogue import make_catalogue
+    from training.knee.evaluate import best_head, figures, predict_tta
+    from training.knee.phantom import PHANTOM_SIZE, cohort, phantom_set
+    from training.knee.phantom_grader import phantom_grader_path, phantom_model
+    from training.knee.train.train import set_threads
     from training.phantoms.knee import PHENOTYPES, RATES
 
-    K.set_threads()
+    set_threads()
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
-    cat_set, phen, _ = KPh.phantom_set("test", args.n)
-    model = KPh.phantom_model(seeds, cat_set.images, retrain=args.retrain)
-    val, _, _ = KPh.phantom_set("val", 400)
-    figs = K.figures(val.grades, K.predict_tta(model, val.images))
-    head = K.best_head(figs)
+    cat_set, phen, _ = phantom_set("test", args.n)
+    model = phantom_model(seeds, cat_set.images, retrain=args.retrain)
+    val, _, _ = phantom_set("val", 400)
+    figs = figures(val.grades, predict_tta(model, val.images))
+    head = best_head(figs)
     print(f"phantom grader{'s' if len(seeds) > 1 else ''} "
-          f"({', '.join(KPh.phantom_grader_path(s).name for s in seeds)}, {KPh.PHANTOM_SIZE} px"
+          f"({', '.join(phantom_grader_path(s).name for s in seeds)}, {PHANTOM_SIZE} px"
           f"{', one ensemble' if len(seeds) > 1 else ''}): val accuracy "
           f"{figs[head]['accuracy']:.3f}, QWK {figs[head]['qwk']:.3f}, MAE {figs[head]['mae']:.3f} ({head} head)")
 
@@ -130,8 +132,8 @@ def main(argv=None) -> int:
         for c in gm["clusters"]:
             print(f"  {c['name']} [{majority[(gm['grade'], c['index'])]}]: {c.get('description', '')}")
 
-    held, phen_h, _ = KPh.phantom_set("test", args.heldout, offset=args.n)
-    ph = K.predict_tta(model, held.images)
+    held, phen_h, _ = phantom_set("test", args.heldout, offset=args.n)
+    ph = predict_tta(model, held.images)
     gh, _ = decide(ph["kl_value"], ph["kl_coral"], head)
     assigned = cat.assign_many(ph["embedding"], gh)
     clus = np.array([a.cluster for a in assigned])
@@ -142,15 +144,15 @@ def main(argv=None) -> int:
           f"noise {np.mean(clus < 0):.1%}; phenotype correct among assigned {hit[clus >= 0].mean():.1%}; "
           f"median membership strength {np.median(strength[clus >= 0]):.2f}")
 
-    co = KPh.cohort(args.subjects)
+    co = cohort(args.subjects)
     years = co["years"]
     base = co["images"][:, 0]
-    pb = K.predict_tta(model, base)
+    pb = predict_tta(model, base)
     gb, _ = decide(pb["kl_value"], pb["kl_coral"], head)
     ab = cat.assign_many(pb["embedding"], gb)
     # per-subject slopes: true generator grade, and the grader's continuous grade, against years
     flat = co["images"].reshape(-1, *base.shape[1:])
-    pv = K.predict_tta(model, flat)
+    pv = predict_tta(model, flat)
     _, cont = decide(pv["kl_value"], pv["kl_coral"], head)
     cont = cont.reshape(len(base), len(years))
     xc = years - years.mean()

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     from imaging.io import read_image
     from imaging.overlay import heatmap_overlay
     from tasks.knee import TASK, catalogue_for, gradcam_target, grader_input, phenotype_card_image
-    from training import knee_data
+    from training.knee import data as knee_data
 
     if knee_data.available():
         rows = knee_data.list_split("val")[:: max(1, 826 // args.n)][: args.n]

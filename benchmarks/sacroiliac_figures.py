@@ -28,20 +28,28 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-OURS = ("sij-attention-unet", "sij-dual-head")
-REFERENCE = ("sij-unet-ref", "sij-cnn3-ref")
+from imaging.io import DecodedImage  # noqa: E402
+from model_loader import ModelRegistry  # noqa: E402
+from tasks.sacroiliac import STAGE_NAMES, TASK  # noqa: E402
+from training.sacroiliac.data import generate_split  # noqa: E402
+from training.sacroiliac.evaluate import (classification_metrics, predict_classes, predict_masks,  # noqa: E402
+                                          segmentation_metrics)
+
+ATTENTION_PIPELINE = ("sij-attention-unet", "sij-dual-head")
+REFERENCE_PIPELINE = ("sij-unet-ref", "sij-cnn3-ref")
 
 
-def _pipeline_figures(seg, cls, ph, S):
-    masks = S.predict_masks(seg.model, ph)
-    seg_m = S.segmentation_metrics(masks, ph)
-    as_pred, stage_pred = S.predict_classes(cls.model, ph, cls.entry.input, masks)
-    cls_m = S.classification_metrics(as_pred, stage_pred, ph)
+def _pipeline_figures(seg, cls, ph):
+    masks = predict_masks(seg.model, ph)
+    seg_m = segmentation_metrics(masks, ph)
+    as_pred, stage_pred = predict_classes(cls.model, ph, cls.entry.input, masks)
+    cls_m = classification_metrics(as_pred, stage_pred, ph)
     return seg_m, cls_m, stage_pred
 
 
-def _latency(task, seg, cls, ph, scans: int, warmup: int, DecodedImage):
+def _latency(task, seg, cls, ph, scans: int, warmup: int):
     images = [DecodedImage(pixels=ph.image01(i), kind="png") for i in range(min(len(ph), scans + warmup))]
     models = {"segmenter": [seg], "classifier": [cls]}
     for img in images[:warmup]:
@@ -63,31 +71,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     a = ap.parse_args(argv)
 
-    import tensorflow as tf
-
-    from imaging.io import DecodedImage
-    from model_loader import ModelRegistry
-    from tasks.sacroiliac import STAGE_NAMES, TASK
-    from training import sacroiliac as S
-
     registry = ModelRegistry(a.models_dir)
-    problems = {m: registry.problem(m) for m in OURS + REFERENCE}
+    problems = {m: registry.problem(m) for m in ATTENTION_PIPELINE + REFERENCE_PIPELINE}
     if any(problems.values()):
         for m, p in problems.items():
             if p:
                 print(f"{m}: {p}")
         print("Cannot benchmark: train and register the models first (python -m training.sacroiliac).")
         return 0
-    loaded = {m: registry.load(m) for m in OURS + REFERENCE}
+    loaded = {m: registry.load(m) for m in ATTENTION_PIPELINE + REFERENCE_PIPELINE}
 
     t0 = time.perf_counter()
-    ph = S.generate_split("test", a.n)
+    ph = generate_split("test", a.n)
     print(f"generated {a.n} test phantoms (seeds {ph.seed_text}) in {time.perf_counter() - t0:.0f} s")
     figures = {}
-    for label, (seg_id, cls_id) in (("ours", OURS), ("reference", REFERENCE)):
+    for label, (seg_id, cls_id) in (("ours", ATTENTION_PIPELINE), ("reference", REFERENCE_PIPELINE)):
         t0 = time.perf_counter()
-        seg_m, cls_m, stage_pred = _pipeline_figures(loaded[seg_id], loaded[cls_id], ph, S)
-        times, served = _latency(TASK, loaded[seg_id], loaded[cls_id], ph, a.scans, a.warmup, DecodedImage)
+        seg_m, cls_m, stage_pred = _pipeline_figures(loaded[seg_id], loaded[cls_id], ph)
+        times, served = _latency(TASK, loaded[seg_id], loaded[cls_id], ph, a.scans, a.warmup)
         agree = int(np.sum(np.array(served) == stage_pred[a.warmup:a.warmup + len(served)]))
         figures[label] = dict(seg=seg_m, cls=cls_m, times=times, agree=agree, n_timed=len(served),
                               size=registry.get(cls_id).size_bytes, seg_size=registry.get(seg_id).size_bytes,

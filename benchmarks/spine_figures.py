@@ -46,9 +46,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from model_loader import ModelRegistry
-    from training import spine as S
+    from training.spine.data import dataset_dir, load_pair, manifest_from_folder, patient_split, split_rows
+    from training.spine.evaluate import evaluate
 
-    folder = S.dataset_dir()
+    folder = dataset_dir()
     if not folder.is_dir():
         print(f"SKIP: spine data not found at {folder} (set JOINTSCAN_DATA_DIR).")
         return 0
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     from imaging.io import DecodedImage
     from tasks.spine import TASK, spine_input
 
-    rows = S.manifest_from_folder(folder)
+    rows = manifest_from_folder(folder)
     results = []
     for e in entries:
         problem = reg.problem(e.id)
@@ -70,11 +71,11 @@ def main(argv=None) -> int:
         if problem:
             print(f"SKIP {e.id}: {problem}")
             continue
-        val_p = e.training.get("split") or S.patient_split([r["patient"] for r in rows])[1]
-        _, val_rows = S.split_rows(rows, val_p)
+        val_p = e.training.get("split") or patient_split([r["patient"] for r in rows])[1]
+        _, val_rows = split_rows(rows, val_p)
         lm = reg.load(e.id)
-        row["metrics"] = S.evaluate(lm.model, val_rows, tuple(e.input_shape[:2]))
-        img, _ = S.load_pair(val_rows[len(val_rows) // 2])
+        row["metrics"] = evaluate(lm.model, val_rows, tuple(e.input_shape[:2]))
+        img, _ = load_pair(val_rows[len(val_rows) // 2])
         x = spine_input(img, e.input_shape[:2])[None]
         row["model_ms"] = _median_ms(lambda: lm(x), args.repeats)
         image = DecodedImage(img, "png")

@@ -26,6 +26,7 @@ from imaging.overlay import boxes_overlay, heatmap_overlay
 from model_loader import LoadedModel
 from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
                         timed_model)
+from tasks.metrics import coral_rank
 
 JOINT_NAMES = ("PIP2", "PIP3", "PIP4", "PIP5", "DIP2", "DIP3", "DIP4", "DIP5")
 CROP_MARGIN = 0.10             # the crop's side is the larger box side plus 10%
@@ -152,11 +153,6 @@ def scorer_input(crop01: np.ndarray, size: int, joint_index: int | None = None) 
 
 
 # -- scores ---------------------------------------------------------------------------------
-def coral_rank(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """CORAL rank = number of thresholds passed (P(y >= k) > 0.5), along the last axis."""
-    return (np.asarray(probs) > threshold).sum(axis=-1)
-
-
 def stage2_score(guss_probs: np.ndarray) -> np.ndarray:
     """Stage-2 GUSS from the 20 cumulative probabilities (>= 10 ... >= 200), clamped to 0-190."""
     return np.clip(coral_rank(guss_probs) * GUSS_STEP, 0, STAGE2_MAX)

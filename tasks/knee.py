@@ -1,10 +1,10 @@
 """Knee radiograph (AP/PA, a crop centred on the tibiofemoral joint): Kellgren-Lawrence grade and phenotype.
 
-One role, "grader": a compact CNN (training/knee_model.py) trained on the real OAI radiographs of
+One role, "grader": a compact CNN (training/knee/model.py) trained on the real OAI radiographs of
 ../shared/data/knee_kl. Per knee it gives the KL grade 0-4 with the continuous value and the
 per-grade probabilities, the knee's side (from the form or detected by the model), a Grad-CAM of
 the grade, and the phenotype within the grade from the catalogue stored beside the model
-(training/knee_phenotypes.py): a cluster of similar knees of that grade, or "no phenotype" when the
+(tasks/knee_catalogue.py, fitted by training/knee/phenotypes.py): a cluster of similar knees of that grade, or "no phenotype" when the
 knee lies in the low-density noise between clusters.
 
 Orientation: the model's canonical orientation is a LEFT knee as radiographed (medial compartment on
@@ -13,8 +13,8 @@ model sees the upload and its mirror image in one batch: both readings are avera
 (test-time flip), and the "mirrored" head (or the side chosen on the form) says which of the two is
 canonical, whose embedding gives the phenotype.
 
-The preprocessing (`grader_input`, `canonical`) and the decoding (`decode_value`, `decode_coral`,
-`coral_grade_probabilities`) here are the single definitions used by training (training/knee.py),
+The preprocessing (`grader_input`, `canonical`) and the decoding (`decode_value`, `decide`, with the
+CORAL helpers of tasks/metrics.py) here are the single definitions used by training (training/knee/),
 evaluation (benchmarks/knee_figures.py) and serving.
 """
 from __future__ import annotations
@@ -33,6 +33,8 @@ from imaging.overlay import heatmap_overlay
 from model_loader import LoadedModel, sha256_of
 from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
                         timed_model)
+from tasks.knee_catalogue import load_catalogue
+from tasks.metrics import coral_expected, coral_grade_probabilities, coral_rank
 
 N_GRADES = 5
 GRADE_NAMES = ("KL 0", "KL 1", "KL 2", "KL 3", "KL 4")
@@ -74,40 +76,14 @@ def decode_value(value) -> np.ndarray:
     return np.clip(np.floor(v + 0.5), 0, N_GRADES - 1).astype(np.int64)
 
 
-def coral_expected(p_gt) -> np.ndarray:
-    """CORAL P(y > k), k = 0..3 -> expected grade sum_k P(y > k) (a continuous value in [0, 4])."""
-    p = np.asarray(p_gt, dtype=np.float64).reshape(-1, N_GRADES - 1)
-    return p.sum(axis=1)
-
-
-def decode_coral(p_gt, threshold: float = 0.5) -> np.ndarray:
-    """CORAL P(y > k) -> integer grade = number of thresholds passed (Cao et al. 2020)."""
-    p = np.asarray(p_gt, dtype=np.float64).reshape(-1, N_GRADES - 1)
-    return (p > threshold).sum(axis=1).astype(np.int64)
-
-
-def coral_grade_probabilities(p_gt) -> np.ndarray:
-    """CORAL P(y > k) -> P(y = k) for k = 0..4 (rows sum to 1).
-
-    P(y = 0) = 1 - P(y > 0), P(y = k) = P(y > k-1) - P(y > k), P(y = 4) = P(y > 3). The cumulative
-    probabilities are first made non-increasing (a running minimum), so no probability is negative
-    even where a model's thresholds cross.
-    """
-    p = np.asarray(p_gt, dtype=np.float64).reshape(-1, N_GRADES - 1)
-    p = np.minimum.accumulate(np.clip(p, 0.0, 1.0), axis=1)
-    cum = np.concatenate([np.ones((len(p), 1)), p, np.zeros((len(p), 1))], axis=1)
-    probs = cum[:, :-1] - cum[:, 1:]
-    return probs / probs.sum(axis=1, keepdims=True)
-
-
 def decide(value, p_gt, head: str) -> tuple[np.ndarray, np.ndarray]:
     """(integer grade, continuous grade) from the head named in the registry entry."""
     value = np.asarray(value, dtype=np.float64).reshape(-1)
-    expected = coral_expected(p_gt)
+    expected = coral_expected(p_gt, N_GRADES - 1)
     if head == "regression":
         return decode_value(value), value
     if head == "coral":
-        return decode_coral(p_gt), expected
+        return coral_rank(np.asarray(p_gt, dtype=np.float64).reshape(-1, N_GRADES - 1)).astype(np.int64), expected
     if head == "mean":
         cont = (value + expected) / 2.0
         return decode_value(cont), cont
@@ -153,8 +129,6 @@ def catalogue_at(model_path: Path, entry) -> Any:
     with _CAT_LOCK:
         if key in _CATALOGUES:
             return _CATALOGUES[key]
-        from training.knee_phenotypes import load_catalogue
-
         base = Path(model_path)
         for kind in ("json", "npz"):
             p = base.with_name(spec[kind])
@@ -277,7 +251,7 @@ class KneeTask(TaskBase):
         p_gt = np.asarray(out["kl_coral"]).mean(axis=0)
         grade_arr, cont_arr = decide([value], p_gt[None], head)
         grade, cont = int(grade_arr[0]), float(cont_arr[0])
-        probs = coral_grade_probabilities(p_gt[None])[0]
+        probs = coral_grade_probabilities(p_gt[None], N_GRADES - 1)[0]
 
         target, target_text = gradcam_target(head, grade)
         cam = grad_cams(model.gradcam_model(), pair[canon:canon + 1], [target])[0]
@@ -303,7 +277,7 @@ class KneeTask(TaskBase):
             "grade_meaning": GRADE_MEANINGS[grade],
             "value": round(cont, 3),
             "regression_value": round(value, 3),
-            "coral_expected": round(float(coral_expected(p_gt[None])[0]), 3),
+            "coral_expected": round(float(coral_expected(p_gt[None], N_GRADES - 1)[0]), 3),
             "decision_head": head,
             "grade_probabilities": {n: round(float(p), 4) for n, p in zip(GRADE_NAMES, probs)},
             "gradcam_target": target_text,

@@ -9,13 +9,16 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from training import architectures as A  # noqa: E402
-from training import metrics as M  # noqa: E402
+from imaging.layers import custom_objects  # noqa: E402
+from tasks.metrics import (accuracy, classification_report, confusion_matrix, dice, dice_per_case,  # noqa: E402
+                           dice_per_class, macro_f1, mae, per_class_f1, per_class_precision, per_class_recall,
+                           quadratic_weighted_kappa)
+from training.architectures import attention_unet, cnn3_reference, dual_head_classifier, unet  # noqa: E402
 
 
 # -- architectures -------------------------------------------------------------------------
 def test_attention_unet_binary_and_multiclass():
-    m = A.attention_unet()
+    m = attention_unet()
     assert m.input_shape == (None, 128, 128, 1)
     assert m.output_shape == (None, 128, 128, 1)
     assert m.get_layer("mask").activation.__name__ == "sigmoid"
@@ -25,14 +28,14 @@ def test_attention_unet_binary_and_multiclass():
     y = np.asarray(m(x, training=False))
     assert y.shape == (2, 128, 128, 1) and (y >= 0).all() and (y <= 1).all()
 
-    m4 = A.attention_unet((64, 96, 1), n_classes=4)
+    m4 = attention_unet((64, 96, 1), n_classes=4)
     y4 = np.asarray(m4(np.zeros((1, 64, 96, 1), np.float32), training=False))
     assert y4.shape == (1, 64, 96, 4)
     np.testing.assert_allclose(y4.sum(-1), 1.0, atol=1e-5)               # softmax over classes
 
 
 def test_reference_unet_is_the_original_design():
-    m = A.unet()
+    m = unet()
     assert m.output_shape == (None, 128, 128, 1)
     assert 7_000_000 < m.count_params() < 8_500_000                        # ~7.7 M
     convs = [layer for layer in m.layers if isinstance(layer, keras.layers.Conv2D)
@@ -41,8 +44,8 @@ def test_reference_unet_is_the_original_design():
 
 
 @pytest.mark.parametrize("builder, shape, limits", [
-    (A.dual_head_classifier, (128, 160, 2), (50_000, 300_000)),
-    (A.cnn3_reference, (128, 128, 1), (4_000_000, 4_500_000)),
+    (dual_head_classifier, (128, 160, 2), (50_000, 300_000)),
+    (cnn3_reference, (128, 128, 1), (4_000_000, 4_500_000)),
 ])
 def test_classifiers_have_two_named_heads_and_gradcam_layer(builder, shape, limits):
     m = builder()
@@ -57,58 +60,58 @@ def test_classifiers_have_two_named_heads_and_gradcam_layer(builder, shape, limi
 
 
 def test_cnn3_reference_layout():
-    m = A.cnn3_reference()
+    m = cnn3_reference()
     assert [m.get_layer(n).filters for n in ("conv1", "conv2", "gradcam_conv")] == [32, 64, 128]
     assert m.get_layer("fc").units == 128
     assert m.get_layer("head_dropout").rate == 0.5
 
 
 def test_custom_objects_are_the_int8_convolutions():
-    from training.quantize import Int8Conv2D, Int8Conv2DTranspose
+    from imaging.layers import Int8Conv2D, Int8Conv2DTranspose
 
-    assert set(A.custom_objects().values()) == {Int8Conv2D, Int8Conv2DTranspose}
+    assert set(custom_objects().values()) == {Int8Conv2D, Int8Conv2DTranspose}
 
 
 # -- metrics (hand-computed) ------------------------------------------------------------------
 def test_dice_binary_and_per_class():
     a = np.array([[1, 1, 0], [0, 1, 0]])
     b = np.array([[1, 0, 0], [0, 1, 1]])
-    assert M.dice(a, b) == pytest.approx(2 * 2 / (3 + 3))
-    assert M.dice(np.zeros(4), np.zeros(4)) == 1.0
-    assert M.dice(np.ones(4), np.zeros(4)) == 0.0
-    np.testing.assert_allclose(M.dice_per_case(np.stack([a, a]), np.stack([b, a])), [2 / 3, 1.0])
+    assert dice(a, b) == pytest.approx(2 * 2 / (3 + 3))
+    assert dice(np.zeros(4), np.zeros(4)) == 1.0
+    assert dice(np.ones(4), np.zeros(4)) == 0.0
+    np.testing.assert_allclose(dice_per_case(np.stack([a, a]), np.stack([b, a])), [2 / 3, 1.0])
     pred = np.array([0, 1, 1, 2, 2, 0])
     true = np.array([0, 1, 2, 2, 2, 1])
-    d = M.dice_per_class(pred, true, 4)
+    d = dice_per_class(pred, true, 4)
     assert np.isnan(d[0]) and np.isnan(d[3])          # background excluded; class 3 absent everywhere
     assert d[1] == pytest.approx(2 * 1 / (2 + 2)) and d[2] == pytest.approx(2 * 2 / (2 + 3))
-    assert M.dice_per_class(pred, true, 3, include_background=True)[0] == pytest.approx(2 * 1 / (2 + 1))
+    assert dice_per_class(pred, true, 3, include_background=True)[0] == pytest.approx(2 * 1 / (2 + 1))
 
 
 def test_classification_metrics_hand_computed():
     true = np.array([0, 0, 0, 1, 1, 2, 2, 2])
     pred = np.array([0, 0, 1, 1, 2, 2, 2, 0])
-    cm = M.confusion_matrix(true, pred, 3)
+    cm = confusion_matrix(true, pred, 3)
     np.testing.assert_array_equal(cm, [[2, 1, 0], [0, 1, 1], [1, 0, 2]])
-    assert M.accuracy(pred, true) == pytest.approx(5 / 8)
-    np.testing.assert_allclose(M.per_class_recall(true, pred, 3), [2 / 3, 1 / 2, 2 / 3])
-    np.testing.assert_allclose(M.per_class_precision(true, pred, 3), [2 / 3, 1 / 2, 2 / 3])
-    np.testing.assert_allclose(M.per_class_f1(true, pred, 3), [2 / 3, 1 / 2, 2 / 3])
-    assert M.macro_f1(true, pred, 3) == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
-    assert M.mae(pred, true) == pytest.approx((1 + 1 + 2) / 8)
+    assert accuracy(pred, true) == pytest.approx(5 / 8)
+    np.testing.assert_allclose(per_class_recall(true, pred, 3), [2 / 3, 1 / 2, 2 / 3])
+    np.testing.assert_allclose(per_class_precision(true, pred, 3), [2 / 3, 1 / 2, 2 / 3])
+    np.testing.assert_allclose(per_class_f1(true, pred, 3), [2 / 3, 1 / 2, 2 / 3])
+    assert macro_f1(true, pred, 3) == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    assert mae(pred, true) == pytest.approx((1 + 1 + 2) / 8)
     # a class never predicted has precision 0 (not NaN); a class absent everywhere is NaN and skipped
-    assert M.per_class_precision([0, 1], [0, 0], 3)[1] == 0.0
-    assert np.isnan(M.per_class_f1([0, 1], [0, 0], 3)[2])
-    assert M.macro_f1([0, 1], [0, 0], 3) == pytest.approx((2 / 3 + 0.0) / 2)
+    assert per_class_precision([0, 1], [0, 0], 3)[1] == 0.0
+    assert np.isnan(per_class_f1([0, 1], [0, 0], 3)[2])
+    assert macro_f1([0, 1], [0, 0], 3) == pytest.approx((2 / 3 + 0.0) / 2)
 
 
 def test_quadratic_weighted_kappa_hand_computed():
-    assert M.quadratic_weighted_kappa([0, 1, 2, 3], [0, 1, 2, 3], 4) == pytest.approx(1.0)
+    assert quadratic_weighted_kappa([0, 1, 2, 3], [0, 1, 2, 3], 4) == pytest.approx(1.0)
     # cm = [[1,1],[0,2]], weights w01 = w10 = 1: observed O = 1; expected from the marginals
     # (rows 2,2; columns 1,3; n = 4): e01 = 2*3/4 = 1.5, e10 = 2*1/4 = 0.5 -> E = 2; kappa = 1 - O/E
-    assert M.quadratic_weighted_kappa([0, 0, 1, 1], [0, 1, 1, 1], 2) == pytest.approx(1 - 1 / 2)
+    assert quadratic_weighted_kappa([0, 0, 1, 1], [0, 1, 1, 1], 2) == pytest.approx(1 - 1 / 2)
     # off by one everywhere on a 3-class scale: weights 1/4
-    k = M.quadratic_weighted_kappa([0, 1, 2], [1, 2, 1], 3)
+    k = quadratic_weighted_kappa([0, 1, 2], [1, 2, 1], 3)
     cm = np.array([[0, 1, 0], [0, 0, 1], [0, 1, 0]], float)
     w = np.array([[(i - j) ** 2 / 4 for j in range(3)] for i in range(3)])
     e = np.outer(cm.sum(1), cm.sum(0)) / 3
@@ -116,7 +119,7 @@ def test_quadratic_weighted_kappa_hand_computed():
 
 
 def test_classification_report_is_json_safe():
-    rep = M.classification_report([0, 1, 1], [0, 1, 0], ("a", "b", "c"))
+    rep = classification_report([0, 1, 1], [0, 1, 0], ("a", "b", "c"))
     json.dumps(rep)
     assert rep["recall"]["c"] is None and rep["recall"]["b"] == 0.5
 
@@ -126,7 +129,7 @@ def test_save_for_shipping_round_trip(tmp_path):
     from training.export import register_model, save_for_shipping, write_model_card
 
     keras.utils.set_random_seed(1)
-    m = A.dual_head_classifier()
+    m = dual_head_classifier()
     m.compile(optimizer="adam", loss={"as_status": "categorical_crossentropy", "stage": "categorical_crossentropy"})
     x = np.random.default_rng(1).random((4, 128, 160, 2), dtype=np.float32)
     m.fit(x, {"as_status": np.eye(2)[[0, 1, 0, 1]], "stage": np.eye(4)[[0, 1, 2, 3]]}, epochs=1, verbose=0)
@@ -134,7 +137,7 @@ def test_save_for_shipping_round_trip(tmp_path):
     with zipfile.ZipFile(path) as z:
         assert "compile_config" not in json.loads(z.read("config.json"))
         assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in z.infolist())
-    r = keras.models.load_model(path, compile=False, custom_objects=A.custom_objects())
+    r = keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     assert {w.dtype for w in r.weights} == {"float32"}
     a, b = m(x, training=False), r(x, training=False)
     for k in ("as_status", "stage"):
@@ -167,11 +170,11 @@ def test_quantized_reference_reloads_and_gradcam_flows(tmp_path):
     from training.export import save_for_shipping
 
     keras.utils.set_random_seed(2)
-    m = A.cnn3_reference()
+    m = cnn3_reference()
     x = np.random.default_rng(2).random((1, 128, 128, 1), dtype=np.float32)
     m.quantize("int8")
     path = save_for_shipping(m, tmp_path / "q.keras")
-    r = keras.models.load_model(path, compile=False, custom_objects=A.custom_objects())
+    r = keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     assert r.get_layer("fc").kernel.dtype == "int8"
     np.testing.assert_allclose(np.asarray(r(x)["stage"]), np.asarray(m(x)["stage"]), atol=1e-2)
     gm = keras.Model(r.inputs, [r.get_layer("gradcam_conv").output, r.output])
@@ -182,7 +185,7 @@ def test_quantized_reference_reloads_and_gradcam_flows(tmp_path):
 def _tiny_trained_unet(seed: int = 3):
     """A tiny U-Net with random (non-zero) kernels and biases, standing in for a trained one."""
     keras.utils.set_random_seed(seed)
-    m = A.unet((32, 32, 1), filters=(8, 16, 32, 64), name="tiny_unet")
+    m = unet((32, 32, 1), filters=(8, 16, 32, 64), name="tiny_unet")
     rng = np.random.default_rng(seed)
     m.set_weights([w + rng.normal(0, 0.05, w.shape).astype(np.float32) for w in m.get_weights()])
     return m
@@ -209,7 +212,8 @@ def test_int8_convolutions_round_trip(tmp_path):
 
     from imaging.gradcam import grad_cam_scalar
     from training.export import save_for_shipping, storage_note
-    from training.quantize import Int8Conv2D, Int8Conv2DTranspose, quantize_convolutions
+    from imaging.layers import Int8Conv2D, Int8Conv2DTranspose
+    from training.quantize import quantize_convolutions
 
     m = _tiny_trained_unet()
     m.compile(optimizer="adam", loss=lambda y, p: keras.ops.mean((y - p) ** 2))   # unregistered loss, as in training
@@ -232,7 +236,7 @@ def test_int8_convolutions_round_trip(tmp_path):
         assert all(g["vars/0"].dtype == np.int8 and g["vars/0"].ndim == 4 for g in kernels)
     assert "int8 with one scale per output channel" in storage_note(path)
 
-    r = keras.models.load_model(path, compile=False, custom_objects=A.custom_objects())
+    r = keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     assert r.get_layer("enc1_conv2").kernel_int8.dtype == "int8"
     y_float, y_q, y_r = (np.asarray(mm(x, training=False)) for mm in (m, q, r))
     np.testing.assert_allclose(y_r, y_q, atol=2e-3)                 # storage adds only float16 biases' rounding

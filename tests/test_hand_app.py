@@ -62,8 +62,8 @@ def wired_detector(strength: dict[str, float] | None = None):
 @pytest.fixture(scope="session")
 def hand_models_dir(tmp_path_factory) -> Path:
     from training.export import register_model, save_for_shipping
-    from training.hand import input_spec
-    from training.hand_models import guss_scorer, joint_detector
+    from training.hand.export import input_spec
+    from training.hand.model import guss_scorer, joint_detector
 
     root = tmp_path_factory.mktemp("hand_models")
     specs = [

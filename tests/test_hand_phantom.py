@@ -1,22 +1,22 @@
-"""Hand phantoms (issue 3): determinism, labels consistent with the drawing, the patient-level split."""
+"""Hand phantoms: determinism, labels consistent with the drawing, the patient-level split."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.phantoms import hand as H
+from training.phantoms import hand as hand_phantoms
 
 
 @pytest.fixture(scope="module")
 def case():
-    return H.generate_hand(1, 0)
+    return hand_phantoms.generate_hand(1, 0)
 
 
 def test_same_patient_and_visit_give_the_same_image_and_labels(case):
-    again = H.generate_hand(1, 0)
+    again = hand_phantoms.generate_hand(1, 0)
     assert np.array_equal(case.image, again.image)
     assert case.joints == again.joints and case.params == again.params
-    other_visit = H.generate_hand(1, 1)
+    other_visit = hand_phantoms.generate_hand(1, 1)
     assert not np.array_equal(case.image, other_visit.image)
     assert other_visit.side == case.side                       # one hand per patient
 
@@ -32,10 +32,10 @@ def test_image_is_a_large_grey_radiograph_with_bone_bright(case):
 
 
 def test_labels_are_named_boxed_and_on_the_guss_scale(case):
-    assert [j.name for j in case.joints] == list(H.JOINT_NAMES)
+    assert [j.name for j in case.joints] == list(hand_phantoms.JOINT_NAMES)
     from tasks.hand import JOINT_NAMES
 
-    assert tuple(JOINT_NAMES) == H.JOINT_NAMES
+    assert tuple(JOINT_NAMES) == hand_phantoms.JOINT_NAMES
     h, w = case.image.shape
     for j in case.joints:
         x1, y1, x2, y2 = j.box
@@ -43,7 +43,7 @@ def test_labels_are_named_boxed_and_on_the_guss_scale(case):
         assert x1 < j.center[0] < x2 and y1 < j.center[1] < y2
         assert j.plate in range(0, 101, 10) and j.space in range(0, 101, 10)
         assert j.guss == j.plate + j.space
-    plan = H.patient_plan(1)
+    plan = hand_phantoms.patient_plan(1)
     assert [j.guss for j in case.joints] == plan.guss[0].tolist()
     # fingers in order across a left hand: index (2) on the image right when the fingers point up
     xs = [j.center[0] for j in case.joints[:4]]
@@ -58,16 +58,16 @@ def test_the_drawing_follows_the_labels():
     """Same patient, same visit: narrowing the joint space or eroding the plate changes only that joint."""
     import dataclasses
 
-    plan = H.patient_plan(2)
+    plan = hand_phantoms.patient_plan(2)
     healthy = dataclasses.replace(plan, plate=np.full_like(plan.plate, 100), space=np.full_like(plan.space, 100),
                                   phase=tuple(("intact",) * 8 for _ in plan.months))
     narrowed = dataclasses.replace(healthy, space=healthy.space.copy())
     narrowed.space[0, 1] = 20                                  # PIP3 joint space 20
     eroded = dataclasses.replace(healthy, plate=healthy.plate.copy())
     eroded.plate[0, 5] = 30                                    # DIP3 plate 30
-    a = H.generate_hand(2, 0, plan=healthy)
-    b = H.generate_hand(2, 0, plan=narrowed)
-    c = H.generate_hand(2, 0, plan=eroded)
+    a = hand_phantoms.generate_hand(2, 0, plan=healthy)
+    b = hand_phantoms.generate_hand(2, 0, plan=narrowed)
+    c = hand_phantoms.generate_hand(2, 0, plan=eroded)
     assert a.params["joint_gap_mm"]["PIP3"] > 4 * b.params["joint_gap_mm"]["PIP3"]
     assert [j.guss for j in b.joints][1] == 120 and [j.guss for j in c.joints][5] == 130
 
@@ -84,7 +84,7 @@ def test_the_drawing_follows_the_labels():
 
 
 def test_patients_progress_or_remodel_and_scores_are_long_tailed():
-    plans = [H.patient_plan(p) for p in range(400)]
+    plans = [hand_phantoms.patient_plan(p) for p in range(400)]
     g = np.concatenate([p.guss.ravel() for p in plans])
     assert 0.58 < (g == 200).mean() < 0.76                     # about two thirds intact
     nonpeak = g[g < 200]
@@ -99,31 +99,31 @@ def test_patients_progress_or_remodel_and_scores_are_long_tailed():
 
 def test_split_is_by_patient_stratified_80_10_10_and_stable():
     patients = list(range(300))
-    split = H.split_of(patients)
+    split = hand_phantoms.split_of(patients)
     assert set(split) == set(patients)
-    groups = H.split_patients(patients)
+    groups = hand_phantoms.split_patients(patients)
     assert sum(len(v) for v in groups.values()) == 300
     assert not (set(groups["train"]) & set(groups["val"]) or set(groups["train"]) & set(groups["test"])
                 or set(groups["val"]) & set(groups["test"]))
     assert abs(len(groups["train"]) - 240) <= 2 and abs(len(groups["val"]) - 30) <= 2
     for stratum in ("peak", "non-peak"):
-        ids = [p for p in patients if H.patient_plan(p).peak_label == stratum]
-        share = {s: sum(split[p] == s for p in ids) / len(ids) for s in H.SPLITS}
+        ids = [p for p in patients if hand_phantoms.patient_plan(p).peak_label == stratum]
+        share = {s: sum(split[p] == s for p in ids) / len(ids) for s in hand_phantoms.SPLITS}
         assert abs(share["train"] - 0.8) < 0.06 and abs(share["test"] - 0.1) < 0.05
     # appending patients never moves an earlier one
-    bigger = H.split_of(list(range(400)))
+    bigger = hand_phantoms.split_of(list(range(400)))
     assert all(bigger[p] == split[p] for p in patients)
     # every visit of a patient lies in the patient's split
-    visits = H.visits(groups["test"][:5])
+    visits = hand_phantoms.visits(groups["test"][:5])
     assert {split[p] for p, _ in visits} == {"test"}
 
 
 def test_generation_is_fast():
     import time
 
-    H.generate_hand(3, 0)
+    hand_phantoms.generate_hand(3, 0)
     t0 = time.perf_counter()
-    for t in range(H.patient_plan(3).n_visits):
-        H.generate_hand(3, t)
-    per_hand = (time.perf_counter() - t0) / H.patient_plan(3).n_visits
+    for t in range(hand_phantoms.patient_plan(3).n_visits):
+        hand_phantoms.generate_hand(3, t)
+    per_hand = (time.perf_counter() - t0) / hand_phantoms.patient_plan(3).n_visits
     assert per_hand < 1.0        # about 60 ms on one free core; generous for a loaded CI machine

@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.knee import (canonical, coral_expected, coral_grade_probabilities, decide, decode_coral,
-                        decode_value)
-from training import metrics as M
+from tasks.knee import canonical, decide, decode_value
+from tasks.metrics import coral_expected, coral_grade_probabilities, coral_rank, mae, quadratic_weighted_kappa
 
 
 def test_regression_value_rounds_half_up_and_clips():
@@ -16,7 +15,7 @@ def test_regression_value_rounds_half_up_and_clips():
 
 def test_coral_counts_thresholds_passed():
     p = [[0.9, 0.8, 0.3, 0.1], [0.4, 0.2, 0.1, 0.0], [0.99, 0.98, 0.97, 0.6], [0.6, 0.4, 0.7, 0.2]]
-    assert decode_coral(p).tolist() == [2, 0, 4, 2]
+    assert coral_rank(p).tolist() == [2, 0, 4, 2]
     assert coral_expected(p[:1])[0] == pytest.approx(2.1)
 
 
@@ -42,19 +41,19 @@ def test_decide_per_head():
 def test_qwk_hand_computed():
     # cm = [[1,0,0],[0,0,1],[0,1,1]]; weights (i-j)^2/4; observed 0.5, expected 1.375 -> 1 - 0.5/1.375
     target, pred = [0, 1, 2, 2], [0, 2, 2, 1]
-    assert M.quadratic_weighted_kappa(target, pred, 3) == pytest.approx(1 - 0.5 / 1.375)
-    assert M.quadratic_weighted_kappa([0, 1, 2, 3, 4], [0, 1, 2, 3, 4], 5) == pytest.approx(1.0)
+    assert quadratic_weighted_kappa(target, pred, 3) == pytest.approx(1 - 0.5 / 1.375)
+    assert quadratic_weighted_kappa([0, 1, 2, 3, 4], [0, 1, 2, 3, 4], 5) == pytest.approx(1.0)
     # two classes: observed 1 (one 0->1), expected 2 -> 0.5
-    assert M.quadratic_weighted_kappa([0, 0, 1, 1], [0, 1, 1, 1], 2) == pytest.approx(0.5)
+    assert quadratic_weighted_kappa([0, 0, 1, 1], [0, 1, 1, 1], 2) == pytest.approx(0.5)
     # a grade off by two costs four times a grade off by one
-    off1 = M.quadratic_weighted_kappa([0, 1, 2, 3, 4] * 2, [0, 1, 2, 3, 4, 1, 1, 2, 3, 4], 5)
-    off2 = M.quadratic_weighted_kappa([0, 1, 2, 3, 4] * 2, [0, 1, 2, 3, 4, 2, 1, 2, 3, 4], 5)
+    off1 = quadratic_weighted_kappa([0, 1, 2, 3, 4] * 2, [0, 1, 2, 3, 4, 1, 1, 2, 3, 4], 5)
+    off2 = quadratic_weighted_kappa([0, 1, 2, 3, 4] * 2, [0, 1, 2, 3, 4, 2, 1, 2, 3, 4], 5)
     assert off2 < off1 < 1.0
 
 
 def test_mae_hand_computed():
-    assert M.mae([0, 2, 2, 1], [0, 1, 2, 2]) == pytest.approx(0.5)
-    assert M.mae([0.5, 3.0], [0, 4]) == pytest.approx(0.75)
+    assert mae([0, 2, 2, 1], [0, 1, 2, 2]) == pytest.approx(0.5)
+    assert mae([0.5, 3.0], [0, 4]) == pytest.approx(0.75)
 
 
 def test_canonical_mirrors_right_knees_only():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training import knee_phenotypes as KP
+from tasks.knee_catalogue import load_catalogue, remove_directions
+from training.knee.phenotypes import (N_MEDOIDS, THUMB, build_catalogue, describe, fit_grade, save_catalogue,
+                                      severity_basis)
 
 
 def blobs(n_per=40, centres=((0, 0), (6, 0), (0, 6)), dim=6, seed=0, spread=0.6):
@@ -24,7 +26,7 @@ def test_fit_grade_recovers_blobs_and_tunes_min_cluster_size():
     from sklearn.metrics import adjusted_rand_score
 
     E, y = blobs()
-    gc = KP.fit_grade(E, grade=2, n_components=4)
+    gc = fit_grade(E, grade=2, n_components=4)
     kept = gc.labels >= 0
     assert gc.n_clusters == 3
     assert kept.mean() > 0.8
@@ -39,7 +41,7 @@ def test_fit_grade_recovers_blobs_and_tunes_min_cluster_size():
 
 def test_assignment_member_centre_and_noise_cases():
     E, y = blobs()
-    cat = KP.build_catalogue(E, np.full(len(E), 2), n_components=4)
+    cat = build_catalogue(E, np.full(len(E), 2), n_components=4)
     gc = cat.grades[2]
     # a point at the centre of each blob joins that blob's cluster with full strength
     for k, centre in enumerate(((0, 0), (6, 0), (0, 6))):
@@ -68,7 +70,7 @@ def test_assignment_member_centre_and_noise_cases():
 
 def test_training_points_reassign_to_their_own_cluster():
     E, _ = blobs(seed=3)
-    cat = KP.build_catalogue(E, np.full(len(E), 1), n_components=4)
+    cat = build_catalogue(E, np.full(len(E), 1), n_components=4)
     gc = cat.grades[1]
     got = np.array([a.cluster for a in cat.assign_many(E, np.full(len(E), 1))])
     members = gc.labels >= 0
@@ -82,13 +84,13 @@ def test_severity_directions_are_projected_out():
     direction /= np.linalg.norm(direction)
     # a strong severity spread along `direction` would split the blobs; projecting it out removes it
     spread = E + np.outer(rng.uniform(-8, 8, len(E)), direction)
-    basis = KP.severity_basis([direction])
-    gc = KP.fit_grade(spread, grade=3, basis=basis, n_components=4)
+    basis = severity_basis([direction])
+    gc = fit_grade(spread, grade=3, basis=basis, n_components=4)
     from sklearn.metrics import adjusted_rand_score
 
     kept = gc.labels >= 0
     assert adjusted_rand_score(y[kept], gc.labels[kept]) > 0.9
-    np.testing.assert_allclose(KP.remove_directions(spread, basis) @ direction, 0, atol=1e-9)
+    np.testing.assert_allclose(remove_directions(spread, basis) @ direction, 0, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -96,9 +98,9 @@ def test_a_single_blob_has_no_phenotypes(seed):
     """HDBSCAN splits any blob a little; the Gaussian null check refuses such clusters."""
     rng = np.random.default_rng(seed)
     E = rng.normal(size=(200, 12)) * np.linspace(0.3, 2.0, 12)
-    gc = KP.fit_grade(E, grade=0)
+    gc = fit_grade(E, grade=0)
     assert gc.n_clusters == 0 and (gc.labels == -1).all()
-    cat = KP.build_catalogue(E, np.zeros(len(E), int))
+    cat = build_catalogue(E, np.zeros(len(E), int))
     assert cat.meta["grades"][0]["n_clusters"] == 0
     assert cat.assign(E[:1], 0).cluster == -1
 
@@ -110,13 +112,13 @@ def test_catalogue_files_round_trip(tmp_path):
     feats = {"jsw_medial": y.astype(float) + np.random.default_rng(2).normal(0, 0.1, len(y)),
              "texture": np.zeros(len(y))}
     grades = np.where(np.arange(len(E)) % 2 == 0, 2, 3)
-    cat = KP.build_catalogue(E, grades, imgs, cams, feats, ids=[f"k{i}" for i in range(len(E))],
+    cat = build_catalogue(E, grades, imgs, cams, feats, ids=[f"k{i}" for i in range(len(E))],
                              meta={"model_id": "x"}, n_components=4,
                              feature_text={"jsw_medial": ("narrower medial joint space", "wider medial joint space")})
     model = tmp_path / "knee-x.keras"
-    jpath, npath = KP.save_catalogue(cat, model)
+    jpath, npath = save_catalogue(cat, model)
     assert jpath.name == "knee-x.catalogue.json" and npath.name == "knee-x.catalogue.npz"
-    back = KP.load_catalogue(model)
+    back = load_catalogue(model)
     assert back.meta["grades"] == cat.meta["grades"]
     for g in (2, 3):
         a, b = cat.grades[g], back.grades[g]
@@ -126,14 +128,14 @@ def test_catalogue_files_round_trip(tmp_path):
         assert [(x.cluster, x.strength) for x in cat.assign_many(q, np.full(10, g))] == \
                [(x.cluster, x.strength) for x in back.assign_many(q, np.full(10, g))]
     c0 = back.cluster_meta(2, 0)
-    assert c0["name"] == "KL2-A" and len(c0["medoid_ids"]) == KP.N_MEDOIDS
-    assert back.images["g2_c0_medoids"].shape == (KP.N_MEDOIDS, KP.THUMB, KP.THUMB)
+    assert c0["name"] == "KL2-A" and len(c0["medoid_ids"]) == N_MEDOIDS
+    assert back.images["g2_c0_medoids"].shape == (N_MEDOIDS, THUMB, THUMB)
     assert "joint space" in c0["description"] or c0["description"].startswith("No measured")
 
 
 def test_describe_words_the_largest_difference():
     feats = {"jsw_medial": np.r_[np.full(10, 1.0), np.full(30, 3.0)], "texture": np.r_[np.full(10, 0.5), np.full(30, 0.5)]}
-    z, text = KP.describe(feats, np.arange(40), np.arange(10),
+    z, text = describe(feats, np.arange(40), np.arange(10),
                           {"jsw_medial": ("narrower medial joint space", "wider medial joint space")}, grade=3)
     assert z["jsw_medial"] < -1 and z["texture"] == 0.0
     assert "narrower medial joint space" in text and "KL 3" in text
@@ -141,8 +143,8 @@ def test_describe_words_the_largest_difference():
 
 def test_phantom_features_follow_the_hidden_phenotype():
     """On a small phantom set the image measurements that word the catalogue point the right way."""
-    from training.knee_features import feature_table
-    from training.knee_phantom import to_input
+    from training.knee.features import feature_table
+    from training.knee.phantom import to_input
     from training.phantoms.knee import generate_knee
 
     cases = [generate_knee(900 + i, grade=3, phenotype=p) for i in range(6) for p in ("medial", "lateral", "sclerotic")]
@@ -156,22 +158,22 @@ def test_phantom_features_follow_the_hidden_phenotype():
 def test_calcified_line_in_the_joint_space_is_measured():
     """The chondrocalcinosis line (the osteophyte-dominant phantom's trait) raises the calcification
     measurement of both compartments; the same knee drawn without it measures (near) zero."""
-    from training.knee_features import knee_features, ridge_in_valley
-    from training.knee_phantom import to_input
-    from training.phantoms import knee as P
+    from training.knee.features import knee_features, ridge_in_valley
+    from training.knee.phantom import to_input
+    from training.phantoms import knee as knee_phantoms
 
     valley = np.array([[0.9], [0.6], [0.3], [0.2], [0.4], [0.8]], np.float32)
     assert ridge_in_valley(valley)[0] == 0.0                               # a plain valley: no ridge
     lined = np.array([[0.9], [0.3], [0.5], [0.2], [0.4], [0.8]], np.float32)
     assert ridge_in_valley(lined)[0] == pytest.approx(0.2)                 # 0.5 above the darker side's 0.3
     for seed in (31, 32, 33):
-        r_anat, r_acq, _, _, r_les, _ = P._streams(seed)
-        anat, acq = P._anatomy(r_anat), P._acquisition(r_acq)
-        les = P.lesions(1.5, "osteophyte", r_les)
+        r_anat, r_acq, _, _, r_les, _ = knee_phantoms._streams(seed)
+        anat, acq = knee_phantoms._anatomy(r_anat), knee_phantoms._acquisition(r_acq)
+        les = knee_phantoms.lesions(1.5, "osteophyte", r_les)
         feats = {}
         for name, calc in (("with", les["calc"]), ("without", 0.0)):
-            img, _ = P._render(anat, {**les, "calc": calc}, acq, np.random.default_rng(seed), P.SIZE)
-            case = P.KneeCase(img, 1, 1.5, "osteophyte", "L", 0.0, {})
+            img, _ = knee_phantoms._render(anat, {**les, "calc": calc}, acq, np.random.default_rng(seed), knee_phantoms.SIZE)
+            case = knee_phantoms.KneeCase(img, 1, 1.5, "osteophyte", "L", 0.0, {})
             feats[name] = knee_features(to_input(case) / 255.0)
         for side in ("medial", "lateral"):
             assert feats["without"][f"calcification_{side}"] < 0.01

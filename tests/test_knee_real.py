@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import knee_data
+from training.knee import data as knee_data
 
 pytestmark = pytest.mark.skipif(not knee_data.available(),
                                 reason=f"real knee data not found at {knee_data.knee_dir()} (set JOINTSCAN_DATA_DIR)")

@@ -18,24 +18,24 @@ MODEL_ID = "knee-kl-grader"
 
 @pytest.fixture(scope="module")
 def knee_models_dir(tmp_path_factory):
-    from training import knee as K
+    from training.knee.__main__ import main
 
     out = tmp_path_factory.mktemp("knee_models")
-    assert K.main(["--quick", "--out", str(out)]) == 0
+    assert main(["--quick", "--out", str(out)]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def knee_ensemble_dir(tmp_path_factory):
     """Two quick graders (seeds 0 and 1) shipped as one ensemble file, the form the committed model has."""
-    from training import knee as K
+    from training.knee.__main__ import main
 
     root = tmp_path_factory.mktemp("knee_ensemble")
     works = [str(root / f"member{s}") for s in (0, 1)]
     for seed, work in zip((0, 1), works):
-        assert K.main(["--quick", "--seed", str(seed), "--stage", "train", "--work", work]) == 0
+        assert main(["--quick", "--seed", str(seed), "--stage", "train", "--work", work]) == 0
     out = root / "models"
-    assert K.main(["--quick", "--stage", "ship", "--members", *works, "--out", str(out)]) == 0
+    assert main(["--quick", "--stage", "ship", "--members", *works, "--out", str(out)]) == 0
     return out
 
 
@@ -72,18 +72,20 @@ def test_fine_tuning_at_a_higher_resolution_starts_from_the_first_stage(knee_mod
     convolutional), and the registry and card record both stages' commands."""
     import keras
 
-    from training import knee as K
+    from training.knee.__main__ import main
+    from training.knee.config import QUICK_CONFIG, Config
+    from training.knee.model import build
 
     ckpt = knee_models_dir / ".work" / f"{MODEL_ID}.ckpt.keras"
     first = keras.models.load_model(ckpt, compile=False)
-    cfg = K.Config(**{**K.QUICK.__dict__, "size": 80, "init": str(ckpt)})
-    second = K.build(cfg)
+    cfg = Config(**{**QUICK_CONFIG.__dict__, "size": 80, "init": str(ckpt)})
+    second = build(cfg)
     second.set_weights(first.get_weights())
     x = np.random.default_rng(0).random((2, 80, 80, 1), np.float32)
     assert second(x, training=False)["kl_coral"].shape == (2, 4)
 
     out = tmp_path / "models"
-    assert K.main(["--quick", "--out", str(out), "--size", "80", "--init", str(ckpt), "--lr", "0.001"]) == 0
+    assert main(["--quick", "--out", str(out), "--size", "80", "--init", str(ckpt), "--lr", "0.001"]) == 0
     entry = next(m for m in json.loads((out / "registry.json").read_text())["models"] if m["id"] == MODEL_ID)
     assert entry["input"]["shape"] == [80, 80, 1]
     command = entry["training"]["command"]
@@ -99,10 +101,9 @@ def test_ensemble_ships_one_file_averaging_its_members(knee_ensemble_dir):
     side (each scaled by one number), one Grad-CAM layer per member, both members' commands recorded."""
     import keras
 
-    from training import knee as K
-    from training.knee_ensemble import embedding_scales, gradcam_layers
-    from training.knee_phenotypes import remove_directions
-    from training.knee_ship import severity_basis_of
+    from tasks.knee_catalogue import remove_directions
+    from training.knee.ensemble import embedding_scales, gradcam_layers, severity_basis_of
+    from training.knee.evaluate import predict_tta
 
     entry = next(m for m in json.loads((knee_ensemble_dir / "registry.json").read_text())["models"]
                  if m["id"] == MODEL_ID)
@@ -130,7 +131,7 @@ def test_ensemble_ships_one_file_averaging_its_members(knee_ensemble_dir):
         assert scale > 0 and np.abs(block - scale * ref).max() < 0.02 * np.abs(block).max()
     images = (np.random.default_rng(3).random((12, 64, 64)) * 255).astype(np.uint8)
     for m, scale in zip(members, embedding_scales(members, images)):  # equal spread: RMS length 1 once scaled
-        E = remove_directions(K.predict_tta(m, images)["embedding"], severity_basis_of(m)) * scale
+        E = remove_directions(predict_tta(m, images)["embedding"], severity_basis_of(m)) * scale
         assert np.sqrt(((E - E.mean(axis=0)) ** 2).sum(axis=1).mean()) == pytest.approx(1.0, rel=1e-6)
     basis = severity_basis_of(shipped)                         # each member's head directions, in its block
     assert basis.shape == (2 * d, 4) and np.allclose(basis.T @ basis, np.eye(4), atol=1e-6)
@@ -142,8 +143,8 @@ def test_grad_cam_of_an_ensemble_of_identical_members_is_the_member_map(knee_mod
     must give exactly that grader's map (and its outputs)."""
     import keras
 
-    from training.knee_ensemble import combine
-    from training.knee_ship import cams_batch
+    from training.knee.catalogue import cams_batch
+    from training.knee.ensemble import combine
 
     grader = keras.models.load_model(knee_models_dir / ".work" / f"{MODEL_ID}.ckpt.keras", compile=False)
     twin = combine([grader, grader], [1.0, 1.0])
@@ -159,13 +160,14 @@ def test_catalogue_round_trip_through_the_model_files(knee_dir):
     """Fit -> files beside the model -> registry load -> the same clusters and assignments."""
     from model_loader import ModelRegistry
     from tasks.knee import catalogue_for
-    from training import knee as K
-    from training.knee_ship import make_catalogue
+    from training.knee.catalogue import make_catalogue
+    from training.knee.config import QUICK_CONFIG
+    from training.knee.data import load_data
 
     reg = ModelRegistry(knee_dir)
     loaded = reg.load(MODEL_ID)
     cat = catalogue_for(loaded)
-    train, _, _ = K.load_data(K.QUICK, True, lambda m: None)
+    train, _, _ = load_data(QUICK_CONFIG, True, lambda m: None)
     fresh, pred, grades = make_catalogue(loaded.model, train.images, loaded.entry.input["decision_head"],
                                          log=lambda m: None)
     assert sorted(cat.grades) == sorted(fresh.grades)

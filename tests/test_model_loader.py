@@ -103,7 +103,8 @@ def test_loads_a_file_with_int8_convolutions(tmp_path):
     import keras
 
     from training.export import save_for_shipping
-    from training.quantize import Int8Conv2D, Int8Conv2DTranspose, quantize_convolutions
+    from imaging.layers import Int8Conv2D, Int8Conv2DTranspose
+    from training.quantize import quantize_convolutions
 
     keras.utils.set_random_seed(5)
     inp = keras.Input((16, 16, 1))

@@ -1,4 +1,4 @@
-"""Lumbar spine MRI task (issue 5): patient split, label mapping, Dice, component counting, the task on a
+"""Lumbar spine MRI task: patient split, label mapping, Dice, component counting, the task on a
 synthetic slice with tiny UNTRAINED models, the upload flow and the JSON API, real-data loading (skipped
 without ../shared/data/spine_mri) and the training notebook's quick mode (skipped without the data)."""
 from __future__ import annotations
@@ -12,32 +12,34 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks import spine as T
+from tasks import spine as spine_task
 from tasks.base import TaskInputError
-from training import spine as S
+from training.spine.data import (augment, dataset_dir, load_pair, manifest_from_folder, patient_split,
+                                 read_manifest, split_rows)
+from training.spine.model import ATTENTION_UNET, REFERENCE_UNET
 
 ATT, REF = "spine_tiny_attunet", "spine_tiny_unet_ref"
-HAVE_DATA = S.dataset_dir().is_dir()
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"spine data folder absent ({S.dataset_dir()}); "
+HAVE_DATA = dataset_dir().is_dir()
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"spine data folder absent ({dataset_dir()}); "
                                                       "set JOINTSCAN_DATA_DIR to run the real-data tests")
 
 
 # -- split ---------------------------------------------------------------------------
 def test_patient_split_is_disjoint_complete_and_deterministic():
     patients = [str(p) for p in range(1, 34)] * 3          # repeated, as slice rows would list them
-    train, val = S.patient_split(patients, seed=7)
+    train, val = patient_split(patients, seed=7)
     assert not set(train) & set(val)
     assert set(train) | set(val) == set(patients)
     assert len(val) == 7 and len(train) == 26              # round(0.2 * 33)
-    assert S.patient_split(list(reversed(patients)), seed=7) == (train, val)   # order of rows does not matter
-    assert S.patient_split(patients, seed=8) != (train, val)
+    assert patient_split(list(reversed(patients)), seed=7) == (train, val)   # order of rows does not matter
+    assert patient_split(patients, seed=8) != (train, val)
 
 
 def test_split_rows_never_puts_a_patient_on_both_sides(tmp_path):
     rows = [{"image_path": f"{p}_{i}.png", "mask_path": f"{p}_{i}.png", "patient": p}
             for p in ("5", "7", "11", "22", "34") for i in range(4)]
-    train_p, val_p = S.patient_split([r["patient"] for r in rows], seed=0)
-    train_rows, val_rows = S.split_rows(rows, val_p)
+    train_p, val_p = patient_split([r["patient"] for r in rows], seed=0)
+    train_rows, val_rows = split_rows(rows, val_p)
     assert {r["patient"] for r in train_rows} == set(train_p)
     assert {r["patient"] for r in val_rows} == set(val_p)
     assert len(train_rows) + len(val_rows) == len(rows)
@@ -53,31 +55,31 @@ def test_manifest_round_trip_with_relative_paths(tmp_path):
         cv2.imwrite(str(tmp_path / "images" / name), img)
         cv2.imwrite(str(tmp_path / "masks" / name), mask)
     cv2.imwrite(str(tmp_path / "images" / "99_no_mask.png"), img)   # no mask: not listed
-    rows = S.manifest_from_folder(tmp_path)
+    rows = manifest_from_folder(tmp_path)
     assert [r["patient"] for r in rows] == ["12", "12", "40"]
     csv_path = tmp_path / "clinic.csv"
     csv_path.write_text("image_path,mask_path,patient\n"
                         + "".join(f"images/{Path(r['image_path']).name},masks/{Path(r['mask_path']).name},"
                                   f"{r['patient']}\n" for r in rows))
-    again = S.read_manifest(csv_path)
+    again = read_manifest(csv_path)
     assert [Path(r["image_path"]).resolve() for r in again] == [Path(r["image_path"]).resolve() for r in rows]
-    image, labels = S.load_pair(again[0])
+    image, labels = load_pair(again[0])
     assert image.shape == labels.shape == (64, 48) and set(np.unique(labels)) == {0, 1}
     (tmp_path / "bad.csv").write_text("image,mask\nx,y\n")
     with pytest.raises(ValueError, match="patient"):
-        S.read_manifest(tmp_path / "bad.csv")
+        read_manifest(tmp_path / "bad.csv")
 
 
 # -- labels, Dice, counting ------------------------------------------------------------
 def test_label_mapping_round_trip():
     values = np.array([[0, 76, 29, 150], [150, 29, 76, 0]], np.uint8)
-    idx = T.to_class_indices(values)
+    idx = spine_task.to_class_indices(values)
     assert idx.tolist() == [[0, 1, 2, 3], [3, 2, 1, 0]]
-    assert T.to_dataset_values(idx).tolist() == values.tolist()
-    assert T.to_dataset_values(idx).dtype == np.uint8
-    assert [T.CLASS_NAMES[i] for i in (1, 2, 3)] == ["vertebra", "disc", "canal"]
+    assert spine_task.to_dataset_values(idx).tolist() == values.tolist()
+    assert spine_task.to_dataset_values(idx).dtype == np.uint8
+    assert [spine_task.CLASS_NAMES[i] for i in (1, 2, 3)] == ["vertebra", "disc", "canal"]
     with pytest.raises(ValueError, match="not among"):
-        T.to_class_indices(np.array([[0, 77]], np.uint8))
+        spine_task.to_class_indices(np.array([[0, 77]], np.uint8))
 
 
 def test_dice_on_hand_made_masks():
@@ -89,11 +91,11 @@ def test_dice_on_hand_made_masks():
     b[2, 0:2] = 2
     a[4, 0] = 3            # canal: disjoint -> 0
     b[5, 5] = 3
-    d = T.dice_by_structure(a, b)
+    d = spine_task.dice_by_structure(a, b)
     assert d["vertebra"] == pytest.approx(2 / 3, abs=1e-4)
     assert d["disc"] == 1.0 and d["canal"] == 0.0
-    assert T.dice_by_structure(np.zeros((3, 3)), np.zeros((3, 3))) == {"vertebra": 1.0, "disc": 1.0, "canal": 1.0}
-    from training.metrics import dice_per_class
+    assert spine_task.dice_by_structure(np.zeros((3, 3)), np.zeros((3, 3))) == {"vertebra": 1.0, "disc": 1.0, "canal": 1.0}
+    from tasks.metrics import dice_per_class
 
     assert np.allclose(dice_per_class(a, b, 4)[1:], [2 / 3, 1.0, 0.0])
 
@@ -117,20 +119,20 @@ def _phantom_labels(h: int = 320, w: int = 256) -> np.ndarray:
 
 def test_component_counting_on_a_hand_made_mask():
     lab = _phantom_labels()
-    counts = T.count_structures(lab)
+    counts = spine_task.count_structures(lab)
     assert counts == {"vertebrae": 4, "vertebra_components": 5, "discs": 3, "canal_components": 1}
-    assert T.min_component_px(lab.shape) == 82
-    areas, mm2 = T.structure_areas(lab, [0.5, 0.8])
+    assert spine_task.min_component_px(lab.shape) == 82
+    areas, mm2 = spine_task.structure_areas(lab, [0.5, 0.8])
     assert areas["disc"] == 3 * 10 * 56 + 9
     assert mm2["disc"] == pytest.approx(areas["disc"] * 0.4, abs=0.1)
-    assert T.structure_areas(lab, None)[1] is None
+    assert spine_task.structure_areas(lab, None)[1] is None
 
 
 def test_labels_from_probs_resizes_probabilities_before_argmax():
     probs = np.zeros((4, 3, 4), np.float32)
     probs[..., 0] = 1
     probs[1:3, 1, :] = [0, 0, 1, 0]
-    lab = T.labels_from_probs(probs, (8, 6))
+    lab = spine_task.labels_from_probs(probs, (8, 6))
     assert lab.shape == (8, 6) and lab.dtype == np.uint8
     assert set(np.unique(lab)) == {0, 2}
 
@@ -142,7 +144,7 @@ def test_augmentation_keeps_labels_valid_and_never_flips():
     x[..., 0][y == 1] = 0.8
     rng = np.random.default_rng(0)
     for _ in range(20):
-        ax, ay = S.augment(x, y, rng)
+        ax, ay = augment(x, y, rng)
         assert ax.shape == x.shape and ay.shape == y.shape and ax.dtype == np.float32
         assert 0.0 <= ax.min() and ax.max() <= 1.0
         assert set(np.unique(ay)) <= {0, 1}
@@ -196,7 +198,7 @@ def test_task_runs_both_models_on_a_synthetic_slice(spine_models_dir):
     models = {"segmenter": [reg.load(ATT), reg.load(REF)]}
     img = synthetic_slice()
     image = DecodedImage(img, "dicom", "MR", {"pixel_spacing_mm": [0.6, 0.6]})
-    out = T.TASK.run(image, models, {"structure": "disc"})
+    out = spine_task.TASK.run(image, models, {"structure": "disc"})
     assert [m.model_id for m in out.models] == [ATT, REF]
     for m in out.models:
         assert m.role == "segmenter"
@@ -213,12 +215,12 @@ def test_task_runs_both_models_on_a_synthetic_slice(spine_models_dir):
         json.dumps(r)                                   # stored as JSON
     comparison = out.summary["comparison"]
     assert set(comparison) >= {"vertebra_dice", "disc_dice", "canal_dice", "vertebrae_agree", "discs_agree"}
-    assert all(0.0 <= comparison[f"{s}_dice"] <= 1.0 for s in T.STRUCTURES)
+    assert all(0.0 <= comparison[f"{s}_dice"] <= 1.0 for s in spine_task.STRUCTURES)
     assert out.images["segmenter_disagreement"].shape == img.shape + (3,)
     assert out.summary["compared_models"] == [ATT, REF]
     json.dumps(out.summary)
 
-    one = T.TASK.run(DecodedImage(img, "png"), {"segmenter": [reg.load(ATT)]}, {"structure": "canal"})
+    one = spine_task.TASK.run(DecodedImage(img, "png"), {"segmenter": [reg.load(ATT)]}, {"structure": "canal"})
     assert one.summary["comparison"] == {} and not one.images
     assert one.models[0].result["areas_mm2"] is None
 
@@ -227,7 +229,7 @@ def test_task_refuses_non_mri():
     from imaging.io import DecodedImage
 
     with pytest.raises(TaskInputError, match="MRI"):
-        T.TASK.check_input(DecodedImage(np.zeros((64, 64), np.float32), "dicom", "CR"))
+        spine_task.TASK.check_input(DecodedImage(np.zeros((64, 64), np.float32), "dicom", "CR"))
 
 
 def test_task_is_registered_with_its_structure_option():
@@ -235,7 +237,7 @@ def test_task_is_registered_with_its_structure_option():
     from tasks import get_task
 
     task = get_task("spine")
-    assert task is T.TASK and task.roles[0].name == "segmenter"
+    assert task is spine_task.TASK and task.roles[0].name == "segmenter"
     assert clean_options("spine", {}) == {"structure": "vertebra"}
     assert clean_options("spine", {"structure": "canal"}) == {"structure": "canal"}
     from predict import PredictionError
@@ -304,19 +306,19 @@ def test_upload_both_models_result_compare_and_api(make_app, spine_models_dir):
 # -- real data -------------------------------------------------------------------------------
 @needs_data
 def test_real_data_loader_finds_33_patients_and_a_pair_with_the_four_values():
-    rows = S.manifest_from_folder()
+    rows = manifest_from_folder()
     assert len(rows) == 692
     assert len({r["patient"] for r in rows}) == 33
-    train_p, val_p = S.patient_split([r["patient"] for r in rows])
+    train_p, val_p = patient_split([r["patient"] for r in rows])
     assert len(val_p) == 7 and not set(train_p) & set(val_p)
     row = next(r for r in rows if Path(r["image_path"]).name == "5_t2_SPACE_slice58.png")
-    image, labels = S.load_pair(row)
+    image, labels = load_pair(row)
     assert image.shape == labels.shape == (320, 256)
     raw = cv2.imread(row["mask_path"], cv2.IMREAD_UNCHANGED)
     assert set(np.unique(raw)) == {0, 29, 76, 150}
     assert set(np.unique(labels)) == {0, 1, 2, 3}
-    assert np.array_equal(T.to_dataset_values(labels), raw)
-    counts = T.count_structures(labels)
+    assert np.array_equal(spine_task.to_dataset_values(labels), raw)
+    counts = spine_task.count_structures(labels)
     assert 5 <= counts["vertebrae"] <= 9 and 5 <= counts["discs"] <= 9
 
 
@@ -338,7 +340,7 @@ def test_notebook_quick_mode(tmp_path, monkeypatch, venv_kernel):
     assert not errors
     registry = json.loads((out / "registry.json").read_text())
     ids = {m["id"] for m in registry["models"]}
-    assert ids == {S.OURS, S.REF}
+    assert ids == {ATTENTION_UNET, REFERENCE_UNET}
     for m in registry["models"]:
         assert (out / m["file"]).exists() and (out / m["card"]).exists()
         assert m["training"]["split"] and not set(m["training"]["split"]) & set(m["training"]["train_patients"])

@@ -2,7 +2,7 @@
 
 Everything here is built from standard Keras layers. A shipped file may store convolution kernels
 int8 (`training.quantize`), so load with
-`keras.models.load_model(path, compile=False, custom_objects=custom_objects())`.
+`keras.models.load_model(path, compile=False, custom_objects=imaging.layers.custom_objects())`.
 
 Segmenters
     attention_unet   ours: small U-Net with additive attention gates on the skips (Oktay et al. 2018)
@@ -165,13 +165,6 @@ def cnn3_reference(input_shape: Sequence[int] = (128, 128, 1), dropout: float = 
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="fc")(x)
     return keras.Model(inputs, _heads(x, dropout), name=name)
-
-
-def custom_objects() -> dict:
-    """Custom layers needed to load the saved models: the int8-kernel convolutions of `training.quantize`."""
-    from training.quantize import Int8Conv2D, Int8Conv2DTranspose
-
-    return {keras.saving.get_registered_name(c): c for c in (Int8Conv2D, Int8Conv2DTranspose)}
 
 
 BUILDERS = {

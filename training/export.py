@@ -20,7 +20,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
+import h5py
 import numpy as np
+
+from model_loader import sha256_of
 
 WEIGHTS_NAME = "model.weights.h5"
 ENTRY_ORDER = ("id", "task", "role", "version", "title", "architecture", "reference", "default", "file",
@@ -36,8 +39,6 @@ def save_for_shipping(model, path: str | os.PathLike, float16: bool = True) -> P
     configuration (losses, metrics) are dropped, so it loads with `compile=False` and no training
     code. With `float16`, float32 weights are stored as float16 (loaded back as float32).
     """
-    import h5py
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,8 +70,6 @@ def _copy_attrs(src, dst) -> None:
 
 
 def _copy_group(src, dst, float16: bool = True, skip: tuple[str, ...] = ()) -> None:
-    import h5py
-
     for key, item in src.items():
         if key in skip:
             continue
@@ -89,13 +88,7 @@ def _copy_group(src, dst, float16: bool = True, skip: tuple[str, ...] = ()) -> N
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    from model_loader import sha256_of  # the loader verifies with the same function
-
-    return sha256_of(Path(path))
-
-
-def count_params(model) -> int:
-    return int(sum(int(np.prod(w.shape)) for w in model.weights))
+    return sha256_of(Path(path))   # the loader verifies with the same function
 
 
 _FLOAT16_NOTE = "weights stored as float16 (loaded as float32)"
@@ -152,9 +145,9 @@ def register_model(models_dir: str | os.PathLike, entry: dict[str, Any], model=N
     if model is not None:
         entry["params"] = model.count_params()
     elif entry.get("params") is None:
-        import keras
+        import keras  # deferred: registering a model with known params must not start TensorFlow
 
-        from training.architectures import custom_objects
+        from imaging.layers import custom_objects
 
         entry["params"] = keras.models.load_model(file_path, compile=False,
                                                   custom_objects=custom_objects()).count_params()

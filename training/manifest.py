@@ -1,4 +1,7 @@
-"""Import manifests: the CSV layout shared by phantom datasets and a clinic's own images.
+"""Import manifests: the CSV files that list a dataset's images and labels, for every task.
+
+`read_manifest_rows` reads any task's manifest (required columns, paths relative to the CSV); the
+sacroiliac layout below has its own, stricter validation on top of the same reading.
 
 Layout of a sacroiliac dataset (what `training.phantoms.sacroiliac.write_dataset` writes)::
 
@@ -14,8 +17,11 @@ be left empty for images without that label (a clinic may have masks but no stag
 from __future__ import annotations
 
 import csv
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -56,15 +62,42 @@ def _int_cell(value: str, column: str, where: str) -> int | None:
     return int(f)
 
 
+@contextmanager
+def _csv_records(csv_path: Path) -> Iterator[tuple[list[str], Iterator[tuple[int, dict[str, str]]]]]:
+    """(header, (line number, record) per row): names and values stripped, a byte-order mark ignored."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        yield header, ((line_no, {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None})
+                       for line_no, raw in enumerate(reader, start=2))          # line 1 is the header
+
+
+def read_manifest_rows(csv_path: str | os.PathLike, columns: Sequence[str], paths: Sequence[str] = ()
+                       ) -> list[dict[str, str]]:
+    """Rows of a manifest CSV holding at least `columns`; values stripped, and the `paths` columns
+    joined to the CSV's folder when relative. A missing column raises ValueError naming it."""
+    csv_path = Path(csv_path)
+    rows = []
+    with _csv_records(csv_path) as (header, records):
+        missing = set(columns) - set(header)
+        if missing:
+            raise ValueError(f"manifest {csv_path} lacks the column(s) {sorted(missing)}")
+        for _, rec in records:
+            row = {k: rec.get(k, "") for k in header}
+            for k in paths:
+                if not Path(row[k]).is_absolute():
+                    row[k] = str(csv_path.parent / row[k])
+            rows.append(row)
+    return rows
+
+
 def read_sacroiliac_manifest(csv_path: Path) -> list[ManifestRow]:
     """Read and validate a sacroiliac manifest; every problem raises ValueError naming the row."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ValueError(f"manifest not found: {csv_path}")
     root = dataset_root(csv_path)
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
+    with _csv_records(csv_path) as (header, records):
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise ValueError(f"{csv_path}: missing required column(s) {', '.join(missing)}; "
@@ -78,8 +111,7 @@ def read_sacroiliac_manifest(csv_path: Path) -> list[ManifestRow]:
             raise ValueError(f"{csv_path}: bbox needs all four columns {', '.join(_BBOX)}")
         rows: list[ManifestRow] = []
         seen: set[str] = set()
-        for line_no, raw in enumerate(reader, start=2):          # line 1 is the header
-            rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        for line_no, rec in records:
             iid = rec.get("image_id", "")
             where = f"{csv_path.name} line {line_no} (image_id {iid!r})"
             if not iid:

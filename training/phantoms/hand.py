@@ -37,6 +37,7 @@ import argparse
 import csv
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -44,11 +45,10 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-JOINT_NAMES = ("PIP2", "PIP3", "PIP4", "PIP5", "DIP2", "DIP3", "DIP4", "DIP5")
+from tasks.hand import JOINT_NAMES
+
 N_JOINTS = len(JOINT_NAMES)
-FINGERS = (2, 3, 4, 5)
 SIDES = ("left", "right")
-PHASES = ("intact", "progression", "stable", "remodelling")
 IMAGE_SHAPE = (768, 640)            # (height, width): at least 512 px on the long side
 PATIENT_POOL = range(0, 1_000_000)  # patient ids; the split is by patient (see `split_of`)
 SPLITS = ("train", "val", "test")
@@ -127,8 +127,6 @@ def _rng(seq: np.random.SeedSequence, name: str) -> np.random.Generator:
 
 
 def _crc(name: str) -> int:
-    import zlib
-
     return zlib.crc32(name.encode())
 
 

@@ -47,15 +47,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tasks.knee import N_GRADES
+
 PHENOTYPES = ("medial", "lateral", "osteophyte", "sclerotic")
-PHENOTYPE_TITLES = {
-    "medial": "Medial narrowing (varus)",
-    "lateral": "Lateral narrowing (valgus)",
-    "osteophyte": "Osteophyte-dominant",
-    "sclerotic": "Sclerotic",
-}
 RATES = {"medial": 0.22, "lateral": 0.13, "osteophyte": 0.06, "sclerotic": 0.33}   # KL units per year
-N_GRADES = 5
 SIDES = ("L", "R")
 SEED_RANGES = {
     "train": range(0, 100_000),
@@ -424,11 +419,6 @@ def _case(anat, acq, ph, sd, severity, years, r_les, r_tex, size) -> KneeCase:
     grade = int(min(N_GRADES - 1, math.floor(severity)))
     params.update(severity=round(severity, 3))
     return KneeCase(img, grade, round(severity, 3), ph, sd, years, params)
-
-
-def generate_split(split: str, n: int, **overrides) -> list[KneeCase]:
-    seeds = SEED_RANGES[split]
-    return [generate_knee(seeds[i], **overrides) for i in range(n)]
 
 
 def main(argv=None) -> int:

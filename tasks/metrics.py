@@ -1,6 +1,6 @@
-"""Evaluation metrics in plain NumPy (segmentation and classification), shared by all tasks.
+"""Evaluation metrics and CORAL decoding in plain NumPy, shared by serving, reviews and training.
 
-Conventions: labels are integer class indices; `n_classes` fixes the size of
+No TensorFlow and no Flask here, so any part of the app can import it. Conventions: labels are integer class indices; `n_classes` fixes the size of
 per-class outputs so absent classes still get a slot. A class with no support
 (no true and no predicted samples) gets recall/precision/F1 = NaN in the
 per-class arrays and is left out of macro averages; Dice of two empty masks is 1.
@@ -94,19 +94,37 @@ def macro_f1(target, pred, n_classes: int) -> float:
     return float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan")
 
 
-def quadratic_weighted_kappa(target, pred, n_classes: int) -> float:
-    """Cohen's kappa with quadratic weights w_ij = (i-j)^2 / (n-1)^2 (1.0 for perfect agreement)."""
-    cm = confusion_matrix(target, pred, n_classes).astype(float)
-    n = cm.sum()
-    if n == 0:
-        return float("nan")
+def _kappa_terms(a, b, n_classes: int) -> tuple[float, float]:
+    """Observed and chance-expected quadratic disagreement, w_ij = (i-j)^2 / (n-1)^2."""
+    cm = confusion_matrix(a, b, n_classes).astype(float)
     idx = np.arange(n_classes)
     w = (idx[:, None] - idx[None, :]) ** 2 / max(n_classes - 1, 1) ** 2
-    expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / n
-    denom = (w * expected).sum()
-    if denom == 0:
-        return 1.0 if (w * cm).sum() == 0 else 0.0
-    return float(1.0 - (w * cm).sum() / denom)
+    expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / cm.sum()
+    return float((w * cm).sum()), float((w * expected).sum())
+
+
+def quadratic_weighted_kappa(a, b, n_classes: int) -> float | None:
+    """Cohen's kappa with quadratic weights between two raters' grades 0..n_classes-1 (1.0: perfect agreement).
+
+    None when it is undefined: no pairs, unequal lengths, fewer than two classes, or both raters always
+    give one and the same grade.
+    """
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if a.size == 0 or a.size != b.size or n_classes < 2:
+        return None
+    observed, expected = _kappa_terms(a, b, n_classes)
+    if expected == 0:
+        return None
+    return 1.0 - observed / expected
+
+
+def kappa_figure(target, pred, n_classes: int) -> float:
+    """Quadratic weighted kappa as a published figure: NaN without samples, and 1.0 where kappa is
+    undefined because both raters give one and the same grade throughout (they agree perfectly)."""
+    if np.asarray(target).size == 0:
+        return float("nan")
+    kappa = quadratic_weighted_kappa(target, pred, n_classes)
+    return 1.0 if kappa is None else float(kappa)
 
 
 def mae(pred, target) -> float:
@@ -129,3 +147,32 @@ def classification_report(target, pred, class_names) -> dict:
         "f1": {c: clean(v) for c, v in zip(class_names, per_class_f1(target, pred, n))},
         "confusion_matrix": confusion_matrix(target, pred, n).tolist(),
     }
+
+
+# -- CORAL ordinal heads (Cao et al. 2020): one sigmoid P(y > k) per threshold k --------------
+def _cumulative(p_gt, n_thresholds: int | None) -> np.ndarray:
+    p = np.asarray(p_gt, dtype=np.float64)
+    return p.reshape(-1, n_thresholds if n_thresholds is not None else p.shape[-1])
+
+
+def coral_rank(probs, threshold: float = 0.5) -> np.ndarray:
+    """CORAL rank = number of thresholds passed (P(y > k) > threshold), along the last axis."""
+    return (np.asarray(probs) > threshold).sum(axis=-1)
+
+
+def coral_expected(p_gt, n_thresholds: int | None = None) -> np.ndarray:
+    """CORAL P(y > k) -> expected rank sum_k P(y > k), one value per row of `n_thresholds` (default: last axis)."""
+    return _cumulative(p_gt, n_thresholds).sum(axis=1)
+
+
+def coral_grade_probabilities(p_gt, n_thresholds: int | None = None) -> np.ndarray:
+    """CORAL P(y > k), k = 0..K-1 -> P(y = k) for k = 0..K (rows sum to 1).
+
+    P(y = 0) = 1 - P(y > 0), P(y = k) = P(y > k-1) - P(y > k), P(y = K) = P(y > K-1). The cumulative
+    probabilities are first made non-increasing (a running minimum), so no probability is negative
+    even where a model's thresholds cross.
+    """
+    p = np.minimum.accumulate(np.clip(_cumulative(p_gt, n_thresholds), 0.0, 1.0), axis=1)
+    cum = np.concatenate([np.ones((len(p), 1)), p, np.zeros((len(p), 1))], axis=1)
+    probs = cum[:, :-1] - cum[:, 1:]
+    return probs / probs.sum(axis=1, keepdims=True)

@@ -1,11 +1,8 @@
 """Several knee graders as ONE flat Keras graph: the shipped knee model, and the phantom proof's.
 
 Why: the phenotype clusters live in the grader's embedding, and one grader's embedding depends on its
-training seed. On 1500 validation phantoms, six phantom graders (seeds 0-5) alone reached ARIs as low as
-0.66 at KL 1-4 (and 0.0 at KL 0); side by side, the lowest KL 1-4 ARI was 0.73 over their 15 pairs and
-0.875 over their 20 triples, and 13 of the triples reached 0.8 at KL 0 too
-(benchmarks/knee_phenotype_seeds.py). The grade heads are averaged as well (a plain ensemble: on real
-val knees three graders gave QWK 0.812 against 0.796-0.802 alone).
+training seed; side by side, several graders give clusters that depend far less on any one seed
+(benchmarks/knee_phenotype_seeds.py measures it). The grade heads are averaged as well.
 
     input "image" (S, S, 1), shared by every member
     member i: the grader's own layers, renamed "m{i}_<name>" (weights copied), so the file is one
@@ -16,14 +13,22 @@ val knees three graders gave QWK 0.812 against 0.796-0.802 alone).
     Grad-CAM layers: every member's "m{i}_gradcam_conv" (`gradcam_layers`); the ensemble's map is the
         Grad-CAM of the averaged score over all of them (imaging.gradcam sums the members' maps before
         keeping the positive evidence)
+
+`severity_basis_of` gives the embedding directions the grade heads read, per member.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import keras
 import numpy as np
+from keras import layers
 
-from training.knee_model import EMBEDDING_LAYER, GRADCAM_LAYER
+from tasks.knee_catalogue import remove_directions
+from training.knee.evaluate import predict_tta
+from training.knee.model import EMBEDDING_LAYER, GRADCAM_LAYER
+from training.knee.phenotypes import severity_basis
+
 
 HEADS = ("kl_value", "kl_coral", "mirrored")
 
@@ -47,8 +52,6 @@ def member_prefixes(model) -> list[str]:
 
 def _renamed_copy(member, prefix: str, inputs):
     """`member`'s graph rebuilt on `inputs` with every layer renamed prefix + name, weights copied."""
-    import keras
-
     def clone_layer(layer):
         config = layer.get_config()
         config["name"] = prefix + layer.name
@@ -63,9 +66,6 @@ def _renamed_copy(member, prefix: str, inputs):
 
 def combine(members: Sequence, scales: Sequence[float], name: str = "knee_grader_ensemble"):
     """One functional model from graders of the same input size (see the module docstring)."""
-    import keras
-    from keras import layers
-
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two graders")
     if len(scales) != len(members):
@@ -85,8 +85,6 @@ def combine(members: Sequence, scales: Sequence[float], name: str = "knee_grader
 
 def embedding_scale(embeddings: np.ndarray, basis: np.ndarray) -> float:
     """1 / the root-mean-square length of the centred embeddings once the severity directions are removed."""
-    from training.knee_phenotypes import remove_directions
-
     E = remove_directions(embeddings, basis)
     E = E - E.mean(axis=0)
     return float(1.0 / max(np.sqrt((E ** 2).sum(axis=1).mean()), 1e-12))
@@ -95,7 +93,18 @@ def embedding_scale(embeddings: np.ndarray, basis: np.ndarray) -> float:
 def embedding_scales(members: Sequence, images_u8: np.ndarray) -> list[float]:
     """Per member, `embedding_scale` of its embeddings of these knees: with it every member spreads the
     knees equally in the concatenation."""
-    from training.knee import predict_tta
-    from training.knee_ship import severity_basis_of
-
     return [embedding_scale(predict_tta(m, images_u8)["embedding"], severity_basis_of(m)) for m in members]
+
+
+def severity_basis_of(model) -> np.ndarray:
+    """The embedding directions the grade heads read (regression and CORAL kernels), orthonormalised.
+    For an ensemble, each member's directions in its own block of the concatenated embedding."""
+    prefixes = member_prefixes(model)
+    dims = [model.get_layer(p + "embedding").units for p in prefixes]
+    vectors = []
+    for i, p in enumerate(prefixes):
+        for layer in ("kl_value_sigmoid", "coral_score"):
+            v = np.zeros(sum(dims))
+            v[sum(dims[:i]):sum(dims[:i + 1])] = model.get_layer(p + layer).get_weights()[0][:, 0]
+            vectors.append(v)
+    return severity_basis(vectors)

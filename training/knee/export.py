@@ -1,37 +1,26 @@
-"""Shipping the knee grader: compact file, validation figures of the SHIPPED file, phenotype catalogue,
-registry entry and model card. Also the catalogue builder shared with the phantom proof.
+"""Shipping the knee grader, alone or as an ensemble: the compact file, validation figures of the SHIPPED
+file, the phenotype catalogue, the registry entry with the commands that regenerate it, the card.
 """
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
+import keras
 
-from tasks.knee import GRADE_NAMES, decide
-from training.knee_model import GRADCAM_LAYER
+from tasks.knee import GRADE_NAMES
+from training.export import metrics_table, register_model, save_for_shipping, sha256_file, write_model_card
+from training.knee.catalogue import make_catalogue
+from training.knee.config import MODEL_ID, TASK, VERSION, Config
+from training.knee.ensemble import combine, embedding_scales, gradcam_layers
+from training.knee.evaluate import best_head, figures, predict_tta
+from training.knee.model import GRADCAM_LAYER, build
+from training.knee.phenotypes import save_catalogue
+
 
 CARD_DATA = ("Chen P., Knee Osteoarthritis Severity Grading Dataset, Mendeley Data 2018, "
              "doi:10.17632/56rmx5bjcr.1, CC BY 4.0 (radiographs from the Osteoarthritis Initiative)")
-
-
-def severity_basis_of(model) -> np.ndarray:
-    """The embedding directions the grade heads read (regression and CORAL kernels), orthonormalised.
-    For an ensemble, each member's directions in its own block of the concatenated embedding."""
-    from training.knee_ensemble import member_prefixes
-    from training.knee_phenotypes import severity_basis
-
-    prefixes = member_prefixes(model)
-    dims = [model.get_layer(p + "embedding").units for p in prefixes]
-    vectors = []
-    for i, p in enumerate(prefixes):
-        for layer in ("kl_value_sigmoid", "coral_score"):
-            v = np.zeros(sum(dims))
-            v[sum(dims[:i]):sum(dims[:i + 1])] = model.get_layer(p + layer).get_weights()[0][:, 0]
-            vectors.append(v)
-    return severity_basis(vectors)
 
 
 def to_current_graph(model, cfg):
@@ -43,66 +32,18 @@ def to_current_graph(model, cfg):
         return model
     except ValueError:
         pass
-    from training import knee as K
-
-    new = K.build(cfg)
+    new = build(cfg)
     for layer in new.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return new
 
 
-def cams_batch(model, images_u8: np.ndarray, batch: int = 32) -> np.ndarray:
-    """Grad-CAM of the continuous grade ("kl_value") for canonical images, (n, h, w) in [0, 1], by
-    imaging.gradcam.batch_grad_cams (every image's score depends on its own features only)."""
-    import keras
-
-    from imaging.gradcam import batch_grad_cams
-
-    from training.knee_ensemble import gradcam_layers
-
-    maps = [model.get_layer(name).output for name in gradcam_layers(model)]
-    gm = keras.Model(model.inputs, [maps[0] if len(maps) == 1 else maps, model.output["kl_value"]
-                                    if isinstance(model.output, dict) else model.output])
-    return np.concatenate([batch_grad_cams(gm, images_u8[i:i + batch].astype(np.float32)[..., None] / 255.0,
-                                           [lambda v: v[:, 0]])[0]
-                           for i in range(0, len(images_u8), batch)]).astype(np.float32)
-
-
-def make_catalogue(model, images_u8: np.ndarray, head: str, ids=None, meta: dict | None = None,
-                   log: Callable[[str], None] = print, min_cluster_sizes=None, pred=None):
-    """Embed canonical images with the grader (test-time flip), file each knee under its PREDICTED grade
-    (as the app does for a new knee), and build the catalogue (clusters, medoids, mean Grad-CAM,
-    descriptions from image measurements). Returns (catalogue, predictions, predicted grades)."""
-    from training.knee import predict_tta
-    from training.knee_features import FEATURE_TEXT, feature_table
-    from training.knee_phenotypes import build_catalogue
-
-    t = time.perf_counter()
-    pred = pred if pred is not None else predict_tta(model, images_u8)
-    grades, _ = decide(pred["kl_value"], pred["kl_coral"], head)
-    cams = cams_batch(model, images_u8)
-    images01 = images_u8.astype(np.float32) / 255.0
-    feats = feature_table(images01)
-    cat = build_catalogue(pred["embedding"], grades, images01, cams, feats, severity_basis_of(model), ids,
-                          meta=meta, feature_text=FEATURE_TEXT, min_cluster_sizes=min_cluster_sizes)
-    for g in cat.meta["grades"]:
-        log(f"catalogue KL{g['grade']}: n={g['n']} clusters={g['n_clusters']} noise={g['noise_fraction']:.2f} "
-            f"min_cluster_size={g['min_cluster_size']}")
-    log(f"catalogue built in {time.perf_counter() - t:.0f} s")
-    return cat, pred, grades
-
-
-def ship(ckpts: list[Path], cfg, train_set, val_set, out: Path, infos: list[dict[str, Any]], source: str,
+def export_grader(ckpts: list[Path], cfg, train_set, val_set, out: Path, infos: list[dict[str, Any]], source: str,
          command: str, log: Callable[[str], None], quick: bool = False) -> dict[str, Any]:
-    """Ship one trained grader, or several as one ensemble file (training.knee_ensemble), with its
+    """Ship one trained grader, or several as one ensemble file (training.knee.ensemble), with its
     validation figures, catalogue, registry entry and card. infos[i]: member i's train_info.json."""
-    import keras
 
-    from training import knee as K
-    from training.knee_ensemble import combine, embedding_scales, gradcam_layers
-    from training.export import register_model, save_for_shipping, write_model_card
-    from training.knee_phenotypes import save_catalogue
 
     out.mkdir(parents=True, exist_ok=True)
     graders = [to_current_graph(keras.models.load_model(c, compile=False), cfg) for c in ckpts]
@@ -111,24 +52,23 @@ def ship(ckpts: list[Path], cfg, train_set, val_set, out: Path, infos: list[dict
     else:   # the scales come from the knees the catalogue is built from
         model = combine(graders, embedding_scales(graders, train_set.images))
         log(f"ensemble of {len(graders)} graders")
-    fname = f"{K.MODEL_ID}.keras"
+    fname = f"{MODEL_ID}.keras"
     save_for_shipping(model, out / fname)
     shipped = keras.models.load_model(out / fname, compile=False)      # published figures: what ships
-    pred_val = K.predict_tta(shipped, val_set.images)
-    figs = K.figures(val_set.grades, pred_val)
-    head = K.best_head(figs)
+    pred_val = predict_tta(shipped, val_set.images)
+    figs = figures(val_set.grades, pred_val)
+    head = best_head(figs)
     side_acc = float((pred_val["canon_ok"] > 0.5).mean())
     log(f"shipped file on val: {json.dumps({h: {k: figs[h][k] for k in ('accuracy', 'qwk', 'mae')} for h in figs})}; "
         f"decision head {head}; side detection {side_acc:.4f}")
     cat, _, _ = make_catalogue(shipped, train_set.images, head, ids=list(train_set.ids),
-                               meta={"model_id": K.MODEL_ID, "built_from": f"{len(train_set)} {train_set.split} knees "
+                               meta={"model_id": MODEL_ID, "built_from": f"{len(train_set)} {train_set.split} knees "
                                      f"({source}), filed under the grade the model predicts"}, log=log)
     jpath, npath = save_catalogue(cat, out / fname)
     cam_layers = gradcam_layers(shipped)               # one per member of an ensemble
-    from training.export import sha256_file
 
     entry = {
-        "id": K.MODEL_ID, "task": K.TASK, "role": "grader", "version": K.VERSION,
+        "id": MODEL_ID, "task": TASK, "role": "grader", "version": VERSION,
         "title": "Knee KL grader with phenotypes (compact residual CNN)" + (" [quick]" if quick else ""),
         "architecture": ((f"Ensemble of {len(graders)} graders (outputs averaged, embeddings side by side), each: "
                           if len(graders) > 1 else "") +
@@ -162,7 +102,7 @@ def ship(ckpts: list[Path], cfg, train_set, val_set, out: Path, infos: list[dict
     }
     entry = register_model(out, entry, model=shipped)
     write_model_card(out, entry, _card_sections(figs, head, side_acc, cat, cfg, infos, source))
-    log(f"registered {K.MODEL_ID} in {out / 'registry.json'}")
+    log(f"registered {MODEL_ID} in {out / 'registry.json'}")
     return entry
 
 
@@ -194,13 +134,11 @@ def _training_text(cfg, infos: list[dict[str, Any]]) -> str:
     return (f"An ensemble of {len(infos)} graders of the same architecture, trained independently (different "
             "seeds: initialisation, batch order, augmentation); their outputs are averaged and their embeddings "
             "set side by side for the phenotypes (each scaled to the same spread over the training knees), "
-            "because one grader's embedding depends on its seed (see training/knee_ensemble.py).\n\n"
+            "because one grader's embedding depends on its seed (see training/knee/ensemble.py).\n\n"
             f"{members}\n\n{common}")
 
 
 def _card_sections(figs, head, side_acc, cat, cfg, infos, source) -> dict[str, str]:
-    from training.export import metrics_table
-
     rows = {h + (" (kept)" if h == head else ""): {"accuracy": figs[h]["accuracy"], "QWK": figs[h]["qwk"],
                                                    "MAE": figs[h]["mae"]} for h in figs}
     rows["published, ImageNet-pretrained (about)"] = {"accuracy": 0.70, "QWK": 0.88, "MAE": ""}
@@ -224,7 +162,7 @@ def _card_sections(figs, head, side_acc, cat, cfg, infos, source) -> dict[str, s
                                      f"Per-grade recall: {recall}. Side (orientation) detection on val: "
                                      f"{side_acc:.1%}.\n\nConfusion matrix (val):\n\n{cm_md}"),
         "Phenotype catalogue": ("Clusters of the training knees' embeddings within each predicted grade "
-                                "(HDBSCAN, see training/knee_phenotypes.py):\n\n" + "\n".join(cat_lines) +
+                                "(HDBSCAN, see training/knee/phenotypes.py):\n\n" + "\n".join(cat_lines) +
                                 "\n\nThe method is proven on knee phantoms with hidden phenotypes "
                                 "(benchmarks/knee_phenotypes.py); on real knees the clusters are descriptive only, "
                                 "not validated phenotypes."),
@@ -236,3 +174,36 @@ def _card_sections(figs, head, side_acc, cat, cfg, infos, source) -> dict[str, s
             "from the image unless given; a wrong side swaps medial and lateral in the phenotype description. "
             "Phenotype clusters on real data are unsupervised groupings, not established disease subtypes."),
     }
+
+
+def _train_command(c: dict[str, Any], quick: bool) -> str:
+    """The training command of one run from its recorded config (a Config's fields)."""
+    return ("python -m training.knee " + ("--quick " if quick else "") + f"--size {c['size']} "
+            + (f"--epochs {c['epochs']}" if c.get("epochs") else f"--budget-min {c['budget_min']:g}")
+            + (f" --lr {c['lr']:g}" if c.get("lr", Config.lr) != Config.lr else "")
+            + (f" --init {c['init']}" if c.get("init") else "") + f" --seed {c['seed']}")
+
+
+def _stages(c: dict[str, Any], init_info: dict[str, Any] | None, quick: bool) -> list[str]:
+    """A fine-tuned run is preceded by its first stage's command (training into the --init folder)."""
+    if c.get("init") and init_info:
+        return [_train_command(init_info["config"], quick) + f" --stage train --work {Path(c['init']).parent}"]
+    return []
+
+
+def command_line(args, cfg: Config, init_info: dict[str, Any] | None = None) -> str:
+    """The command(s) that regenerate the shipped file of a single run."""
+    c = cfg.__dict__
+    return " && ".join(_stages(c, init_info, args.quick)
+                       + [_train_command(c, args.quick) + f" --out {args.out or 'models'}"])
+
+
+def ensemble_command_line(args, infos: list[dict[str, Any]], works: list[str]) -> str:
+    """The commands that regenerate an ensemble: each member's training (both stages), then the ship."""
+    cmds = []
+    for info, work in zip(infos, works):
+        cmds += _stages(info["config"], info.get("initialised_from"), args.quick)
+        cmds.append(_train_command(info["config"], args.quick) + f" --stage train --work {work}")
+    cmds.append("python -m training.knee " + ("--quick " if args.quick else "")
+                + f"--stage ship --members {' '.join(works)} --out {args.out or 'models'}")
+    return " && ".join(cmds)

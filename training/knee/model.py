@@ -23,18 +23,22 @@ Built from standard Keras layers only, so the shipped file loads with plain
 `contrastive_trainer` wraps the grader for training with an auxiliary self-supervised objective
 (SimCLR's NT-Xent on two augmented views of each knee, Chen et al. 2020) besides the grade heads; the
 shipped model is the grader alone.
+
+`build` and `compile_model` make and compile it from a `Config`.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import keras
-from keras import layers
+from keras import layers, ops
+
+from tasks.knee import N_GRADES
+from training.knee.config import LOSS_WEIGHTS, Config
+
 
 GRADCAM_LAYER = "gradcam_conv"
 EMBEDDING_LAYER = "embedding"
-N_GRADES = 5
-OUTPUTS = ("kl_value", "kl_coral", "mirrored", "embedding")
 
 
 def _conv_bn(x, filters: int, name: str, stride: int = 1, relu: bool = True, kernel: int = 3):
@@ -94,8 +98,6 @@ def knee_grader(input_size: int = 160, widths: Sequence[int] = (24, 48, 96, 112)
 
 def nt_xent(y_true, y_pred, temperature: float = 0.2):
     """NT-Xent per pair: y_pred = concat(z_view1, z_view2) (batch, 2k); y_true is ignored."""
-    from keras import ops
-
     k = y_pred.shape[-1] // 2
     z1 = y_pred[:, :k] / (ops.norm(y_pred[:, :k], axis=1, keepdims=True) + 1e-8)
     z2 = y_pred[:, k:] / (ops.norm(y_pred[:, k:], axis=1, keepdims=True) + 1e-8)
@@ -119,3 +121,15 @@ def contrastive_trainer(grader: keras.Model, projection_dim: int = 32) -> keras.
     z = layers.Concatenate(name="contrast")([out(hidden(relu(o1["embedding"]))), out(hidden(relu(o2["embedding"])))])
     return keras.Model([v1, v2], {"kl_value": o1["kl_value"], "kl_coral": o1["kl_coral"],
                                   "mirrored": o1["mirrored"], "contrast": z}, name="contrastive_trainer")
+
+
+def build(cfg: Config):
+    return knee_grader(cfg.size, cfg.widths, cfg.blocks, cfg.embedding_dim, cfg.dropout)
+
+
+def compile_model(model, cfg: Config):
+    opt = keras.optimizers.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay)
+    model.compile(optimizer=opt,
+                  loss={"kl_value": "mse", "kl_coral": "binary_crossentropy", "mirrored": "binary_crossentropy"},
+                  loss_weights=LOSS_WEIGHTS)
+    return model

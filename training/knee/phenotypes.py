@@ -1,13 +1,13 @@
-"""Knee phenotypes within each KL grade: density clustering of the grader's embeddings, a catalogue
-stored with the model, and the assignment of a new knee to a phenotype of its grade (or to none).
+"""Knee phenotypes within each KL grade: density clustering of the grader's embeddings into a
+catalogue stored with the model.
 
-This is the single code path used by training (the catalogue of the shipped model), the phantom proof
-(benchmarks/knee_phenotypes.py) and serving (tasks/knee.py). Fitting needs scikit-learn; loading and
-assigning need NumPy only.
+Used by training (the catalogue of the shipped model) and the phantom proof
+(benchmarks/knee_phenotypes.py). Fitting needs scikit-learn; loading and assigning are serving's
+(`tasks.knee_catalogue`, NumPy only).
 
 Method, per grade g (the knees the grader puts in grade g):
 1. Embedding: the grader's penultimate layer ("embedding", 64-d), read in the canonical orientation; for
-   an ensemble of graders (the shipped form, training.knee_ensemble), the members' embeddings side by side.
+   an ensemble of graders (the shipped form, training.knee.ensemble), the members' embeddings side by side.
 2. The directions along which the grade heads read severity (the kernels of the regression and CORAL
    heads) are projected out, so what is left is how a knee differs from others of its grade rather
    than where it sits inside the grade; then centring on the grade, unit length (cosine geometry:
@@ -19,27 +19,27 @@ Method, per grade g (the knees the grader puts in grade g):
    unless the real score beats every draw, the grade has no phenotype structure and no clusters.
 4. Core distance of each point: the distance to its k-th nearest neighbour of the grade (k = min_samples = 2).
 
-Assignment of a new knee x to grade g's clusters (an approximate_predict-style rule; scikit-learn's
-HDBSCAN has none): project x as in 2, compute its core distance to the grade's points, and the mutual
-reachability distance to every point j, mrd(x, j) = max(core(x), core(j), d(x, j)). The nearest point
-in that distance decides: if it is noise, x is noise. Otherwise x joins its cluster c, unless mrd
-exceeds the cluster's reach tau_c (the largest of its members' nearest-member mutual
-reachability), in which case x lies outside every dense region and is noise too. Membership strength
-= min(1, median link of c / mrd): 1 inside the cluster's core, falling towards tau_c at its edge
-(HDBSCAN's own probabilities are the same kind of ratio of densities, lambda = 1 / distance).
+Assignment of a new knee to a stored catalogue is serving's (`tasks.knee_catalogue`).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 
-CATALOGUE_VERSION = 1
+from tasks.knee_catalogue import (CATALOGUE_VERSION, Catalogue, GradeClusters, catalogue_paths, cluster_name,
+                                  core_distances, pairwise_distances, remove_directions, unit_rows)
+
+
 N_COMPONENTS = 5
 MIN_SAMPLES = 2     # HDBSCAN min_samples (and k of the core distance). Chosen on VALIDATION phantoms (seeds
+                    # 100,400+, two phantom graders, n_components 3-6 x min_samples 2-8): 2 gave the best mean
+                    # and minimum ARI; the benchmark's test phantoms played no part in the choice
+
+
                     # 100,400+, two phantom graders, n_components 3-6 x min_samples 2-8): 2 gave the best mean
                     # and minimum ARI; the benchmark's test phantoms played no part in the choice
 NULL_REPS = 3                                         # Gaussian null draws per grade
@@ -48,45 +48,6 @@ MIN_CLUSTER_FLOOR = 8
 REACH_QUANTILE = 1.0                                  # reach = the loosest member link
 THUMB = 64                                            # medoid / mean image / Grad-CAM thumbnails, pixels
 N_MEDOIDS = 3
-CLUSTER_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-# -- the per-grade model -----------------------------------------------------------------------------
-@dataclass
-class GradeClusters:
-    grade: int
-    mean: np.ndarray                 # (d,) centre of the grade's embeddings (severity directions removed)
-    shift: np.ndarray                # (k,) centre of the unit-length vectors, in component coordinates
-    components: np.ndarray           # (k, d) principal directions of the unit-length vectors
-    points: np.ndarray               # (n, k) reduced embeddings of the grade's knees
-    labels: np.ndarray               # (n,) cluster index, -1 noise
-    core: np.ndarray                 # (n,) core distances
-    min_samples: int
-    min_cluster_size: int
-    reach: np.ndarray = field(default_factory=lambda: np.zeros(0))    # (n_clusters,) tau_c
-    link: np.ndarray = field(default_factory=lambda: np.zeros(0))     # (n_clusters,) median link
-    tuning: list = field(default_factory=list)                        # candidate scores
-
-    @property
-    def n_clusters(self) -> int:
-        return int(self.labels.max()) + 1 if self.labels.size and self.labels.max() >= 0 else 0
-
-
-@dataclass
-class Assignment:
-    grade: int
-    cluster: int                     # -1: noise ("no phenotype")
-    strength: float                  # 0..1 (0 for noise)
-    mrd: float                       # mutual reachability distance to the nearest point
-    reach: float | None              # the cluster's reach tau_c (None when the nearest point is noise)
-    nearest_label: int               # cluster of the nearest point (-1 noise)
-
-
-def remove_directions(E: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
-    E = np.asarray(E, np.float64)
-    if basis is None or basis.size == 0:
-        return E
-    return E - (E @ basis) @ basis.T
 
 
 def severity_basis(vectors: Sequence[np.ndarray]) -> np.ndarray:
@@ -97,41 +58,16 @@ def severity_basis(vectors: Sequence[np.ndarray]) -> np.ndarray:
     return q[:, keep]
 
 
-def _unit_rows(X: np.ndarray) -> np.ndarray:
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-
-
 def _reduce_fit(E: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre on the grade, scale every knee to unit length (cosine geometry: a knee's direction away
     from its grade's centre, not how far it lies), PCA to the leading directions."""
     mean = E.mean(axis=0)
-    U = _unit_rows(E - mean)
+    U = unit_rows(E - mean)
     centre = U.mean(axis=0)
     k = int(max(1, min(n_components, U.shape[0] - 1, U.shape[1])))
     _, _, vt = np.linalg.svd(U - centre, full_matrices=False)
     comps = vt[:k]
     return mean, centre @ comps.T, comps
-
-
-def reduce(E: np.ndarray, gc: GradeClusters, basis: np.ndarray | None) -> np.ndarray:
-    U = _unit_rows(remove_directions(E, basis) - gc.mean)
-    return U @ gc.components.T - gc.shift
-
-
-def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.sqrt(np.maximum(d2, 0.0))
-
-
-def core_distances(P: np.ndarray, k: int, queries: np.ndarray | None = None) -> np.ndarray:
-    """k-th nearest-neighbour distance of each training point (itself excluded) or of each query."""
-    if queries is None:
-        D = _pairwise(P, P)
-        np.fill_diagonal(D, np.inf)
-    else:
-        D = _pairwise(np.atleast_2d(queries), P)
-    k = int(min(k, D.shape[1] - (1 if queries is None else 0)))
-    return np.partition(D, k - 1, axis=1)[:, k - 1]
 
 
 def _links(P: np.ndarray, labels: np.ndarray, core: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +79,7 @@ def _links(P: np.ndarray, labels: np.ndarray, core: np.ndarray) -> tuple[np.ndar
         if len(m) < 2:
             reach[c] = link[c] = float(core[m].max()) if len(m) else 0.0
             continue
-        D = _pairwise(P[m], P[m])
+        D = pairwise_distances(P[m], P[m])
         mrd = np.maximum(D, np.maximum(core[m][:, None], core[m][None, :]))
         np.fill_diagonal(mrd, np.inf)
         nearest = mrd.min(axis=1)
@@ -153,7 +89,7 @@ def _links(P: np.ndarray, labels: np.ndarray, core: np.ndarray) -> tuple[np.ndar
 
 
 def _hdbscan(P: np.ndarray, min_cluster_size: int, min_samples: int) -> np.ndarray:
-    from sklearn.cluster import HDBSCAN
+    from sklearn.cluster import HDBSCAN  # deferred: scikit-learn is needed for fitting only
 
     return HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples,
                    cluster_selection_method="eom", copy=True).fit(P).labels_.astype(np.int64)
@@ -177,7 +113,7 @@ def fit_grade(E: np.ndarray, grade: int, basis: np.ndarray | None = None, n_comp
     mean, shift, comps = _reduce_fit(E, n_components)
     # stored precision (float32 transform, float16 points), so a reloaded catalogue assigns identically
     mean, shift, comps = (a.astype(np.float32).astype(np.float64) for a in (mean, shift, comps))
-    P = (_unit_rows(E - mean) @ comps.T - shift).astype(np.float16).astype(np.float64)
+    P = (unit_rows(E - mean) @ comps.T - shift).astype(np.float16).astype(np.float64)
     if min_cluster_sizes is None:
         min_cluster_sizes = sorted({max(MIN_CLUSTER_FLOOR, int(round(f * n))) for f in MST_FRACTIONS})
     min_cluster_sizes = [m for m in min_cluster_sizes if m < n] or [max(2, n // 2)]
@@ -217,7 +153,7 @@ def _null_points(E: np.ndarray, n_components: int, seed) -> np.ndarray:
     _, s, vt = np.linalg.svd(E - mean, full_matrices=False)
     X = mean + rng.standard_normal((len(E), len(s))) @ (np.diag(s / np.sqrt(len(E))) @ vt)
     m, shift, comps = _reduce_fit(X, n_components)
-    return _unit_rows(X - m) @ comps.T - shift
+    return unit_rows(X - m) @ comps.T - shift
 
 
 def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
@@ -228,81 +164,13 @@ def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def assign_points(Q: np.ndarray, gc: GradeClusters) -> list[Assignment]:
-    """Assign reduced points Q (m, k) of grade gc.grade (see the module docstring)."""
-    Q = np.atleast_2d(np.asarray(Q, np.float64))
-    if gc.points.shape[0] == 0:
-        return [Assignment(gc.grade, -1, 0.0, float("inf"), None, -1) for _ in Q]
-    D = _pairwise(Q, gc.points)
-    k = int(min(gc.min_samples, gc.points.shape[0]))
-    core_q = np.partition(D, k - 1, axis=1)[:, k - 1]
-    mrd = np.maximum(D, np.maximum(core_q[:, None], gc.core[None, :]))
-    out = []
-    for i in range(len(Q)):
-        j = int(np.argmin(mrd[i]))
-        m, lab = float(mrd[i, j]), int(gc.labels[j])
-        if lab < 0:
-            out.append(Assignment(gc.grade, -1, 0.0, m, None, -1))
-            continue
-        tau = float(gc.reach[lab])
-        if m > tau:
-            out.append(Assignment(gc.grade, -1, 0.0, m, tau, lab))
-            continue
-        strength = 1.0 if m <= 0 else float(min(1.0, gc.link[lab] / m))
-        out.append(Assignment(gc.grade, lab, round(strength, 4), m, tau, lab))
-    return out
-
-
-# -- the catalogue ------------------------------------------------------------------------------------
-@dataclass
-class Catalogue:
-    meta: dict[str, Any]                         # JSON part: per grade and cluster sizes, descriptions ...
-    basis: np.ndarray | None
-    grades: dict[int, GradeClusters]
-    images: dict[str, np.ndarray]                # "g2_c0_medoids" (m, T, T), "g2_c0_cam", "g2_c0_mean", "g2_mean"
-
-    def grade_meta(self, grade: int) -> dict[str, Any] | None:
-        return next((g for g in self.meta.get("grades", []) if g["grade"] == grade), None)
-
-    def cluster_meta(self, grade: int, cluster: int) -> dict[str, Any] | None:
-        gm = self.grade_meta(grade)
-        if gm is None:
-            return None
-        return next((c for c in gm["clusters"] if c["index"] == cluster), None)
-
-    def assign(self, embedding: np.ndarray, grade: int) -> Assignment:
-        gc = self.grades.get(int(grade))
-        if gc is None:
-            return Assignment(int(grade), -1, 0.0, float("inf"), None, -1)
-        return assign_points(reduce(np.atleast_2d(embedding), gc, self.basis), gc)[0]
-
-    def assign_many(self, E: np.ndarray, grades: np.ndarray) -> list[Assignment]:
-        out: list[Assignment | None] = [None] * len(grades)
-        for g in np.unique(grades):
-            idx = np.flatnonzero(grades == g)
-            gc = self.grades.get(int(g))
-            if gc is None:
-                for i in idx:
-                    out[i] = Assignment(int(g), -1, 0.0, float("inf"), None, -1)
-                continue
-            for i, a in zip(idx, assign_points(reduce(E[idx], gc, self.basis), gc)):
-                out[i] = a
-        return out  # type: ignore[return-value]
-
-
-def cluster_name(grade: int, cluster: int) -> str:
-    return f"KL{grade}-{CLUSTER_LETTERS[cluster % len(CLUSTER_LETTERS)]}"
-
-
 def medoids(P: np.ndarray, members: np.ndarray, m: int = N_MEDOIDS) -> np.ndarray:
     """Indices (into members) of the m most central members (smallest mean distance to the others)."""
-    D = _pairwise(P[members], P[members])
+    D = pairwise_distances(P[members], P[members])
     return np.argsort(D.mean(axis=1), kind="stable")[:m]
 
 
 def thumb(img: np.ndarray, size: int = THUMB) -> np.ndarray:
-    import cv2
-
     a = np.asarray(img, np.float32)
     if a.max() > 1.5:
         a = a / 255.0
@@ -407,13 +275,6 @@ def describe(features: dict[str, np.ndarray], grade_idx: np.ndarray, members: np
     return z, "Compared with the other KL {} knees: {}.".format(grade, "; ".join(parts))
 
 
-# -- files: <model>.catalogue.json + <model>.catalogue.npz beside the model ------------------------------
-def catalogue_paths(model_path: str | Path) -> tuple[Path, Path]:
-    p = Path(model_path)
-    stem = p.name[: -len(".keras")] if p.name.endswith(".keras") else p.stem
-    return p.with_name(f"{stem}.catalogue.json"), p.with_name(f"{stem}.catalogue.npz")
-
-
 def save_catalogue(cat: Catalogue, model_path: str | Path) -> tuple[Path, Path]:
     jpath, npath = catalogue_paths(model_path)
     arrays: dict[str, np.ndarray] = {}
@@ -436,24 +297,3 @@ def save_catalogue(cat: Catalogue, model_path: str | Path) -> tuple[Path, Path]:
                       for g, gc in cat.grades.items()}
     jpath.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     return jpath, npath
-
-
-def load_catalogue(model_path: str | Path) -> Catalogue:
-    """Read the catalogue stored beside a model file; raises FileNotFoundError when it is absent."""
-    jpath, npath = catalogue_paths(model_path)
-    meta = json.loads(jpath.read_text())
-    with np.load(npath, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    basis = arrays.get("basis")
-    basis = basis.astype(np.float64) if basis is not None else None
-    grades: dict[int, GradeClusters] = {}
-    for g_str, p in meta.get("params", {}).items():
-        g = int(g_str)
-        grades[g] = GradeClusters(
-            g, arrays[f"g{g}_mean_vec"].astype(np.float64), arrays[f"g{g}_shift"].astype(np.float64),
-            arrays[f"g{g}_components"].astype(np.float64), arrays[f"g{g}_points"].astype(np.float64),
-            arrays[f"g{g}_labels"].astype(np.int64), arrays[f"g{g}_core"].astype(np.float64),
-            int(p["min_samples"]), int(p["min_cluster_size"]), arrays[f"g{g}_reach"].astype(np.float64),
-            arrays[f"g{g}_link"].astype(np.float64))
-    images = {k[4:]: v for k, v in arrays.items() if k.startswith("img_")}
-    return Catalogue(meta, basis, grades, images)

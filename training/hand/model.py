@@ -11,15 +11,20 @@ guss_scorer         shared compact CNN on a 64x64 joint crop with
                       "guss"   stage 2: CORAL over 20 thresholds (GUSS >= 10, ..., >= 200)
                       "plate", "space": CORAL over 10 thresholds (>= 10 ... >= 100) per compartment
                     position-aware variant: 8 extra constant input channels, the one-hot joint identity
+
+Also the detector's focal loss and its out-of-distribution output.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import keras
+import numpy as np
 from keras import layers
 
-N_CLASSES = 8
+from training.hand.data import N_CLASSES
+
+
 GUSS_THRESHOLDS = 20          # >= 10, 20, ..., 200
 COMPARTMENT_THRESHOLDS = 10   # >= 10, 20, ..., 100
 SCORER_GRADCAM_LAYER = "gradcam_conv"
@@ -122,4 +127,38 @@ def guss_scorer(input_size: int = 64, widths: Sequence[int] = (16, 32, 48, 64), 
     return keras.Model(inputs, outputs, name=name or ("guss_scorer_position" if position_aware else "guss_scorer"))
 
 
-BUILDERS = {"joint_detector": joint_detector, "guss_scorer": guss_scorer}
+
+
+def focal_loss(tf, y, p):
+    """CenterNet's penalty-reduced pixel-wise focal loss, normalised by the number of centres."""
+    p = tf.clip_by_value(p, 1e-4, 1 - 1e-4)
+    pos = tf.cast(tf.equal(y, 1.0), tf.float32)
+    neg = 1.0 - pos
+    pos_loss = -tf.math.log(p) * tf.square(1 - p) * pos
+    neg_loss = -tf.math.log(1 - p) * tf.square(p) * tf.pow(1 - y, 4) * neg
+    n = tf.maximum(tf.reduce_sum(pos), 1.0)
+    return (tf.reduce_sum(pos_loss) + tf.reduce_sum(neg_loss)) / n
+
+
+def add_ood_output(model, feature_sets: Sequence[np.ndarray], shrinkage: float = 0.1):
+    """The detector with an extra output "ood": the mean squared Mahalanobis z-score of its pooled
+    bottleneck features (layer "side_pool") against the training radiographs (Lee et al. 2018).
+
+    Built from standard layers (Dense with the whitening matrix, Multiply, Dense of ones), so the
+    shipped file needs no custom code.
+    """
+    feats = np.concatenate(feature_sets).astype(np.float64)
+    mu = feats.mean(axis=0)
+    cov = np.cov(feats, rowvar=False)
+    d = cov.shape[0]
+    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
+    vals, vecs = np.linalg.eigh(cov)
+    whiten = vecs @ np.diag(1.0 / np.sqrt(np.maximum(vals, 1e-8))) @ vecs.T      # symmetric Sigma^-1/2
+    pooled = model.get_layer("side_pool").output
+    z = layers.Dense(d, name="ood_whiten")(pooled)
+    sq = layers.Multiply(name="ood_square")([z, z])
+    ood = layers.Dense(1, use_bias=False, name="ood")(sq)
+    out = keras.Model(model.input, {**model.output, "ood": ood}, name=model.name)
+    out.get_layer("ood_whiten").set_weights([whiten.T.astype(np.float32), (-(whiten @ mu)).astype(np.float32)])
+    out.get_layer("ood").set_weights([np.full((d, 1), 1.0 / d, np.float32)])
+    return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+
 FEATURE_TEXT = {
     "jsw_medial": ("narrower medial joint space", "wider medial joint space"),
     "jsw_lateral": ("narrower lateral joint space", "wider lateral joint space"),

@@ -1,0 +1,28 @@
+"""What the hand run trains, and with which budget. No Keras here: the pipeline reads it before the
+phantom data is generated in forked workers, which must start before TensorFlow loads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+DETECTOR_ID = "hand-joint-detector"
+SCORER_ID = "hand-guss-scorer"
+POSITION_ID = "hand-guss-scorer-position"
+ALL_MODELS = (DETECTOR_ID, SCORER_ID, POSITION_ID)
+
+
+@dataclass(frozen=True)
+class Budget:
+    patients: int
+    det_epochs: int
+    det_batch: int
+    scorer_steps: int
+    scorer_batch: int          # per stream (stage 1 and stage 2 each)
+    eval_every: int
+    det_lr: float = 2e-3
+    scorer_lr: float = 2e-3
+
+
+FULL_BUDGET = Budget(patients=1000, det_epochs=14, det_batch=16, scorer_steps=1800, scorer_batch=48, eval_every=300)
+QUICK_BUDGET = Budget(patients=24, det_epochs=1, det_batch=8, scorer_steps=6, scorer_batch=8, eval_every=3)
