@@ -135,12 +135,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     return app
 
 
-def registry(app: Flask | None = None) -> ModelRegistry:
-    from flask import current_app
-
-    return (app or current_app).extensions["jointscan.registry"]
-
-
 def _register_cli(app: Flask) -> None:
     @app.cli.command("prepare")
     def prepare() -> None:

@@ -16,7 +16,7 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, SelectField, StringField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, ValidationError
 
-from app import registry
+from model_loader import current_registry
 from database import (AUDIT_ACTIONS, AUDIT_OUTCOMES, ROLES, AuditEvent, ModelState, Run, User, db,
                       disabled_model_ids, set_setting, utcnow)
 from web.audit import record
@@ -171,7 +171,7 @@ def set_user_state(user_id: int, action: str):
 def models():
     from tasks import all_tasks
 
-    reg = registry()
+    reg = current_registry()
     disabled = disabled_model_ids()
     states = {s.model_id: s for s in ModelState.query.all()}
     names = {u.id: u.username for u in User.query.filter(User.id.in_(
@@ -187,7 +187,7 @@ def models():
 @bp.post("/models/<model_id>/<any(disable, enable):action>")
 @role_required("admin")
 def set_model_state(model_id: str, action: str):
-    entry = registry().get(model_id)
+    entry = current_registry().get(model_id)
     if entry is None:
         abort(404)
     if not ButtonForm().validate_on_submit():

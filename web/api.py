@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request, url_for
 from flask_login import current_user
 from flask_wtf.csrf import ValidationError, validate_csrf
 
-from app import registry
+from model_loader import current_registry
 from database import ApiToken, Run, User, db, disabled_model_ids, utcnow
 from predict import Analysis, ImageReadError, PredictionError, analyze
 from tasks import all_tasks, get_task
@@ -145,7 +145,7 @@ def list_tasks():
     _user, problem = authenticate_request()
     if problem is not None:
         return problem
-    reg = registry()
+    reg = current_registry()
     disabled = disabled_model_ids()
     tasks = []
     for task in all_tasks().values():
@@ -195,7 +195,7 @@ def analyze_scan():
     data = upload.read()
     try:
         run = analyze(user, data, Analysis(task_name, model_ids, options),
-                      registry=registry(), results_dir=results_dir(), limits=limits())
+                      registry=current_registry(), results_dir=results_dir(), limits=limits())
     except (ImageReadError, PredictionError) as exc:
         from web.scans import audit_upload_failure
 

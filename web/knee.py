@@ -14,7 +14,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, render_template, url_for
 from flask_login import login_required
 
-from app import registry
+from model_loader import current_registry
 
 bp = Blueprint("knee", __name__, url_prefix="/knee")
 
@@ -28,7 +28,7 @@ def knee_catalogue_url(model_id: str, grade: int) -> str:
 
 
 def _graders():
-    reg = registry()
+    reg = current_registry()
     return [e for e in reg.entries("knee") if e.role == "grader"]
 
 
@@ -36,7 +36,7 @@ def _catalogue(model_id: str):
     """(entry, catalogue or None, problem sentence or None); 404 for an unknown or non-knee model."""
     from tasks.knee import CatalogueUnavailable, catalogue_at
 
-    reg = registry()
+    reg = current_registry()
     entry = reg.get(model_id)
     if entry is None or entry.task != "knee":
         abort(404)

@@ -7,7 +7,7 @@ from flask import Blueprint, abort, render_template
 from flask_login import login_required
 from markupsafe import Markup
 
-from app import registry
+from model_loader import current_registry
 from database import disabled_model_ids
 from tasks import all_tasks
 from tasks.base import review_scale_of
@@ -34,7 +34,7 @@ def render_card(text: str) -> Markup:
 def index():
     from web.reviews import agreement_by_model
 
-    reg = registry()
+    reg = current_registry()
     disabled = disabled_model_ids()
     agreement = agreement_by_model()
     groups = []
@@ -56,7 +56,7 @@ def index():
 @bp.get("/<model_id>")
 @login_required
 def card(model_id: str):
-    reg = registry()
+    reg = current_registry()
     entry = reg.get(model_id)
     if entry is None:
         abort(404)

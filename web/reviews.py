@@ -21,6 +21,7 @@ from wtforms import RadioField, SelectField, StringField, SubmitField, TextAreaF
 from wtforms.validators import InputRequired, Length, Optional
 
 from database import Review, Run, db, utcnow
+from model_loader import current_registry
 from tasks import all_tasks, get_task
 from tasks.base import model_grade_of, review_scale_of
 from web.audit import model_versions_of, record, run_resource
@@ -215,9 +216,7 @@ def _render_review(run: Run, form: ReviewForm, status: int = 200):
 
 
 def _registry_entry(model_id: str):
-    from app import registry
-
-    return registry().get(model_id)
+    return current_registry().get(model_id)
 
 
 @bp.get("/review/runs/<public_id>")

@@ -15,7 +15,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import SelectField, SelectMultipleField, SubmitField
 
-from app import registry
+from model_loader import current_registry
 from database import disabled_model_ids
 from predict import Analysis, ImageReadError, Limits, PredictionError, analyze
 from tasks import all_tasks, get_task
@@ -53,7 +53,7 @@ def results_dir() -> Path:
 
 def model_groups() -> list[dict[str, Any]]:
     """Per task, per role: (entry, problem) for every registered model, for the checkboxes."""
-    reg = registry()
+    reg = current_registry()
     disabled = disabled_model_ids()
     groups = []
     for task in all_tasks().values():
@@ -104,7 +104,7 @@ def upload():
     if not form.validate_on_submit():
         return _render_upload(form, status=400 if form.errors else 200)
     task_name = form.task.data
-    reg = registry()
+    reg = current_registry()
     # The page lists every task's models; only the chosen task's ticked ones count.
     model_ids = [mid for mid in form.model_ids.data or []
                  if (entry := reg.get(mid)) is not None and entry.task == task_name]
@@ -131,7 +131,7 @@ def audit_upload_failure(exc: Exception, model_ids: list[str], user=None) -> Non
     """An upload that was refused or failed: the status and the models asked for, never the file."""
     status = getattr(exc, "status", 400)
     run_id = getattr(exc, "run_public_id", None)
-    reg = registry()
+    reg = current_registry()
     versions = [f"{mid}@{e.version}" for mid in model_ids if (e := reg.get(mid)) is not None]
     record("upload", "denied" if status == 403 else "failed", user=user,
            resource=run_resource(run_id) if run_id else None, models=versions or None,
@@ -139,7 +139,7 @@ def audit_upload_failure(exc: Exception, model_ids: list[str], user=None) -> Non
 
 
 def _entries_by_id(run) -> dict[str, Any]:
-    reg = registry()
+    reg = current_registry()
     return {r.model_id: reg.get(r.model_id) for r in run.results}
 
 
