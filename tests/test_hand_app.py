@@ -1,4 +1,4 @@
-"""The hand task in the app (issue 3): a tiny registry (an untrained CenterNet detector, two hand-wired
+"""The hand task in the app: a tiny registry (an untrained CenterNet detector, two hand-wired
 detectors that place the eight joints where a test image tells them to, tiny untrained scorers), the task
 with found, unsure and missing joints, the JSON API with and without heatmaps, the result page warning,
 and the longitudinal view (owner-only, no pseudonym in any URL, changes beyond the SDC flagged)."""

@@ -9,6 +9,7 @@ from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
 
 from database import ApiToken, db, utcnow
 from web.audit import record
+from web.auth import end_sessions_and_log_out, start_session
 from web.security import MAX_PASSWORD, PasswordPolicy
 
 bp = Blueprint("account", __name__, url_prefix="/account")
@@ -64,8 +65,6 @@ def index():
 @login_required
 def change_password():
     """A new password ends every other session (the session version moves on); this one is renewed."""
-    from web.auth import start_session
-
     form = PasswordForm()
     if not form.validate_on_submit():
         if form.current.errors:
@@ -85,8 +84,6 @@ def change_password():
 @bp.post("/logout-everywhere")
 @login_required
 def logout_everywhere():
-    from web.auth import end_sessions_and_log_out
-
     if not EverywhereForm().validate_on_submit():
         abort(400)
     user = current_user._get_current_object()

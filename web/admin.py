@@ -18,11 +18,13 @@ from wtforms.validators import DataRequired, EqualTo, ValidationError
 
 from model_loader import current_registry
 from database import (AUDIT_ACTIONS, AUDIT_OUTCOMES, ROLES, AuditEvent, ModelState, Run, User, db,
-                      disabled_model_ids, set_setting, utcnow)
+                      disabled_model_ids, utcnow)
 from web.audit import record
-from web.auth import USERNAME_VALIDATORS, signup_open
-from web.helpers import no_store
+from tasks import all_tasks
+from web.access import no_store
+from web.auth import USERNAME_VALIDATORS
 from web.security import PasswordPolicy, role_required
+from web.settings import set_signup_open, signup_open
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 AUDIT_CSV_COLUMNS = ("time_utc", "user_id", "username", "action", "outcome", "resource", "model_versions",
@@ -77,7 +79,7 @@ def toggle_signup():
         abort(400)
     wanted = request.form.get("open") == "1"
     if wanted != signup_open():
-        set_setting("signup_open", "1" if wanted else "0", current_user.id)
+        set_signup_open(wanted, current_user.id)
         db.session.commit()
         record("admin_change", resource="setting:signup_open", detail=f"sign-up {'opened' if wanted else 'closed'}")
     flash(f"Public sign-up is {'open' if wanted else 'closed'}.", "success")
@@ -169,8 +171,6 @@ def set_user_state(user_id: int, action: str):
 @role_required("admin")
 @no_store
 def models():
-    from tasks import all_tasks
-
     reg = current_registry()
     disabled = disabled_model_ids()
     states = {s.model_id: s for s in ModelState.query.all()}

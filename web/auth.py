@@ -7,17 +7,18 @@ closed by an administrator.
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from werkzeug.security import check_password_hash
 from wtforms import PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length, Regexp, ValidationError
 
-from database import User, db, get_setting
+from database import User, db
 from web.audit import record
-from web.helpers import is_safe_next
+from web.access import is_safe_next
 from web.security import MAX_PASSWORD, MIN_PASSWORD, PasswordPolicy
+from web.settings import signup_open
 
 bp = Blueprint("auth", __name__)
 
@@ -47,14 +48,6 @@ class LoginForm(FlaskForm):
     username = StringField("Username", validators=[DataRequired(), Length(max=80)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=MAX_PASSWORD)])
     submit = SubmitField("Log in")
-
-
-def signup_open() -> bool:
-    """The administrator's setting when there is one, else the configured default."""
-    value = get_setting("signup_open")
-    if value is None:
-        return bool(current_app.config.get("SIGNUP_OPEN", True))
-    return value == "1"
 
 
 def start_session(user: User) -> None:

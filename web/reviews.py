@@ -20,12 +20,12 @@ from flask_wtf import FlaskForm
 from wtforms import RadioField, SelectField, StringField, SubmitField, TextAreaField
 from wtforms.validators import InputRequired, Length, Optional
 
-from database import Review, Run, db, utcnow
-from model_loader import current_registry
+from database import Review, Run, RunStatus, db, utcnow
 from tasks import all_tasks, get_task
 from tasks.base import model_grade_of, review_scale_of
 from web.audit import model_versions_of, record, run_resource
-from web.helpers import group_results, no_store, owned_run_or_404, reviewable_run_or_404
+from web.access import no_store, owned_run_or_404, reviewable_run_or_404
+from web.filters import group_results, model_entries
 from web.security import role_required
 
 bp = Blueprint("reviews", __name__)
@@ -78,7 +78,7 @@ def agreement_by_model() -> dict[str, ModelAgreement]:
     if not graded:
         return {}
     query = (db.select(Review, Run).join(Run, Review.run_id == Run.id)
-             .where(Review.grade.isnot(None), Run.task.in_(graded), Run.status == "done"))
+             .where(Review.grade.isnot(None), Run.task.in_(graded), Run.status == RunStatus.DONE))
     for review, run in db.session.execute(query):
         task = tasks[run.task]
         scale = review_scale_of(task)
@@ -187,7 +187,7 @@ def queue():
     page = request.args.get("page", 1, type=int)
     mine = db.select(Review.run_id).filter_by(reviewer_id=current_user.id)
     show = request.args.get("show", "todo")
-    query = db.select(Run).where(Run.shared_at.isnot(None), Run.status == "done", Run.user_id != current_user.id)
+    query = db.select(Run).where(Run.shared_at.isnot(None), Run.status == RunStatus.DONE, Run.user_id != current_user.id)
     if show == "todo":
         query = query.where(Run.id.not_in(mine))
     elif show == "done":
@@ -209,14 +209,10 @@ def _render_review(run: Run, form: ReviewForm, status: int = 200):
     view = ReviewerRunView(run)
     return render_template(
         "review/run.html", run=view, task=task, grouped=group_results(run.results),
-        entries={r.model_id: _registry_entry(r.model_id) for r in run.results}, disagree=set(),
+        entries=model_entries(run), disagree=set(),
         comparable=[], form=form, scale=scale, mine=mine, primary=primary,
         primary_label=(scale.labels[primary_grade] if scale and primary_grade is not None else None),
         rows=review_rows(run, current_user.id) if mine else [], summary=review_summary(run)), status
-
-
-def _registry_entry(model_id: str):
-    return current_registry().get(model_id)
 
 
 @bp.get("/review/runs/<public_id>")
@@ -296,7 +292,7 @@ def share(public_id: str):
     run = owned_run_or_404(public_id, current_user)
     if not ShareForm().validate_on_submit():
         abort(400)
-    if run.status != "done":
+    if run.status != RunStatus.DONE:
         flash("Only a finished analysis can be shared for review.", "error")
     elif run.shared_at is None:
         run.shared_at = utcnow()
