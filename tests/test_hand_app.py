@@ -103,7 +103,7 @@ def hand_app(make_app, hand_models_dir, hand_registry):
     app = make_app(MODELS_DIR=str(hand_models_dir))
     app.extensions["jointscan.registry"] = hand_registry
     if "hand" not in app.blueprints:          # until web/__init__.py registers it
-        from web.hand import bp
+        from web.hand_timeline import bp
 
         app.register_blueprint(bp)
     return app

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from web import (account, admin, api, auth, errors, filters, hand, history, knee, login, models_page, reviews,
-                 scans, security)
+from web import (account, admin, api, auth, errors, filters, hand_timeline, history, knee_catalogue, login,
+                 models_page, reviews, scans, security)
 
 
 def init_app(app: Flask) -> None:
@@ -17,8 +17,8 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(scans.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(models_page.bp)
-    app.register_blueprint(hand.bp)
-    app.register_blueprint(knee.bp)
+    app.register_blueprint(hand_timeline.bp)
+    app.register_blueprint(knee_catalogue.bp)
     app.register_blueprint(reviews.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
