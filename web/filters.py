@@ -130,6 +130,13 @@ def model_entries(run: Run) -> dict[str, Any]:
     return {r.model_id: reg.get(r.model_id) for r in run.results}
 
 
+def result_context(run: Run) -> dict[str, Any]:
+    """What every result template reads about a run besides the run itself: its task, its results
+    by role and the registry entry of each model."""
+    return {"task": get_task(run.task), "grouped": group_results(run.results),
+            "entries": model_entries(run)}
+
+
 def group_results(results: Iterable[ModelResult]) -> dict[str, list[ModelResult]]:
     grouped: dict[str, list[ModelResult]] = {}
     for result in results:

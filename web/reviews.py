@@ -23,9 +23,9 @@ from wtforms.validators import InputRequired, Length, Optional
 from database import Review, Run, RunStatus, db, utcnow
 from tasks import all_tasks, get_task
 from tasks.base import model_grade_of, review_scale_of
-from web.audit import model_versions_of, record, run_resource
 from web.access import no_store, owned_run_or_404, reviewable_run_or_404
-from web.filters import group_results, model_entries
+from web.audit import model_versions_of, record, run_resource
+from web.filters import result_context
 from web.security import role_required
 
 bp = Blueprint("reviews", __name__)
@@ -202,15 +202,12 @@ def queue():
 
 
 def _render_review(run: Run, form: ReviewForm, status: int = 200):
-    task = get_task(run.task)
-    scale = review_scale_of(task)
+    context = result_context(run)
+    scale = review_scale_of(context["task"])
     primary, primary_grade = primary_model_grade(run)
     mine = Review.query.filter_by(run_id=run.id, reviewer_id=current_user.id).first()
-    view = ReviewerRunView(run)
     return render_template(
-        "review/run.html", run=view, task=task, grouped=group_results(run.results),
-        entries=model_entries(run), disagree=set(),
-        comparable=[], form=form, scale=scale, mine=mine, primary=primary,
+        "review/run.html", **context, run=ReviewerRunView(run), disagree=set(), comparable=[], form=form, scale=scale, mine=mine, primary=primary,
         primary_label=(scale.labels[primary_grade] if scale and primary_grade is not None else None),
         rows=review_rows(run, current_user.id) if mine else [], summary=review_summary(run)), status
 
@@ -286,18 +283,28 @@ def submit(public_id: str):
 
 
 # -- sharing (the run's owner) -------------------------------------------------------------
-@bp.post("/runs/<public_id>/share")
-@role_required("clinician")
-def share(public_id: str):
+def _run_to_share(public_id: str) -> Run:
+    """The signed-in owner's run, for a share/unshare button whose form must validate (else 400)."""
     run = owned_run_or_404(public_id, current_user)
     if not ShareForm().validate_on_submit():
         abort(400)
+    return run
+
+
+def _set_shared(run: Run, shared_at, action: str) -> None:
+    run.shared_at = shared_at
+    db.session.commit()
+    record(action, resource=run_resource(run), models=model_versions_of(run))
+
+
+@bp.post("/runs/<public_id>/share")
+@role_required("clinician")
+def share(public_id: str):
+    run = _run_to_share(public_id)
     if run.status != RunStatus.DONE:
         flash("Only a finished analysis can be shared for review.", "error")
     elif run.shared_at is None:
-        run.shared_at = utcnow()
-        db.session.commit()
-        record("share", resource=run_resource(run), models=model_versions_of(run))
+        _set_shared(run, utcnow(), "share")
         flash("Shared for review. Reviewers see the images and results, never your name.", "success")
     return redirect(url_for("scans.result", public_id=run.public_id))
 
@@ -305,12 +312,8 @@ def share(public_id: str):
 @bp.post("/runs/<public_id>/unshare")
 @role_required("clinician")
 def unshare(public_id: str):
-    run = owned_run_or_404(public_id, current_user)
-    if not ShareForm().validate_on_submit():
-        abort(400)
+    run = _run_to_share(public_id)
     if run.shared_at is not None:
-        run.shared_at = None
-        db.session.commit()
-        record("unshare", resource=run_resource(run), models=model_versions_of(run))
+        _set_shared(run, None, "unshare")
         flash("No longer shared. Reviewers cannot open it; verdicts already given are kept.", "info")
     return redirect(url_for("scans.result", public_id=run.public_id))

@@ -23,7 +23,7 @@ from web.access import no_store, owned_run_or_404, run_image_files, visible_run_
 from web.api import authenticate_request, iso_utc, run_json
 from web.audit import audit_upload_failure, model_versions_of, record, run_resource
 from web.errors import error_text, handle_http_error
-from web.filters import fmt_mib, group_results, model_entries, model_problem
+from web.filters import fmt_mib, group_results, model_problem, result_context
 from web.reviews import ShareForm, review_rows, review_summary
 from web.security import role_required
 
@@ -145,11 +145,9 @@ def _comparable_roles(run) -> list[str]:
 @no_store
 def result(public_id: str):
     run = owned_run_or_404(public_id, current_user)
-    task = get_task(run.task)
     record("view_run", resource=run_resource(run), models=model_versions_of(run))
-    return render_template("scans/result.html", run=run, task=task, grouped=group_results(run.results),
-                           entries=model_entries(run), disagree=set(), comparable=_comparable_roles(run),
-                           share_form=ShareForm(), reviews=review_rows(run), review_summary=review_summary(run))
+    return render_template("scans/result.html", run=run, **result_context(run), disagree=set(),
+                           comparable=_comparable_roles(run), share_form=ShareForm(), reviews=review_rows(run), review_summary=review_summary(run))
 
 
 @bp.get("/runs/<public_id>/compare")
@@ -161,11 +159,9 @@ def compare(public_id: str):
     if run.status != RunStatus.DONE or not comparable:
         flash("Only one model per step ran for this scan: there is nothing to compare.", "info")
         return redirect(url_for("scans.result", public_id=run.public_id))
-    task = get_task(run.task)
     record("view_run", resource=run_resource(run), models=model_versions_of(run), detail="comparison")
-    return render_template("scans/compare.html", run=run, task=task, grouped=group_results(run.results),
-                           entries=model_entries(run), disagree=_disagreements(run), comparable=comparable,
-                           comparison=(run.summary or {}).get("comparison") or {}, dice_threshold=DICE_AGREEMENT)
+    return render_template("scans/compare.html", run=run, **result_context(run), disagree=_disagreements(run),
+                           comparable=comparable, comparison=(run.summary or {}).get("comparison") or {}, dice_threshold=DICE_AGREEMENT)
 
 
 @bp.get("/runs/<public_id>/images/<name>")
