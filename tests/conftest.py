@@ -3,6 +3,7 @@ two users, and a session-wide registry of tiny UNTRAINED models of the real arch
 (two segmenters and two classifiers, so comparisons run)."""
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -12,6 +13,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from app import create_app
+from database import User, db
+from model_loader import ModelRegistry
 
 TASK = "sacroiliac"
 PASSWORD = "correct horse battery"          # >= 12 characters
@@ -60,8 +67,6 @@ def tiny_models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_registry(tiny_models_dir):
     """One registry for every test that uses the intact tiny models: each model loads once per session."""
-    from model_loader import ModelRegistry
-
     return ModelRegistry(tiny_models_dir)
 
 
@@ -77,9 +82,6 @@ def damaged_models_dir(tiny_models_dir, tmp_path) -> Path:
 @pytest.fixture
 def make_app(tmp_path, monkeypatch, tiny_models_dir, shared_registry):
     """make_app(**config) -> a Flask app on a fresh tmp instance folder and database."""
-    from app import create_app
-    from database import db
-
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path / "instance"))
     counter = iter(range(1000))
 
@@ -116,8 +118,6 @@ def client(app):
 
 
 def create_user(app, username: str, password: str = PASSWORD, role: str = "clinician"):
-    from database import User, db
-
     with app.app_context():
         user = User(username=username, role=role)
         user.set_password(password)
@@ -189,11 +189,6 @@ def scan_jpeg() -> bytes:
 
 
 def dicom_bytes(modality: str = "MR", patient_name: str = "Doe^Jane", seed: int = 7) -> bytes:
-    import io
-
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
     pixels = phantom_image(seed).astype(np.uint16) * 16        # 12-bit range
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -218,8 +213,6 @@ def dicom_bytes(modality: str = "MR", patient_name: str = "Doe^Jane", seed: int 
 
 
 def upload(client, data: bytes, filename: str = "scan.png", model_ids=None, task: str = TASK, **extra):
-    import io
-
     form = {"task": task, "scan": (io.BytesIO(data), filename), **extra}
     form["model_ids"] = list(model_ids) if model_ids is not None else [SEG_OURS, CLS_OURS]
     return client.post("/upload", data=form, content_type="multipart/form-data")
