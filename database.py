@@ -95,9 +95,6 @@ class User(UserMixin, db.Model):
         """Every login cookie issued so far stops working (logout, password change, disabling)."""
         self.session_version = (self.session_version or 0) + 1
 
-    def has_role(self, *roles: str) -> bool:
-        return self.role in roles
-
 
 class ApiToken(db.Model):
     """A bearer token for the JSON API. Only a SHA-256 of the random token is stored:

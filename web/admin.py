@@ -157,7 +157,8 @@ def set_user_state(user_id: int, action: str):
         user.disabled = disable
         if disable:
             user.end_all_sessions()  # signed out everywhere at once; tokens are refused while disabled
-        _save_user_change(user, f"{action}d {user.username}", f"{user.username} is {'disabled' if disable else 'enabled'}.")
+        _save_user_change(user, f"{action}d {user.username}",
+                          f"{user.username} is {'disabled' if disable else 'enabled'}.")
     return redirect(url_for("admin.users"))
 
 

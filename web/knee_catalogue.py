@@ -68,7 +68,8 @@ def grade_page(model_id: str, grade: int):
     entry, cat, problem = _catalogue(model_id)
     gmeta = cat.grade_meta(grade) if cat else None
     return render_template("knee/grade.html", entry=entry, grade=grade, gmeta=gmeta, problem=problem,
-                           has_mean=bool(cat and f"g{grade}_mean" in cat.images), built_from=(cat.meta.get("built_from") if cat else None),
+                           has_mean=bool(cat and f"g{grade}_mean" in cat.images),
+                           built_from=(cat.meta.get("built_from") if cat else None),
                            grades=range(N_GRADES))
 
 

@@ -187,7 +187,8 @@ def queue():
     page = request.args.get("page", 1, type=int)
     mine = db.select(Review.run_id).filter_by(reviewer_id=current_user.id)
     show = request.args.get("show", "todo")
-    query = db.select(Run).where(Run.shared_at.isnot(None), Run.status == RunStatus.DONE, Run.user_id != current_user.id)
+    query = db.select(Run).where(Run.shared_at.isnot(None), Run.status == RunStatus.DONE,
+                                 Run.user_id != current_user.id)
     if show == "todo":
         query = query.where(Run.id.not_in(mine))
     elif show == "done":
@@ -207,7 +208,8 @@ def _render_review(run: Run, form: ReviewForm, status: int = 200):
     primary, primary_grade = primary_model_grade(run)
     mine = Review.query.filter_by(run_id=run.id, reviewer_id=current_user.id).first()
     return render_template(
-        "review/run.html", **context, run=ReviewerRunView(run), disagree=set(), comparable=[], form=form, scale=scale, mine=mine, primary=primary,
+        "review/run.html", **context, run=ReviewerRunView(run), disagree=set(), comparable=[], form=form,
+        scale=scale, mine=mine, primary=primary,
         primary_label=(scale.labels[primary_grade] if scale and primary_grade is not None else None),
         rows=review_rows(run, current_user.id) if mine else [], summary=review_summary(run)), status
 

@@ -147,7 +147,8 @@ def result(public_id: str):
     run = owned_run_or_404(public_id, current_user)
     record("view_run", resource=run_resource(run), models=model_versions_of(run))
     return render_template("scans/result.html", run=run, **result_context(run), disagree=set(),
-                           comparable=_comparable_roles(run), share_form=ShareForm(), reviews=review_rows(run), review_summary=review_summary(run))
+                           comparable=_comparable_roles(run), share_form=ShareForm(), reviews=review_rows(run),
+                           review_summary=review_summary(run))
 
 
 @bp.get("/runs/<public_id>/compare")
@@ -161,7 +162,8 @@ def compare(public_id: str):
         return redirect(url_for("scans.result", public_id=run.public_id))
     record("view_run", resource=run_resource(run), models=model_versions_of(run), detail="comparison")
     return render_template("scans/compare.html", run=run, **result_context(run), disagree=_disagreements(run),
-                           comparable=comparable, comparison=(run.summary or {}).get("comparison") or {}, dice_threshold=DICE_AGREEMENT)
+                           comparable=comparable, comparison=(run.summary or {}).get("comparison") or {},
+                           dice_threshold=DICE_AGREEMENT)
 
 
 @bp.get("/runs/<public_id>/images/<name>")
