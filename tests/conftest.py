@@ -13,12 +13,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from jupyter_client.kernelspec import KernelSpecManager
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from app import create_app
 from database import User, db
 from model_loader import ModelRegistry
+from training.phantoms.sacroiliac import generate_case
 
 TASK = "sacroiliac"
 PASSWORD = "correct horse battery"          # >= 12 characters
@@ -31,6 +33,7 @@ CARD_HTML = '<script>alert("card")</script><img src=x onerror=alert(1)>'
 # -- tiny registry (built once per test session) --------------------------------------
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
+    # Imported here so that TensorFlow loads only when a test needs the models, not at collection.
     from training import architectures as arch
     from training.export import register_model, save_for_shipping, write_model_card
 
@@ -163,15 +166,7 @@ def csrf_from(html: str) -> str:
 
 # -- scans ---------------------------------------------------------------------------------
 def phantom_image(seed: int = 3) -> np.ndarray:
-    try:
-        from training.phantoms.sacroiliac import generate_case
-
-        return generate_case(seed).image
-    except ImportError:  # pragma: no cover - the phantom generator ships with the repo
-        rng = np.random.default_rng(seed)
-        yy, xx = np.mgrid[0:256, 0:256]
-        img = 80 + 60 * np.sin(xx / 20.0) + rng.normal(0, 10, (256, 256))
-        return np.clip(img, 0, 255).astype(np.uint8)
+    return generate_case(seed).image
 
 
 @pytest.fixture(scope="session")
@@ -253,7 +248,5 @@ def venv_kernel(tmp_path, monkeypatch):
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (JointScan venv)", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    from jupyter_client.kernelspec import KernelSpecManager
-
     assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
     return "python3"
