@@ -1,4 +1,5 @@
-"""Presentation for the templates: formatting filters, headlines, field labels, image URLs."""
+"""Presentation for the templates: formatting filters, headlines, field labels, image URLs, and what
+the result pages show of a run (its task, its results by role, each model's registry entry and availability)."""
 from __future__ import annotations
 
 from datetime import datetime
