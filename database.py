@@ -6,7 +6,7 @@ and never patient names or ids. Files live under the instance folder,
 named by the run's random public id; the input is stored as the PNG pixels
 shown on the page, so no DICOM header ever reaches the disk.
 
-Trust (issue 6): users have a role (clinician, reviewer, admin) and can be
+Trust: users have a role (clinician, reviewer, admin) and can be
 disabled; a run can be shared for review and carries reviewers' verdicts;
 administrators switch registered models off (`ModelState`) and close
 sign-up (`Setting`); `AuditEvent` is an append-only trail, guarded here in
@@ -14,6 +14,7 @@ the ORM and by SQLite triggers in the database itself.
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import secrets
 import uuid
@@ -31,9 +32,15 @@ db = SQLAlchemy()
 migrate = Migrate(render_as_batch=True)  # batch mode: SQLite can only alter tables by copying
 
 PASSWORD_METHOD = "scrypt"  # memory-hard; werkzeug's scrypt with a per-password salt
-RUN_STATUSES = ("pending", "done", "failed")
 ROLES = ("clinician", "reviewer", "admin")
-VERDICTS = ("agree", "disagree")
+
+
+class RunStatus(enum.StrEnum):
+    """A run's `status` column: stored as these plain strings, so templates may compare to them."""
+
+    PENDING = "pending"     # the models are running (or the process stopped before they finished)
+    DONE = "done"           # every result and image is stored
+    FAILED = "failed"       # nothing was kept; `error` says why
 
 
 # How long a write waits for another connection's write lock before "database is locked" (ms).
@@ -88,9 +95,6 @@ class User(UserMixin, db.Model):
         """Every login cookie issued so far stops working (logout, password change, disabling)."""
         self.session_version = (self.session_version or 0) + 1
 
-    def has_role(self, *roles: str) -> bool:
-        return self.role in roles
-
 
 class ApiToken(db.Model):
     """A bearer token for the JSON API. Only a SHA-256 of the random token is stored:
@@ -140,7 +144,7 @@ class Run(db.Model):
                           default=lambda: uuid.uuid4().hex)
     user_id = db.Column(db.Integer, db.ForeignKey("users.id"), nullable=False, index=True)
     task = db.Column(db.String(40), nullable=False)
-    status = db.Column(db.String(10), nullable=False, default="pending")
+    status = db.Column(db.String(10), nullable=False, default=RunStatus.PENDING.value)
     error = db.Column(db.Text)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
     finished_at = db.Column(db.DateTime)
@@ -162,10 +166,6 @@ class Run(db.Model):
     @property
     def shared(self) -> bool:
         return self.shared_at is not None
-
-    def model_versions(self) -> list[dict]:
-        return [{"model_id": r.model_id, "version": r.model_version, "sha256": r.model_sha256}
-                for r in self.results]
 
 
 class ModelResult(db.Model):

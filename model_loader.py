@@ -203,3 +203,10 @@ class ModelRegistry:
 
     def is_loaded(self, model_id: str) -> bool:
         return model_id in self._loaded
+
+
+def current_registry() -> ModelRegistry:
+    """The registry of the application handling the current request or CLI command."""
+    from flask import current_app  # here, not at the top: training and benchmarks use this module without Flask
+
+    return current_app.extensions["jointscan.registry"]

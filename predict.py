@@ -12,16 +12,19 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from database import ModelResult, Run, User, db, disabled_model_ids, utcnow
+from database import ModelResult, Run, RunStatus, User, db, disabled_model_ids, utcnow
 from imaging.io import DecodedImage, ImageReadError, read_image
 from imaging.overlay import encode_png, grey_to_rgb
 from model_loader import ModelEntry, ModelRegistry, ModelUnavailable
 from tasks import TaskInputError, TaskOutput, get_task
 
 log = logging.getLogger("jointscan.predict")
+# A run's images are written under RESULTS_DIR/<STAGING_PREFIX><public id>-<random>/ and renamed into place.
+STAGING_PREFIX = ".staging-"
 
 
 class PredictionError(Exception):
@@ -49,8 +52,6 @@ class Analysis:
 
 def clean_options(task_name: str, raw: dict[str, Any]) -> dict[str, Any]:
     """Task options from a form or API request, validated against the task's OptionSpecs."""
-    import datetime as dt
-
     task = get_task(task_name)
     if task is None:
         raise PredictionError(f"Unknown task '{task_name}'.", 400)
@@ -63,7 +64,7 @@ def clean_options(task_name: str, raw: dict[str, Any]) -> dict[str, Any]:
             raise PredictionError(f"{spec.label}: at most {spec.max_length} characters.", 400)
         if spec.kind == "date" and value:
             try:
-                dt.date.fromisoformat(value)
+                date.fromisoformat(value)
             except ValueError:
                 raise PredictionError(f"{spec.label}: use a date like 2026-01-31.", 400) from None
         cleaned[spec.name] = value
@@ -118,12 +119,12 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         raise PredictionError(f"Model unavailable: {exc.message}.", 503) from exc
     t_ready = time.perf_counter()
 
-    run = Run(user_id=user.id, task=task.name, status="pending", input_kind=image.kind,
+    run = Run(user_id=user.id, task=task.name, status=RunStatus.PENDING, input_kind=image.kind,
               input_meta=_input_facts(image), options=options)
     db.session.add(run)
     db.session.commit()
 
-    staging = results_dir / f".staging-{run.public_id}-{uuid.uuid4().hex[:6]}"
+    staging = results_dir / f"{STAGING_PREFIX}{run.public_id}-{uuid.uuid4().hex[:6]}"
     try:
         by_role: dict[str, list] = {}
         for lm in loaded:
@@ -131,7 +132,7 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         output = task.run(image, by_role, options)
         t_pred = time.perf_counter()
         _store(run, image, output, {e.id: e for e in entries}, staging, results_dir)
-        run.status, run.finished_at = "done", utcnow()
+        run.status, run.finished_at = RunStatus.DONE, utcnow()
         run.timings = {"decode_ms": _ms(t0, t_decoded), "load_ms": _ms(t_decoded, t_ready),
                        "predict_ms": _ms(t_ready, t_pred),
                        "store_ms": _ms(t_pred, time.perf_counter()), "total_ms": _ms(t0, time.perf_counter())}
@@ -173,7 +174,7 @@ def _mark_failed(run_id: int, reason: str) -> None:
     try:
         run = db.session.get(Run, run_id)
         if run is not None:
-            run.status, run.error, run.finished_at = "failed", reason, utcnow()
+            run.status, run.error, run.finished_at = RunStatus.FAILED, reason, utcnow()
             run.results.clear()
             db.session.commit()
     except Exception:  # the database itself is failing; the start-up sweep will mark it later
@@ -197,12 +198,10 @@ def _ms(a: float, b: float) -> float:
 
 def sweep_interrupted_runs(older_than_s: int = 0) -> int:
     """Mark runs left `pending` by a dead worker as failed; returns how many. Called at start-up."""
-    from datetime import timedelta
-
     cutoff = utcnow() - timedelta(seconds=older_than_s)
-    stale = Run.query.filter(Run.status == "pending", Run.created_at <= cutoff).all()
+    stale = Run.query.filter(Run.status == RunStatus.PENDING, Run.created_at <= cutoff).all()
     for run in stale:
-        run.status, run.finished_at = "failed", utcnow()
+        run.status, run.finished_at = RunStatus.FAILED, utcnow()
         run.error = "the analysis was interrupted (the server stopped while it ran). Nothing was kept."
     db.session.commit()
     return len(stale)

@@ -23,16 +23,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imaging.volume import read_nifti  # noqa: E402
+from tasks.metrics import dice  # noqa: E402
 from tasks.sacroiliac_inflammation import marrow_reference, oedema_mask  # noqa: E402
 
 CASES = ("1007", "1012", "1013", "1016", "3002")
 SESSIONS = ("R11", "R12", "R21", "R22")
 MARGINS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / total) if total else 1.0
 
 
 def volume_similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model_loader import sha256_of
+from predict import STAGING_PREFIX
 
 MANIFEST = "manifest.json"
 DB_NAME = "jointscan.sqlite"
@@ -49,7 +50,7 @@ def backup(database_uri: str, results_dir: Path, dest: Path) -> dict:
         dst.close()
         if results_dir.exists():
             shutil.copytree(results_dir, staging / RESULTS,
-                            ignore=shutil.ignore_patterns(".staging-*"))
+                            ignore=shutil.ignore_patterns(STAGING_PREFIX + "*"))
         files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         manifest = {"created_at": datetime.now(timezone.utc).isoformat(), "runs": runs, "files": files}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -18,6 +18,7 @@ from imaging.normalize import to_model_input
 from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
 from model_loader import LoadedModel
 from tasks.base import ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
+from tasks.metrics import dice
 
 STAGE_NAMES = ("Normal", "Early", "Moderate", "Advanced")
 AS_NAMES = ("negative", "positive")
@@ -183,9 +184,7 @@ class SacroiliacTask(TaskBase):
         comparison: dict[str, Any] = {}
         ids = list(masks)
         if len(ids) >= 2:
-            a, b = masks[ids[0]] > 0, masks[ids[1]] > 0
-            denom = a.sum() + b.sum()
-            comparison["segmenter_dice"] = round(float(2 * (a & b).sum() / denom), 4) if denom else 1.0
+            comparison["segmenter_dice"] = round(dice(masks[ids[0]], masks[ids[1]]), 4)
         classifiers = [o for o in outputs if o.role == "classifier"]
         if len(classifiers) >= 2:
             comparison.update(self.agreement(

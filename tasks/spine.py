@@ -24,6 +24,7 @@ from imaging.normalize import to_model_input
 from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
 from model_loader import LoadedModel
 from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
+from tasks.metrics import dice
 
 # Class index -> structure. The dataset (SPIDER, as stored in ../shared/data/spine_mri) writes other
 # grey values into its mask PNGs; DATASET_VALUES maps our class indices to them and back.
@@ -147,14 +148,7 @@ def _spacing(value: Any) -> tuple[float, float] | None:
 
 def dice_by_structure(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Dice of each structure between two class-index maps (1.0 when both lack it)."""
-    out = {}
-    for i, name in enumerate(CLASS_NAMES):
-        if i == 0:
-            continue
-        pa, pb = a == i, b == i
-        denom = int(pa.sum() + pb.sum())
-        out[name] = round(float(2 * (pa & pb).sum() / denom), 4) if denom else 1.0
-    return out
+    return {name: round(dice(a == i, b == i), 4) for i, name in enumerate(CLASS_NAMES) if i > 0}
 
 
 def legend() -> list[dict[str, Any]]:

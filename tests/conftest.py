@@ -3,6 +3,7 @@ two users, and a session-wide registry of tiny UNTRAINED models of the real arch
 (two segmenters and two classifiers, so comparisons run)."""
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -12,6 +13,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from app import create_app
+from database import User, db
+from model_loader import ModelRegistry
+from training.phantoms.sacroiliac import generate_case
 
 TASK = "sacroiliac"
 PASSWORD = "correct horse battery"          # >= 12 characters
@@ -24,6 +33,7 @@ CARD_HTML = '<script>alert("card")</script><img src=x onerror=alert(1)>'
 # -- tiny registry (built once per test session) --------------------------------------
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
+    # Imported here so that TensorFlow loads only when a test needs the models, not at collection.
     from training import architectures as arch
     from training.export import register_model, save_for_shipping, write_model_card
 
@@ -60,8 +70,6 @@ def tiny_models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_registry(tiny_models_dir):
     """One registry for every test that uses the intact tiny models: each model loads once per session."""
-    from model_loader import ModelRegistry
-
     return ModelRegistry(tiny_models_dir)
 
 
@@ -77,9 +85,6 @@ def damaged_models_dir(tiny_models_dir, tmp_path) -> Path:
 @pytest.fixture
 def make_app(tmp_path, monkeypatch, tiny_models_dir, shared_registry):
     """make_app(**config) -> a Flask app on a fresh tmp instance folder and database."""
-    from app import create_app
-    from database import db
-
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path / "instance"))
     counter = iter(range(1000))
 
@@ -116,8 +121,6 @@ def client(app):
 
 
 def create_user(app, username: str, password: str = PASSWORD, role: str = "clinician"):
-    from database import User, db
-
     with app.app_context():
         user = User(username=username, role=role)
         user.set_password(password)
@@ -163,15 +166,7 @@ def csrf_from(html: str) -> str:
 
 # -- scans ---------------------------------------------------------------------------------
 def phantom_image(seed: int = 3) -> np.ndarray:
-    try:
-        from training.phantoms.sacroiliac import generate_case
-
-        return generate_case(seed).image
-    except ImportError:  # pragma: no cover - the phantom generator ships with the repo
-        rng = np.random.default_rng(seed)
-        yy, xx = np.mgrid[0:256, 0:256]
-        img = 80 + 60 * np.sin(xx / 20.0) + rng.normal(0, 10, (256, 256))
-        return np.clip(img, 0, 255).astype(np.uint8)
+    return generate_case(seed).image
 
 
 @pytest.fixture(scope="session")
@@ -190,9 +185,6 @@ def scan_jpeg() -> bytes:
 
 def dicom_dataset(sop_class: str, transfer_syntax: str | None = None):
     """An empty DICOM dataset with its file meta and a fresh instance UID (explicit VR little endian by default)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
@@ -204,10 +196,6 @@ def dicom_dataset(sop_class: str, transfer_syntax: str | None = None):
 
 
 def dicom_bytes(modality: str = "MR", patient_name: str = "Doe^Jane", seed: int = 7) -> bytes:
-    import io
-
-    from pydicom.uid import MRImageStorage
-
     pixels = phantom_image(seed).astype(np.uint16) * 16        # 12-bit range
     ds = dicom_dataset(MRImageStorage)
     ds.Modality = modality
@@ -226,8 +214,6 @@ def dicom_bytes(modality: str = "MR", patient_name: str = "Doe^Jane", seed: int 
 
 
 def upload(client, data: bytes, filename: str = "scan.png", model_ids=None, task: str = TASK, **extra):
-    import io
-
     form = {"task": task, "scan": (io.BytesIO(data), filename), **extra}
     form["model_ids"] = list(model_ids) if model_ids is not None else [SEG_OURS, CLS_OURS]
     return client.post("/upload", data=form, content_type="multipart/form-data")
@@ -268,7 +254,5 @@ def venv_kernel(tmp_path, monkeypatch):
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (JointScan venv)", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    from jupyter_client.kernelspec import KernelSpecManager
-
     assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
     return "python3"

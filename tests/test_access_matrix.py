@@ -10,7 +10,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from flask import url_for
+from werkzeug.routing import IntegerConverter
 
+from app import create_app
+from database import ApiToken, Run, User, db, utcnow
 from tests.conftest import ALL_MODELS, PASSWORD, create_user, login, upload
 
 RUN_ARGS = ("public_id", "run_id")
@@ -24,9 +28,6 @@ REFUSED = {401, 403, 404}
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_models_dir, shared_registry, scan_png):
-    from app import create_app
-    from database import db
-
     root = tmp_path_factory.mktemp("matrix")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JOINTSCAN_INSTANCE_PATH", str(root / "instance"))
@@ -60,8 +61,6 @@ def run_routes(app):
 
 
 def build(app, rule, run_id: str) -> str:
-    from werkzeug.routing import IntegerConverter
-
     values = {}
     for arg in rule.arguments:
         if arg in RUN_ARGS:
@@ -73,8 +72,6 @@ def build(app, rule, run_id: str) -> str:
         else:
             values[arg] = "x"
     with app.test_request_context():
-        from flask import url_for
-
         return url_for(rule.endpoint, **values)
 
 
@@ -101,7 +98,6 @@ def test_the_matrix_finds_the_run_routes(world):
 
 def test_unshared_run_only_its_owner(world):
     app, clients, run_id = world
-    from database import Run, db
 
     with app.app_context():
         Run.query.filter_by(public_id=run_id).update({"shared_at": None})
@@ -120,7 +116,6 @@ def test_unshared_run_only_its_owner(world):
 
 def test_shared_run_owner_and_reviewers(world):
     app, clients, run_id = world
-    from database import Run, db, utcnow
 
     with app.app_context():
         Run.query.filter_by(public_id=run_id).update({"shared_at": utcnow()})
@@ -146,7 +141,6 @@ def test_shared_run_owner_and_reviewers(world):
 
 def test_api_tokens_follow_the_same_rules(world):
     app, clients, run_id = world
-    from database import ApiToken, Run, User, db
 
     with app.app_context():
         Run.query.filter_by(public_id=run_id).update({"shared_at": None})

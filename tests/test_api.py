@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
-from tests.conftest import (ALL_MODELS, CLS_OURS, CLS_REF, SEG_OURS, SEG_REF, create_user, csrf_from, login)
+from database import ApiToken, Run, User, db, utcnow
+from tasks import sacroiliac
+from tests.conftest import ALL_MODELS, CLS_OURS, CLS_REF, SEG_OURS, SEG_REF, create_user, csrf_from, login
 
 
 def issue_token(app, user_id: int, name: str = "script") -> str:
-    from database import ApiToken, User, db
-
     with app.app_context():
         row, plain = ApiToken.issue(db.session.get(User, user_id), name)
         db.session.add(row)
@@ -70,7 +71,6 @@ def test_analyze_with_a_token_returns_the_run(app, client, token, scan_png):
     # the stored run reads back the same, and last_used_at was recorded
     again = client.get(f"/api/v1/runs/{body['id']}", headers=bearer(token))
     assert again.status_code == 200 and again.get_json()["results"] == body["results"]
-    from database import ApiToken
 
     with app.app_context():
         assert ApiToken.query.one().last_used_at is not None
@@ -102,14 +102,12 @@ def test_no_token_bad_token_and_revoked_token_get_401(app, client, token, scan_p
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert_error(client.get("/api/v1/tasks"), 401)
 
-    from database import ApiToken, db, utcnow
 
     with app.app_context():
         row = ApiToken.query.one()
         row.revoked_at = utcnow()
         db.session.commit()
     assert_error(analyze(client, scan_png, bearer(token)), 401)
-    from database import Run
 
     with app.app_context():
         assert Run.query.count() == 0
@@ -119,12 +117,10 @@ def test_revoking_on_the_account_page_disables_the_token(app, alice, client, sca
     page = alice.post("/account/tokens", data={"name": "lab pc"})
     assert page.status_code == 200
     html = page.get_data(as_text=True)
-    import re
 
     plain = re.search(r'id="new-token">(js_[^<]+)<', html).group(1)
     assert alice.get("/account/").get_data(as_text=True).count(plain) == 0     # shown once only
     assert client.get("/api/v1/tasks", headers=bearer(plain)).status_code == 200
-    from database import ApiToken
 
     with app.app_context():
         token_id = ApiToken.query.filter_by(name="lab pc").one().id
@@ -172,7 +168,6 @@ def test_bearer_requests_need_no_csrf_token(make_app, scan_png):
 ])
 def test_error_mapping(app, client, token, scan_png, data, fields, status):
     assert_error(analyze(client, scan_png if data is None else data, bearer(token), **fields), status)
-    from database import Run
 
     with app.app_context():
         assert Run.query.count() == 0
@@ -214,12 +209,9 @@ def test_unavailable_model_is_503(make_app, damaged_models_dir, scan_png, damage
 
 
 def test_failed_analysis_is_500_json(app, client, token, scan_png, monkeypatch):
-    from tasks import sacroiliac
-
     monkeypatch.setattr(sacroiliac.TASK, "run", lambda *a, **k: 1 / 0)
     message = assert_error(analyze(client, scan_png, bearer(token)), 500)
     assert "ZeroDivision" not in message
-    from database import Run
 
     with app.app_context():
         assert Run.query.one().status == "failed"

@@ -5,16 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
+from datetime import timedelta
 
 import pytest
 from sqlalchemy.exc import DatabaseError
 
+from database import AuditEvent, AuditTrailIsAppendOnly, db, utcnow
 from tests.conftest import create_user, dicom_bytes, login, run_id_from, upload
+from web.audit import record
 
 
 def _events(app, **filters):
-    from database import AuditEvent
-
     with app.app_context():
         query = AuditEvent.query.filter_by(**filters).order_by(AuditEvent.id)
         return [{c.name: getattr(e, c.name) for c in AuditEvent.__table__.columns} for e in query]
@@ -83,9 +84,6 @@ def test_failed_and_refused_uploads_are_audited(app, alice, scan_png):
 
 
 def test_rows_cannot_be_changed_or_deleted(app):
-    from database import AuditEvent, AuditTrailIsAppendOnly, db
-    from web.audit import record
-
     with app.test_request_context():
         event = record("login_ok", detail="original")
         event_id = event.id
@@ -120,9 +118,6 @@ def test_rows_cannot_be_changed_or_deleted(app):
 
 
 def test_admin_filters_and_exports_the_trail(app):
-    from database import AuditEvent, db, utcnow
-    from datetime import timedelta
-
     create_user(app, "alice")
     create_user(app, "boss", role="admin")
     boss = app.test_client()

@@ -5,6 +5,7 @@ import io
 
 import pytest
 
+from database import ApiToken, User, db
 from tests.conftest import PASSWORD, create_user, csrf_from, login, signup
 
 
@@ -13,7 +14,6 @@ def test_signup_login_logout(app, client):
     assert response.status_code == 302 and response.headers["Location"].endswith("/upload")
     assert client.get("/upload").status_code == 200            # signed in straight away
 
-    from database import User
 
     with app.app_context():
         assert User.query.filter_by(username="carol").one().password_hash.startswith("scrypt:")
@@ -67,8 +67,6 @@ def test_next_redirects_stay_on_site(app, client, target, expected):
 
 
 def test_password_hash_is_scrypt(app):
-    from database import User, db
-
     create_user(app, "hank")
     with app.app_context():
         user = db.session.execute(db.select(User).filter_by(username="hank")).scalar_one()
@@ -103,7 +101,6 @@ def test_csrf_required_on_every_form_post(csrf_app):
     assert client.post("/account/tokens/1/revoke").status_code == 400
     assert client.post("/logout").status_code == 400
 
-    from database import ApiToken
 
     with csrf_app.app_context():
         assert ApiToken.query.one().revoked_at is None
@@ -135,8 +132,6 @@ def test_session_is_renewed_at_login(app, client):
 
 
 def test_stale_session_version_signs_the_user_out(app, client):
-    from database import User, db
-
     uid = create_user(app, "max")
     login(client, "max")
     assert client.get("/history").status_code == 200

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from app import create_app
+from database import Run, User, db
+
 
 @pytest.fixture()
 def ops_app(tmp_path, monkeypatch):
-    from app import create_app
-    from database import db
-
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path / "instance"))
     app = create_app({"TESTING": True,
                       "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'instance' / 'jointscan.sqlite'}"})
@@ -20,8 +20,6 @@ def ops_app(tmp_path, monkeypatch):
 
 
 def _add_run(app, name: str) -> str:
-    from database import Run, User, db
-
     with app.app_context():
         user = User.query.filter_by(username="alice").first()
         if user is None:
@@ -39,8 +37,6 @@ def _add_run(app, name: str) -> str:
 
 
 def _state(app):
-    from database import Run
-
     with app.app_context():
         ids = sorted(r.public_id for r in Run.query.all())
     files = sorted(str(p.relative_to(app.config["RESULTS_DIR"]))

@@ -1,4 +1,4 @@
-"""The hand task in the app (issue 3): a tiny registry (an untrained CenterNet detector, two hand-wired
+"""The hand task in the app: a tiny registry (an untrained CenterNet detector, two hand-wired
 detectors that place the eight joints where a test image tells them to, tiny untrained scorers), the task
 with found, unsure and missing joints, the JSON API with and without heatmaps, the result page warning,
 and the longitudinal view (owner-only, no pseudonym in any URL, changes beyond the SDC flagged)."""
@@ -11,7 +11,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from database import Run, db
+from imaging.io import read_image
+from model_loader import ModelRegistry
+from tasks import get_task
+from tasks.hand import TASK
 from tests.conftest import create_user, login
 
 DET_UNTRAINED = "hand_tiny_detector"
@@ -93,8 +100,6 @@ def hand_models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def hand_registry(hand_models_dir):
-    from model_loader import ModelRegistry
-
     return ModelRegistry(hand_models_dir)
 
 
@@ -102,10 +107,6 @@ def hand_registry(hand_models_dir):
 def hand_app(make_app, hand_models_dir, hand_registry):
     app = make_app(MODELS_DIR=str(hand_models_dir))
     app.extensions["jointscan.registry"] = hand_registry
-    if "hand" not in app.blueprints:          # until web/__init__.py registers it
-        from web.hand import bp
-
-        app.register_blueprint(bp)
     return app
 
 
@@ -137,8 +138,6 @@ def api_analyze(client, data: bytes, model_ids, **fields):
 
 # -- the task directly -------------------------------------------------------------------------
 def test_task_declares_roles_options_and_is_registered():
-    from tasks import get_task
-
     task = get_task("hand")
     assert task is not None and task.name == "hand"
     assert [r.name for r in task.roles] == ["detector", "scorer"]
@@ -148,9 +147,6 @@ def test_task_declares_roles_options_and_is_registered():
 
 
 def test_wired_detector_finds_all_eight_and_the_anatomy_is_consistent(hand_registry, hand_png):
-    from imaging.io import read_image
-    from tasks.hand import TASK
-
     img = read_image(hand_png)
     out = TASK.run(img, {"detector": [hand_registry.load(DET_WIRED)], "scorer": [hand_registry.load(SCORER)]}, {})
     det, sc = out.models[0].result, out.models[1].result
@@ -173,9 +169,6 @@ def test_wired_detector_finds_all_eight_and_the_anatomy_is_consistent(hand_regis
 
 
 def test_missing_and_unsure_joints_are_reported_not_guessed(hand_registry, hand_png):
-    from imaging.io import read_image
-    from tasks.hand import TASK
-
     out = TASK.run(read_image(hand_png), {"detector": [hand_registry.load(DET_WIRED_WEAK)],
                                           "scorer": [hand_registry.load(SCORER)]}, {})
     det = {j["name"]: j for j in out.models[0].result["joints"]}
@@ -192,9 +185,6 @@ def test_missing_and_unsure_joints_are_reported_not_guessed(hand_registry, hand_
 
 
 def test_a_hand_with_too_few_sure_joints_gets_no_score_at_all(hand_registry, hand_png):
-    from imaging.io import read_image
-    from tasks.hand import TASK
-
     out = TASK.run(read_image(hand_png), {"detector": [hand_registry.load(DET_WIRED_WEAKER)],
                                           "scorer": [hand_registry.load(SCORER)]}, {})
     det, sc = out.models[0].result, out.models[1].result
@@ -206,9 +196,6 @@ def test_a_hand_with_too_few_sure_joints_gets_no_score_at_all(hand_registry, han
 
 
 def test_untrained_detector_reports_every_joint_missing(hand_registry, hand_png):
-    from imaging.io import read_image
-    from tasks.hand import TASK
-
     out = TASK.run(read_image(hand_png), {"detector": [hand_registry.load(DET_UNTRAINED)],
                                           "scorer": [hand_registry.load(SCORER)]}, {})
     assert out.models[0].result["n_missing"] == 8
@@ -267,8 +254,6 @@ def test_result_page_warns_when_not_confident(clients, hand_png):
 
 # -- longitudinal view ------------------------------------------------------------------------
 def _set_guss(app, run_id: str, joint: str, guss: int):
-    from database import Run, db
-
     with app.app_context():
         run = Run.query.filter_by(public_id=run_id).one()
         res = next(r for r in run.results if r.role == "scorer")
@@ -335,9 +320,6 @@ def test_result_page_links_to_the_timeline_without_the_pseudonym(clients, hand_p
 
 def test_monochrome1_dicom_hand_is_read_the_right_way_round(clients, hand_png):
     """A CR DICOM stored MONOCHROME1 (bright = low values) reaches the detector with bone bright."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
-
     grey = cv2.imdecode(np.frombuffer(hand_png, np.uint8), cv2.IMREAD_GRAYSCALE)
     pixels = (1023 - grey.astype(np.uint16) * 4).astype(np.uint16)          # inverted, 10-bit
     ds = Dataset()

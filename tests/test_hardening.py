@@ -2,9 +2,15 @@
 sessions that end for good, closed sign-up, disabled users and models, secret keys, HTTPS cookies."""
 from __future__ import annotations
 
+import io
+import secrets
+
 import pytest
 
+from app import create_app
+from database import ApiToken, AuditEvent, Run, User, db
 from tests.conftest import CLS_OURS, CLS_REF, PASSWORD, SEG_OURS, create_user, login, signup, upload
+from web.security import common_passwords, password_problem
 
 
 # -- login throttling --------------------------------------------------------------------------
@@ -22,7 +28,6 @@ def test_failed_logins_per_account_are_throttled(make_app):
     create_user(app, "bob")
     assert login(app.test_client(), "bob").status_code == 302
 
-    from database import AuditEvent
 
     with app.app_context():
         throttled = AuditEvent.query.filter_by(action="login_failed", outcome="throttled").all()
@@ -71,15 +76,11 @@ def test_successful_logins_are_not_counted(make_app):
     ("x" * 257, None, "at most 256"),
 ])
 def test_password_policy_refuses(password, username, fragment):
-    from web.security import password_problem
-
     problem = password_problem(password, username)
     assert problem and fragment in problem
 
 
 def test_password_policy_accepts_a_passphrase():
-    from web.security import common_passwords, password_problem
-
     assert len(common_passwords()) > 3000
     assert password_problem(PASSWORD, "alice") is None
     assert password_problem("tulip marble fjord 42", "alice") is None
@@ -97,7 +98,6 @@ def test_create_admin_prompts_and_enforces_the_policy(app):
     ok = runner.invoke(args=["create-admin", "root"], input=f"{PASSWORD}\n{PASSWORD}\n")
     assert ok.exit_code == 0, ok.output
     assert "created admin root" in ok.output
-    from database import AuditEvent, User
 
     with app.app_context():
         assert User.query.filter_by(username="root").one().role == "admin"
@@ -158,7 +158,6 @@ def test_admin_closes_signup(app, client):
     response = signup(client, "newbie")
     assert response.status_code == 403 and b"Sign-up is closed" in response.data
     assert b"Sign up</a>" not in client.get("/login").data
-    from database import User
 
     with app.app_context():
         assert User.query.filter_by(username="newbie").first() is None
@@ -176,15 +175,12 @@ def test_signup_creates_clinicians_only(app, client):
     response = client.post("/signup", data={"username": "sneaky", "password": PASSWORD, "confirm": PASSWORD,
                                             "role": "admin"})
     assert response.status_code == 302
-    from database import User
 
     with app.app_context():
         assert User.query.filter_by(username="sneaky").one().role == "clinician"
 
 
 def test_admin_manages_users(app, alice):
-    from database import ApiToken, User, db
-
     create_user(app, "boss", role="admin")
     boss = app.test_client()
     login(boss, "boss")
@@ -222,7 +218,6 @@ def test_admin_manages_users(app, alice):
                                            "confirm": PASSWORD}).status_code == 302
     with app.app_context():
         assert User.query.filter_by(username="newdoc").one().role == "reviewer"
-    from database import AuditEvent
 
     with app.app_context():
         details = [e.detail for e in AuditEvent.query.filter_by(action="admin_change")]
@@ -231,8 +226,6 @@ def test_admin_manages_users(app, alice):
 
 
 def test_disabled_model_is_refused_by_the_form_and_the_api(app, alice, scan_png):
-    from database import ApiToken, Run, User, db
-
     create_user(app, "boss", role="admin")
     boss = app.test_client()
     login(boss, "boss")
@@ -248,7 +241,6 @@ def test_disabled_model_is_refused_by_the_form_and_the_api(app, alice, scan_png)
         row, token = ApiToken.issue(User.query.filter_by(username="alice").one(), "t")
         db.session.add(row)
         db.session.commit()
-    import io
 
     headers = {"Authorization": f"Bearer {token}"}
     api = app.test_client()
@@ -275,8 +267,6 @@ def test_disabled_model_is_refused_by_the_form_and_the_api(app, alice, scan_png)
 # -- configuration -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("key", [None, "changeme", "dev", "test-secret-key", "short-but-random-7f3a"])
 def test_production_refuses_missing_or_weak_secret_keys(tmp_path, monkeypatch, key):
-    from app import create_app
-
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
     monkeypatch.setenv("JOINTSCAN_ENV_NAME", "production")
     monkeypatch.delenv("SECRET_KEY", raising=False)
@@ -288,10 +278,6 @@ def test_production_refuses_missing_or_weak_secret_keys(tmp_path, monkeypatch, k
 
 
 def test_production_accepts_a_random_secret_key(tmp_path, monkeypatch):
-    import secrets
-
-    from app import create_app
-
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
     monkeypatch.setenv("JOINTSCAN_ENV_NAME", "production")
     monkeypatch.setenv("SECRET_KEY", secrets.token_hex(32))
@@ -311,7 +297,6 @@ def test_cookies_are_secure_over_https_behind_a_configured_proxy(make_app):
     response = client.post("/login", data={"username": "alice", "password": PASSWORD}, headers=https)
     assert "Secure" in _session_cookie(response)
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")
-    from database import AuditEvent
 
     with app.app_context():
         assert AuditEvent.query.filter_by(action="login_ok").one().client_addr == "203.0.113.9"

@@ -4,13 +4,12 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from tests.conftest import CLS_OURS, SEG_OURS, run_id_from, upload
+from database import ModelResult, Run, db, utcnow
+from tests.conftest import CLS_OURS, SEG_OURS, create_user, login, run_id_from, upload
 
 
 def _seed_runs(app, user_id: int, n: int, task: str = "sacroiliac") -> list[str]:
     """n finished runs written straight to the database, oldest first (no model call needed)."""
-    from database import ModelResult, Run, db, utcnow
-
     ids = []
     with app.app_context():
         start = utcnow() - timedelta(hours=n)
@@ -44,8 +43,6 @@ def test_history_lists_own_runs_newest_first_with_a_headline(app, alice, users):
 
 
 def test_history_paginates(make_app):
-    from tests.conftest import create_user, login
-
     app = make_app(RUNS_PER_PAGE=2)
     uid = create_user(app, "alice")
     client = app.test_client()

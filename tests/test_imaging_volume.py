@@ -12,12 +12,12 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import MRImageStorage
 
 from imaging.errors import ImageReadError
 from imaging.volume import (Reorientation, StudyLimits, read_nifti, read_study, reorientation_for, sequence_kind,
                             zip_members)
+from tests.conftest import dicom_dataset
 
 DATA = Path(os.environ.get("JOINTSCAN_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -115,11 +115,7 @@ def test_corrupt_truncated_and_oversized_volumes_are_refused():
 # -- DICOM series ------------------------------------------------------------------
 def dicom_slice(k: int, *, position=None, orientation=(1, 0, 0, 0, 0.62, -0.785), shape=(32, 24), series="1.2.3",
                 description="CORO  Stir_FIL", spacing=(0.9, 0.8), scanning=("SE", "IR"), inversion=140) -> bytes:
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+    ds = dicom_dataset(MRImageStorage)
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesDescription = "MR", series, description
     ds.PatientName, ds.PatientID = "Gonzalez^Maria", "MRN5544"
     ds.InstitutionName, ds.StudyDescription = "St Elsewhere Hospital", "Pelvis Maria Gonzalez 1970-01-01"

@@ -232,7 +232,7 @@ def test_task_rejects_mri_and_tiny_images():
 
 @pytest.fixture
 def knee_app(make_app, knee_dir):
-    from web import knee as knee_web
+    from web import knee_catalogue as knee_web
 
     app = make_app(MODELS_DIR=str(knee_dir))
     if "knee" not in app.blueprints:                    # until the app factory registers it

@@ -54,14 +54,3 @@ def test_coral_expected_and_probabilities():
     crossed = coral_grade_probabilities([[0.5, 0.7, 0.2, 0.0]])[0]      # P(y>1) > P(y>0): running minimum
     assert crossed.min() >= 0 and crossed.sum() == pytest.approx(1.0)
     assert crossed == pytest.approx([0.5, 0.0, 0.3, 0.2, 0.0])
-
-
-def test_kappa_matches_the_reviews_copy():
-    from web.reviews import quadratic_weighted_kappa as reviews_kappa
-
-    rng = np.random.default_rng(1)
-    for _ in range(5):
-        a = rng.integers(0, 4, 30).tolist()
-        b = rng.integers(0, 4, 30).tolist()
-        assert quadratic_weighted_kappa(a, b, 4) == pytest.approx(reviews_kappa(a, b, 4))
-    assert reviews_kappa([1, 1], [1, 1], 4) is None and quadratic_weighted_kappa([1, 1], [1, 1], 4) is None

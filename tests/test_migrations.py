@@ -5,12 +5,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import upgrade
 
-from database import db
+from app import create_app
+from database import Run, User, db
 
 
 def test_upgrade_from_empty_matches_models(tmp_path, monkeypatch):
-    from app import create_app
-
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'm.sqlite'}"})
     with app.app_context():
@@ -23,9 +22,6 @@ def test_upgrade_from_empty_matches_models(tmp_path, monkeypatch):
 
 
 def test_prepare_command_migrates_and_sweeps(tmp_path, monkeypatch):
-    from app import create_app
-    from database import Run, User
-
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite'}"})
     runner = app.test_cli_runner()

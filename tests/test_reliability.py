@@ -10,19 +10,18 @@ from pathlib import Path
 
 import pytest
 
+import database
+from app import create_app
+from database import BUSY_TIMEOUT_MS, ApiToken, Run, User, db
 from tests.conftest import PASSWORD, result_files, upload
 
 
 def _db_path(app) -> str:
-    from database import db
-
     with app.app_context():
         return db.engine.url.database
 
 
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(app):
-    from database import BUSY_TIMEOUT_MS, db
-
     with app.app_context():
         with db.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -68,16 +67,12 @@ def test_a_write_waits_for_a_locked_database_and_succeeds(app, alice):
         waited = time.perf_counter() - start
     assert response.status_code == 200 and b"Your new API token" in response.data
     assert waited >= 0.5                                     # it did wait for the lock
-    from database import ApiToken
 
     with app.app_context():
         assert ApiToken.query.filter_by(name="during the lock").count() == 1
 
 
 def test_a_lock_longer_than_the_timeout_fails_cleanly_and_keeps_nothing(app, alice, scan_png, monkeypatch):
-    import database
-    from database import ApiToken, Run, db
-
     monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
     with app.app_context():
         db.engine.dispose()                                  # new connections get the short timeout
@@ -102,9 +97,6 @@ def test_worker_killed_mid_prediction_is_swept_at_start_up_with_its_files(tmp_pa
     """What a SIGKILLed worker leaves: a pending run and a staging folder (benchmarks/load_test.py
     does it for real with gunicorn). `flask prepare` at start-up marks the run failed and removes
     the files no finished run owns; finished runs keep theirs."""
-    from app import create_app
-    from database import Run, User, db
-
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'k.sqlite'}",
                       "RESULTS_DIR": str(tmp_path / "results")})

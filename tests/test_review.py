@@ -4,8 +4,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from sklearn.metrics import cohen_kappa_score
 
+from database import Review, Run, User, db
+from tasks.base import model_grade_of, review_scale_of
+from tasks.sacroiliac import STAGE_NAMES, TASK
 from tests.conftest import ALL_MODELS, CLS_OURS, CLS_REF, SEG_OURS, create_user, login, run_id_from, upload
+from tasks.metrics import quadratic_weighted_kappa
 
 
 @pytest.fixture
@@ -27,18 +32,12 @@ def _share(client, run_id):
 
 
 def _stage_of(app, run_id, model_id=CLS_OURS) -> int:
-    from database import Run
-
     with app.app_context():
         run = Run.query.filter_by(public_id=run_id).one()
         return next(r.result["stage"] for r in run.results if r.model_id == model_id)
 
 
 def test_quadratic_weighted_kappa_matches_scikit_learn():
-    from sklearn.metrics import cohen_kappa_score
-
-    from web.reviews import quadratic_weighted_kappa
-
     rng = __import__("numpy").random.default_rng(0)
     for _ in range(20):
         a = rng.integers(0, 4, 30).tolist()
@@ -52,9 +51,6 @@ def test_quadratic_weighted_kappa_matches_scikit_learn():
 
 
 def test_sacroiliac_declares_its_review_scale():
-    from tasks.base import model_grade_of, review_scale_of
-    from tasks.sacroiliac import STAGE_NAMES, TASK
-
     scale = review_scale_of(TASK)
     assert scale.labels == STAGE_NAMES and scale.role == "classifier"
     assert model_grade_of(TASK, "classifier", {"stage": 2}) == 2
@@ -101,7 +97,6 @@ def test_share_review_and_agreement_flow(app, people, scan_png):
     response = xavi.post(f"/review/runs/{run_id}", data={"verdict": "agree", "grade": str(other)})
     assert response.status_code == 400
 
-    from database import Review
 
     with app.app_context():
         grades = {r.reviewer.username: (r.verdict, r.grade) for r in Review.query.all()}
@@ -137,7 +132,6 @@ def test_share_review_and_agreement_flow(app, people, scan_png):
 
 def test_kappa_on_the_models_page(app, people, scan_png):
     alice, quinn, xavi = people["alice"], people["quinn"], people["xavi"]
-    from web.reviews import quadratic_weighted_kappa
 
     model, reviewer = [], []
     for seed_offset, shift in ((0, 0), (1, 1)):
@@ -181,8 +175,6 @@ def test_roles_keep_to_their_pages(app, people):
 
 
 def test_reviewer_cannot_review_their_own_or_unfinished_runs(app, people):
-    from database import Run, User, db
-
     with app.app_context():
         quinn = User.query.filter_by(username="quinn").one()
         alice = User.query.filter_by(username="alice").one()

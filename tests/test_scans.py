@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import errno
+import re
 import struct
 import zlib
 
 import pytest
 
-from tests.conftest import (ALL_MODELS, CLS_OURS, SEG_OURS, dicom_bytes, image_urls, result_files, run_id_from,
-                            upload)
-
+import predict
+from database import ModelResult, Run, db
+from tasks import sacroiliac
+from tests.conftest import (ALL_MODELS, CLS_OURS, SEG_OURS, create_user, dicom_bytes, image_urls, login,
+                            result_files, run_id_from, upload)
 
 def _runs(app):
-    from database import Run
-
     with app.app_context():
         return Run.query.all()
 
@@ -50,7 +51,6 @@ def test_result_shows_model_version_checksum_and_timings(app, alice, scan_png, s
     html = alice.get(f"/runs/{run_id}").get_data(as_text=True)
     assert shared_registry.get(CLS_OURS).sha256[:12] in html
     assert "Timings" in html and "Total" in html
-    from database import Run
 
     with app.app_context():
         run = Run.query.filter_by(public_id=run_id).one()
@@ -74,7 +74,6 @@ def test_dicom_upload_never_shows_or_stores_the_patient_name(app, alice):
         assert b"Doe" not in body and b"Jane" not in body and b"JD-0042" not in body
     assert b"DICOM" in page.data and b"MR" in page.data
 
-    from database import ModelResult, Run, db
 
     with app.app_context():
         run = Run.query.filter_by(public_id=run_id).one()
@@ -118,8 +117,6 @@ def test_bad_upload_shows_message_and_stores_nothing(app, alice, scan_png, name,
 
 
 def test_upload_over_the_size_limit(make_app, scan_png):
-    from tests.conftest import create_user, login
-
     app = make_app(MAX_UPLOAD_BYTES=len(scan_png) // 2)
     create_user(app, "alice")
     client = app.test_client()
@@ -150,7 +147,6 @@ def test_upload_page_lists_models_grouped_by_role_with_defaults_checked(alice):
     assert "Joint-region segmentation" in html and "AS status and stage" in html
     for mid in ALL_MODELS:
         assert f'value="{mid}"' in html
-    import re
 
     checked = set(re.findall(r'value="([^"]+)" id="model-[^"]+"\s+checked', html))
     assert checked == {SEG_OURS, CLS_OURS}
@@ -199,7 +195,6 @@ def test_comparison_page_has_a_column_per_model_and_the_dice(app, alice, scan_pn
     for mid in ALL_MODELS:
         assert mid in html
     assert "Dice" in html
-    from database import Run
 
     with app.app_context():
         run = Run.query.filter_by(public_id=run_id).one()
@@ -216,8 +211,6 @@ def test_comparison_page_has_a_column_per_model_and_the_dice(app, alice, scan_pn
 
 def test_comparison_marks_disagreement(app, alice, scan_png):
     """Force a disagreement in the stored summary: the page shows the marker."""
-    from database import Run, db
-
     run_id = run_id_from(upload(alice, scan_png, model_ids=ALL_MODELS))
     with app.app_context():
         run = Run.query.filter_by(public_id=run_id).one()
@@ -254,8 +247,6 @@ def _assert_failed_run_and_no_files(app, alice, response):
 
 
 def test_crash_mid_prediction_marks_the_run_failed(app, alice, scan_png, monkeypatch):
-    from tasks import sacroiliac
-
     def boom(*args, **kwargs):
         raise RuntimeError("model exploded")
 
@@ -265,8 +256,6 @@ def test_crash_mid_prediction_marks_the_run_failed(app, alice, scan_png, monkeyp
 
 
 def test_full_disk_marks_the_run_failed_and_keeps_nothing(app, alice, scan_png, monkeypatch):
-    import predict
-
     def no_space(path, img):
         raise OSError(errno.ENOSPC, "No space left on device")
 

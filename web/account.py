@@ -5,10 +5,11 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField, SubmitField
-from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
+from wtforms.validators import DataRequired, Length, ValidationError
 
 from database import ApiToken, db, utcnow
 from web.audit import record
+from web.auth import log_out_everywhere, repeat_password_field, start_session
 from web.security import MAX_PASSWORD, PasswordPolicy
 
 bp = Blueprint("account", __name__, url_prefix="/account")
@@ -27,8 +28,7 @@ class RevokeForm(FlaskForm):
 class PasswordForm(FlaskForm):
     current = PasswordField("Current password", validators=[DataRequired(), Length(max=MAX_PASSWORD)])
     new = PasswordField("New password", validators=[DataRequired(), PasswordPolicy(username_attr="username")])
-    confirm = PasswordField("Repeat the new password", validators=[
-        DataRequired(), EqualTo("new", message="The passwords do not match.")])
+    confirm = repeat_password_field("new", "Repeat the new password")
     submit = SubmitField("Change password")
 
     @property
@@ -64,8 +64,6 @@ def index():
 @login_required
 def change_password():
     """A new password ends every other session (the session version moves on); this one is renewed."""
-    from web.auth import start_session
-
     form = PasswordForm()
     if not form.validate_on_submit():
         if form.current.errors:
@@ -85,15 +83,9 @@ def change_password():
 @bp.post("/logout-everywhere")
 @login_required
 def logout_everywhere():
-    from web.auth import end_sessions_and_log_out
-
     if not EverywhereForm().validate_on_submit():
         abort(400)
-    user = current_user._get_current_object()
-    record("logout_all", user=user, resource=f"user:{user.id}", commit=False)
-    end_sessions_and_log_out(user)
-    flash("You are logged out on every device and browser.", "info")
-    return redirect(url_for("auth.login"))
+    return log_out_everywhere("logout_all", "You are logged out on every device and browser.")
 
 
 @bp.post("/tokens")

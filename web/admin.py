@@ -14,15 +14,17 @@ from flask import Blueprint, Response, abort, current_app, flash, redirect, rend
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, SelectField, StringField, SubmitField
-from wtforms.validators import DataRequired, EqualTo, ValidationError
+from wtforms.validators import DataRequired
 
-from app import registry
 from database import (AUDIT_ACTIONS, AUDIT_OUTCOMES, ROLES, AuditEvent, ModelState, Run, User, db,
-                      disabled_model_ids, set_setting, utcnow)
+                      disabled_model_ids, utcnow)
+from model_loader import current_registry
+from tasks import all_tasks
+from web.access import no_store
 from web.audit import record
-from web.auth import USERNAME_VALIDATORS, signup_open
-from web.helpers import no_store
+from web.auth import NEW_USERNAME_VALIDATORS, repeat_password_field
 from web.security import PasswordPolicy, role_required
+from web.settings import set_signup_open, signup_open
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 AUDIT_CSV_COLUMNS = ("time_utc", "user_id", "username", "action", "outcome", "resource", "model_versions",
@@ -40,17 +42,18 @@ class RoleForm(FlaskForm):
 
 
 class NewUserForm(FlaskForm):
-    username = StringField("Username", validators=USERNAME_VALIDATORS)
+    username = StringField("Username", validators=NEW_USERNAME_VALIDATORS)
     role = SelectField("Role", choices=[(r, r.capitalize()) for r in ROLES], default="clinician")
     password = PasswordField("Initial password", validators=[DataRequired(), PasswordPolicy(username_field="username")],
                              description="Give it to the person privately; they can change it on their account page.")
-    confirm = PasswordField("Repeat the password", validators=[
-        DataRequired(), EqualTo("password", message="The passwords do not match.")])
+    confirm = repeat_password_field("password")
     submit = SubmitField("Create user")
 
-    def validate_username(self, field):
-        if User.query.filter_by(username=field.data).first() is not None:
-            raise ValidationError("That username is taken.")
+
+def _save_user_change(user: User, detail: str, message: str) -> None:
+    db.session.commit()
+    record("admin_change", resource=f"user:{user.id}", detail=detail)
+    flash(message, "success")
 
 
 def _other_active_admins(user: User) -> int:
@@ -77,7 +80,7 @@ def toggle_signup():
         abort(400)
     wanted = request.form.get("open") == "1"
     if wanted != signup_open():
-        set_setting("signup_open", "1" if wanted else "0", current_user.id)
+        set_signup_open(wanted, current_user.id)
         db.session.commit()
         record("admin_change", resource="setting:signup_open", detail=f"sign-up {'opened' if wanted else 'closed'}")
     flash(f"Public sign-up is {'open' if wanted else 'closed'}.", "success")
@@ -108,9 +111,7 @@ def create_user():
     user = User(username=form.username.data, role=form.role.data)
     user.set_password(form.password.data)
     db.session.add(user)
-    db.session.commit()
-    record("admin_change", resource=f"user:{user.id}", detail=f"created {user.role} {user.username}")
-    flash(f"Created {user.role} {user.username}.", "success")
+    _save_user_change(user, f"created {user.role} {user.username}", f"Created {user.role} {user.username}.")
     return redirect(url_for("admin.users"))
 
 
@@ -137,9 +138,7 @@ def change_role(user_id: int):
         old = user.role
         user.role = new_role
         user.end_all_sessions()     # new rights take effect with a fresh login
-        db.session.commit()
-        record("admin_change", resource=f"user:{user.id}", detail=f"role of {user.username}: {old} -> {new_role}")
-        flash(f"{user.username} is now {new_role}.", "success")
+        _save_user_change(user, f"role of {user.username}: {old} -> {new_role}", f"{user.username} is now {new_role}.")
     return redirect(url_for("admin.users"))
 
 
@@ -158,9 +157,8 @@ def set_user_state(user_id: int, action: str):
         user.disabled = disable
         if disable:
             user.end_all_sessions()  # signed out everywhere at once; tokens are refused while disabled
-        db.session.commit()
-        record("admin_change", resource=f"user:{user.id}", detail=f"{action}d {user.username}")
-        flash(f"{user.username} is {'disabled' if disable else 'enabled'}.", "success")
+        _save_user_change(user, f"{action}d {user.username}",
+                          f"{user.username} is {'disabled' if disable else 'enabled'}.")
     return redirect(url_for("admin.users"))
 
 
@@ -169,9 +167,7 @@ def set_user_state(user_id: int, action: str):
 @role_required("admin")
 @no_store
 def models():
-    from tasks import all_tasks
-
-    reg = registry()
+    reg = current_registry()
     disabled = disabled_model_ids()
     states = {s.model_id: s for s in ModelState.query.all()}
     names = {u.id: u.username for u in User.query.filter(User.id.in_(
@@ -187,7 +183,7 @@ def models():
 @bp.post("/models/<model_id>/<any(disable, enable):action>")
 @role_required("admin")
 def set_model_state(model_id: str, action: str):
-    entry = registry().get(model_id)
+    entry = current_registry().get(model_id)
     if entry is None:
         abort(404)
     if not ButtonForm().validate_on_submit():

@@ -14,19 +14,19 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request, url_for
 from flask_login import current_user
 from flask_wtf.csrf import ValidationError, validate_csrf
 
-from app import registry
-from database import ApiToken, Run, User, db, disabled_model_ids, utcnow
+from config import FALSE_WORDS, TRUE_WORDS
+from database import ApiToken, Run, RunStatus, User, db, disabled_model_ids, utcnow
+from model_loader import current_registry
 from predict import Analysis, ImageReadError, PredictionError, analyze
+from storage import results_dir, upload_limits
 from tasks import all_tasks, get_task
-from web import is_api_request, json_error, login_manager
-from web.audit import model_versions_of, record, run_resource
-from web.helpers import image_url, owned_run_or_404
-from web.scans import limits, results_dir
+from web.access import owned_run_or_404
+from web.audit import audit_upload_failure, model_versions_of, record, run_resource
+from web.errors import is_api_request, json_error
+from web.filters import image_url, model_problem
+from web.login import login_manager
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-
-TRUE_WORDS = {"1", "true", "yes", "on"}
-FALSE_WORDS = {"0", "false", "no", "off"}
 
 
 def exempt_from_form_csrf(app: Flask) -> None:
@@ -86,14 +86,14 @@ def _images(run: Run, images: dict[str, str] | None, task: Any, include_heatmaps
             if include_heatmaps or not is_heatmap(task, name)}
 
 
-def _iso(value) -> str | None:
+def iso_utc(value) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value else None
 
 
 def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
     task = get_task(run.task)
     meta = run.input_meta or {}
-    done = run.status == "done"
+    done = run.status == RunStatus.DONE
     images = {}
     if done:
         if run.input_image:
@@ -103,8 +103,8 @@ def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
         "id": run.public_id,
         "task": run.task,
         "status": run.status,
-        "created_at": _iso(run.created_at),
-        "finished_at": _iso(run.finished_at),
+        "created_at": iso_utc(run.created_at),
+        "finished_at": iso_utc(run.finished_at),
         "options": run.options or {},
         "timings": run.timings or {},
         "summary": run.summary or {},
@@ -123,7 +123,7 @@ def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
         "links": {"self": url_for("api.get_run", public_id=run.public_id, _external=True),
                   "html": url_for("scans.result", public_id=run.public_id, _external=True)},
     }
-    if run.status == "failed":
+    if run.status == RunStatus.FAILED:
         body["error"] = run.error
     return body
 
@@ -145,13 +145,13 @@ def list_tasks():
     _user, problem = authenticate_request()
     if problem is not None:
         return problem
-    reg = registry()
+    reg = current_registry()
     disabled = disabled_model_ids()
     tasks = []
     for task in all_tasks().values():
         models = []
         for e in reg.entries(task.name):
-            issue = "disabled by an administrator" if e.id in disabled else reg.problem(e.id)
+            issue = model_problem(reg, e.id, disabled)
             models.append({"id": e.id, "title": e.title, "role": e.role, "version": e.version,
                            "reference": e.reference, "default": e.default, "sha256": e.sha256,
                            "available": issue is None, "problem": issue})
@@ -195,10 +195,8 @@ def analyze_scan():
     data = upload.read()
     try:
         run = analyze(user, data, Analysis(task_name, model_ids, options),
-                      registry=registry(), results_dir=results_dir(), limits=limits())
+                      registry=current_registry(), results_dir=results_dir(), limits=upload_limits())
     except (ImageReadError, PredictionError) as exc:
-        from web.scans import audit_upload_failure
-
         audit_upload_failure(exc, model_ids, user=user)
         return json_error(exc.status, exc.message)
     record("upload", user=user, resource=run_resource(run), models=model_versions_of(run),

@@ -15,6 +15,7 @@ from flask import has_request_context, request
 from flask_login import current_user
 
 from database import AUDIT_ACTIONS, AUDIT_OUTCOMES, AuditEvent, Run, User, db
+from model_loader import current_registry
 
 log = logging.getLogger("jointscan.audit")
 
@@ -53,3 +54,14 @@ def record(action: str, outcome: str = "ok", *, user: User | None = None, resour
     if commit:
         db.session.commit()
     return event
+
+
+def audit_upload_failure(exc: Exception, model_ids: list[str], user: User | None = None) -> None:
+    """An upload that was refused or failed: the status and the models asked for, never the file."""
+    status = getattr(exc, "status", 400)
+    run_id = getattr(exc, "run_public_id", None)
+    reg = current_registry()
+    versions = [f"{mid}@{e.version}" for mid in model_ids if (e := reg.get(mid)) is not None]
+    record("upload", "denied" if status == 403 else "failed", user=user,
+           resource=run_resource(run_id) if run_id else None, models=versions or None,
+           detail=f"HTTP {status} ({type(exc).__name__})")

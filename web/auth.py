@@ -7,17 +7,18 @@ closed by an administrator.
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from werkzeug.security import check_password_hash
 from wtforms import PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length, Regexp, ValidationError
 
-from database import User, db, get_setting
+from database import User, db
+from web.access import is_safe_next
 from web.audit import record
-from web.helpers import is_safe_next
 from web.security import MAX_PASSWORD, MIN_PASSWORD, PasswordPolicy
+from web.settings import signup_open
 
 bp = Blueprint("auth", __name__)
 
@@ -31,16 +32,25 @@ USERNAME_VALIDATORS = [
     Regexp(r"^[A-Za-z0-9_.-]+$", message="Use letters, digits, dots, dashes and underscores only.")]
 
 
-class SignupForm(FlaskForm):
-    username = StringField("Username", validators=USERNAME_VALIDATORS)
-    password = PasswordField("Password", validators=[DataRequired(), PasswordPolicy(username_field="username")])
-    confirm = PasswordField("Repeat the password", validators=[
-        DataRequired(), EqualTo("password", message="The passwords do not match.")])
-    submit = SubmitField("Create account")
+def username_is_free(_form, field) -> None:
+    if User.query.filter_by(username=field.data).first() is not None:
+        raise ValidationError("That username is taken.")
 
-    def validate_username(self, field):
-        if User.query.filter_by(username=field.data).first() is not None:
-            raise ValidationError("That username is taken.")
+
+# For the forms that create an account (sign-up, the admin page).
+NEW_USERNAME_VALIDATORS = [*USERNAME_VALIDATORS, username_is_free]
+
+
+def repeat_password_field(of: str, label: str = "Repeat the password") -> PasswordField:
+    """A second password field that must match the field named `of`."""
+    return PasswordField(label, validators=[DataRequired(), EqualTo(of, message="The passwords do not match.")])
+
+
+class SignupForm(FlaskForm):
+    username = StringField("Username", validators=NEW_USERNAME_VALIDATORS)
+    password = PasswordField("Password", validators=[DataRequired(), PasswordPolicy(username_field="username")])
+    confirm = repeat_password_field("password")
+    submit = SubmitField("Create account")
 
 
 class LoginForm(FlaskForm):
@@ -49,26 +59,23 @@ class LoginForm(FlaskForm):
     submit = SubmitField("Log in")
 
 
-def signup_open() -> bool:
-    """The administrator's setting when there is one, else the configured default."""
-    value = get_setting("signup_open")
-    if value is None:
-        return bool(current_app.config.get("SIGNUP_OPEN", True))
-    return value == "1"
-
-
 def start_session(user: User) -> None:
     """A fresh session for the signed-in user: nothing from before the login survives."""
     session.clear()
     login_user(user)
 
 
-def end_sessions_and_log_out(user: User) -> None:
-    """Sign this browser out and make every cookie issued to `user` so far worthless."""
+def log_out_everywhere(action: str, message: str):
+    """Audit `action`, sign this browser out, make every cookie issued to the signed-in user so far
+    worthless, and send them to the login page with `message`."""
+    user = current_user._get_current_object()
+    record(action, user=user, resource=f"user:{user.id}", commit=False)
     user.end_all_sessions()
     db.session.commit()
     logout_user()
     session.clear()
+    flash(message, "info")
+    return redirect(url_for("auth.login"))
 
 
 def _next_target() -> str:
@@ -128,11 +135,7 @@ def login():
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
-    user = current_user._get_current_object()
-    record("logout", user=user, resource=f"user:{user.id}", commit=False)
-    end_sessions_and_log_out(user)
-    flash("You are logged out.", "info")
-    return redirect(url_for("auth.login"))
+    return log_out_everywhere("logout", "You are logged out.")
 
 
 @bp.route("/")

@@ -5,7 +5,7 @@ from flask import Blueprint, current_app, render_template, request
 from flask_login import current_user, login_required
 
 from database import Run, db
-from web.helpers import no_store
+from web.access import no_store
 
 bp = Blueprint("history", __name__)
 

@@ -5,21 +5,21 @@ from functools import lru_cache
 
 from flask import Blueprint, abort, render_template
 from flask_login import login_required
+from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from app import registry
 from database import disabled_model_ids
+from model_loader import current_registry
 from tasks import all_tasks
 from tasks.base import review_scale_of
-from web.helpers import flatten, headline_metrics
+from web.filters import flatten, headline_metrics
+from web.reviews import agreement_by_model
 
 bp = Blueprint("models", __name__, url_prefix="/models")
 
 
 @lru_cache(maxsize=1)
 def _markdown():
-    from markdown_it import MarkdownIt
-
     # CommonMark with raw HTML switched off: any HTML in a card is shown as text, and
     # markdown-it's link validation drops javascript:/vbscript:/data: (except images) URLs.
     return MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
@@ -32,9 +32,7 @@ def render_card(text: str) -> Markup:
 @bp.get("/")
 @login_required
 def index():
-    from web.reviews import agreement_by_model
-
-    reg = registry()
+    reg = current_registry()
     disabled = disabled_model_ids()
     agreement = agreement_by_model()
     groups = []
@@ -56,7 +54,7 @@ def index():
 @bp.get("/<model_id>")
 @login_required
 def card(model_id: str):
-    reg = registry()
+    reg = current_registry()
     entry = reg.get(model_id)
     if entry is None:
         abort(404)

@@ -20,42 +20,19 @@ from flask_wtf import FlaskForm
 from wtforms import RadioField, SelectField, StringField, SubmitField, TextAreaField
 from wtforms.validators import InputRequired, Length, Optional
 
-from database import Review, Run, db, utcnow
+from database import Review, Run, RunStatus, db, utcnow
 from tasks import all_tasks, get_task
 from tasks.base import model_grade_of, review_scale_of
+from tasks.metrics import quadratic_weighted_kappa
+from web.access import no_store, owned_run_or_404, reviewable_run_or_404
 from web.audit import model_versions_of, record, run_resource
-from web.helpers import group_results, no_store, owned_run_or_404, reviewable_run_or_404
+from web.filters import result_context
 from web.security import role_required
 
 bp = Blueprint("reviews", __name__)
 
 PERSONAL_OPTION_KINDS = ("text", "date")     # typed by a person: may identify the patient
 VERDICT_CHOICES = [("agree", "Agree with the model"), ("disagree", "Disagree")]
-
-
-# -- statistics ----------------------------------------------------------------------
-def quadratic_weighted_kappa(a: list[int], b: list[int], n_labels: int) -> float | None:
-    """Cohen's kappa with quadratic weights between two raters' grades 0..n_labels-1.
-
-    None when it is undefined (no pairs, or both raters always give one and the same grade).
-    """
-    if not a or len(a) != len(b) or n_labels < 2:
-        return None
-    n = len(a)
-    observed = [[0.0] * n_labels for _ in range(n_labels)]
-    for x, y in zip(a, b):
-        observed[x][y] += 1
-    hist_a = [sum(row) for row in observed]
-    hist_b = [sum(observed[i][j] for i in range(n_labels)) for j in range(n_labels)]
-    num = den = 0.0
-    for i in range(n_labels):
-        for j in range(n_labels):
-            weight = (i - j) ** 2 / (n_labels - 1) ** 2
-            num += weight * observed[i][j]
-            den += weight * hist_a[i] * hist_b[j] / n
-    if den == 0:
-        return None
-    return 1.0 - num / den
 
 
 @dataclass
@@ -77,7 +54,7 @@ def agreement_by_model() -> dict[str, ModelAgreement]:
     if not graded:
         return {}
     query = (db.select(Review, Run).join(Run, Review.run_id == Run.id)
-             .where(Review.grade.isnot(None), Run.task.in_(graded), Run.status == "done"))
+             .where(Review.grade.isnot(None), Run.task.in_(graded), Run.status == RunStatus.DONE))
     for review, run in db.session.execute(query):
         task = tasks[run.task]
         scale = review_scale_of(task)
@@ -186,7 +163,8 @@ def queue():
     page = request.args.get("page", 1, type=int)
     mine = db.select(Review.run_id).filter_by(reviewer_id=current_user.id)
     show = request.args.get("show", "todo")
-    query = db.select(Run).where(Run.shared_at.isnot(None), Run.status == "done", Run.user_id != current_user.id)
+    query = db.select(Run).where(Run.shared_at.isnot(None), Run.status == RunStatus.DONE,
+                                 Run.user_id != current_user.id)
     if show == "todo":
         query = query.where(Run.id.not_in(mine))
     elif show == "done":
@@ -201,23 +179,15 @@ def queue():
 
 
 def _render_review(run: Run, form: ReviewForm, status: int = 200):
-    task = get_task(run.task)
-    scale = review_scale_of(task)
+    context = result_context(run)
+    scale = review_scale_of(context["task"])
     primary, primary_grade = primary_model_grade(run)
     mine = Review.query.filter_by(run_id=run.id, reviewer_id=current_user.id).first()
-    view = ReviewerRunView(run)
     return render_template(
-        "review/run.html", run=view, task=task, grouped=group_results(run.results),
-        entries={r.model_id: _registry_entry(r.model_id) for r in run.results}, disagree=set(),
-        comparable=[], form=form, scale=scale, mine=mine, primary=primary,
+        "review/run.html", **context, run=ReviewerRunView(run), disagree=set(), comparable=[], form=form,
+        scale=scale, mine=mine, primary=primary,
         primary_label=(scale.labels[primary_grade] if scale and primary_grade is not None else None),
         rows=review_rows(run, current_user.id) if mine else [], summary=review_summary(run)), status
-
-
-def _registry_entry(model_id: str):
-    from app import registry
-
-    return registry().get(model_id)
 
 
 @bp.get("/review/runs/<public_id>")
@@ -291,18 +261,28 @@ def submit(public_id: str):
 
 
 # -- sharing (the run's owner) -------------------------------------------------------------
-@bp.post("/runs/<public_id>/share")
-@role_required("clinician")
-def share(public_id: str):
+def _run_to_share(public_id: str) -> Run:
+    """The signed-in owner's run, for a share/unshare button whose form must validate (else 400)."""
     run = owned_run_or_404(public_id, current_user)
     if not ShareForm().validate_on_submit():
         abort(400)
-    if run.status != "done":
+    return run
+
+
+def _set_shared(run: Run, shared_at, action: str) -> None:
+    run.shared_at = shared_at
+    db.session.commit()
+    record(action, resource=run_resource(run), models=model_versions_of(run))
+
+
+@bp.post("/runs/<public_id>/share")
+@role_required("clinician")
+def share(public_id: str):
+    run = _run_to_share(public_id)
+    if run.status != RunStatus.DONE:
         flash("Only a finished analysis can be shared for review.", "error")
     elif run.shared_at is None:
-        run.shared_at = utcnow()
-        db.session.commit()
-        record("share", resource=run_resource(run), models=model_versions_of(run))
+        _set_shared(run, utcnow(), "share")
         flash("Shared for review. Reviewers see the images and results, never your name.", "success")
     return redirect(url_for("scans.result", public_id=run.public_id))
 
@@ -310,12 +290,8 @@ def share(public_id: str):
 @bp.post("/runs/<public_id>/unshare")
 @role_required("clinician")
 def unshare(public_id: str):
-    run = owned_run_or_404(public_id, current_user)
-    if not ShareForm().validate_on_submit():
-        abort(400)
+    run = _run_to_share(public_id)
     if run.shared_at is not None:
-        run.shared_at = None
-        db.session.commit()
-        record("unshare", resource=run_resource(run), models=model_versions_of(run))
+        _set_shared(run, None, "unshare")
         flash("No longer shared. Reviewers cannot open it; verdicts already given are kept.", "info")
     return redirect(url_for("scans.result", public_id=run.public_id))

@@ -5,7 +5,6 @@ reviewers while the owner shares it for review. Every view and upload is audited
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request,
@@ -15,15 +14,18 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import SelectField, SelectMultipleField, SubmitField
 
-from app import registry
-from database import disabled_model_ids
-from predict import Analysis, ImageReadError, Limits, PredictionError, analyze
+from database import RunStatus, disabled_model_ids
+from model_loader import current_registry
+from predict import Analysis, ImageReadError, PredictionError, analyze
+from storage import results_dir, upload_limits
 from tasks import all_tasks, get_task
-from web.audit import model_versions_of, record, run_resource
-from web.helpers import fmt_mib, group_results, no_store, owned_run_or_404, run_image_files, visible_run_or_404
+from web.access import no_store, owned_run_or_404, run_image_files, visible_run_or_404
+from web.api import authenticate_request, iso_utc, run_json
+from web.audit import audit_upload_failure, model_versions_of, record, run_resource
+from web.errors import error_text, handle_http_error
+from web.filters import fmt_mib, group_results, model_problem, result_context
+from web.reviews import ShareForm, review_rows, review_summary
 from web.security import role_required
-
-DISABLED_BY_ADMIN = "disabled by an administrator"
 
 bp = Blueprint("scans", __name__)
 DICE_AGREEMENT = 0.8     # below this the comparison page marks the segmenters' masks as disagreeing
@@ -42,24 +44,15 @@ class UploadForm(FlaskForm):
         self.task.choices = [(t.name, t.title) for t in all_tasks().values()]
 
 
-def limits() -> Limits:
-    cfg = current_app.config
-    return Limits(max_bytes=cfg["MAX_UPLOAD_BYTES"], max_pixels=cfg["MAX_IMAGE_PIXELS"])
-
-
-def results_dir() -> Path:
-    return Path(current_app.config["RESULTS_DIR"])
-
-
 def model_groups() -> list[dict[str, Any]]:
     """Per task, per role: (entry, problem) for every registered model, for the checkboxes."""
-    reg = registry()
+    reg = current_registry()
     disabled = disabled_model_ids()
     groups = []
     for task in all_tasks().values():
         entries = reg.entries(task.name)
         roles = [{"role": role,
-                  "models": [{"entry": e, "problem": DISABLED_BY_ADMIN if e.id in disabled else reg.problem(e.id)}
+                  "models": [{"entry": e, "problem": model_problem(reg, e.id, disabled)}
                              for e in entries if e.role == role.name]}
                  for role in task.roles]
         groups.append({"task": task, "roles": roles})
@@ -97,6 +90,16 @@ def render_upload_error(message: str, status: int):
     return _render_upload(UploadForm(formdata=None), error=message, status=status, body_read=False)
 
 
+@bp.errorhandler(413)
+def _upload_too_large(exc):
+    # A body over MAX_CONTENT_LENGTH is refused before the form is read: show it on the form.
+    if request.endpoint == "scans.upload":
+        page = render_upload_error(error_text(exc)[1], 413)
+        if page is not None:
+            return page
+    return handle_http_error(exc)
+
+
 @bp.route("/upload", methods=["GET", "POST"])
 @role_required("clinician")
 def upload():
@@ -104,7 +107,7 @@ def upload():
     if not form.validate_on_submit():
         return _render_upload(form, status=400 if form.errors else 200)
     task_name = form.task.data
-    reg = registry()
+    reg = current_registry()
     # The page lists every task's models; only the chosen task's ticked ones count.
     model_ids = [mid for mid in form.model_ids.data or []
                  if (entry := reg.get(mid)) is not None and entry.task == task_name]
@@ -116,7 +119,7 @@ def upload():
     data = form.scan.data.read()
     try:
         run = analyze(current_user._get_current_object(), data, Analysis(task_name, model_ids, options),
-                      registry=reg, results_dir=results_dir(), limits=limits())
+                      registry=reg, results_dir=results_dir(), limits=upload_limits())
     except (ImageReadError, PredictionError) as exc:
         audit_upload_failure(exc, model_ids)
         if getattr(exc, "run_public_id", None):   # a stored run failed: show it with its reason
@@ -125,22 +128,6 @@ def upload():
         return _render_upload(form, error=exc.message, status=exc.status)
     record("upload", resource=run_resource(run), models=model_versions_of(run), detail=f"task {run.task}")
     return redirect(url_for("scans.result", public_id=run.public_id))
-
-
-def audit_upload_failure(exc: Exception, model_ids: list[str], user=None) -> None:
-    """An upload that was refused or failed: the status and the models asked for, never the file."""
-    status = getattr(exc, "status", 400)
-    run_id = getattr(exc, "run_public_id", None)
-    reg = registry()
-    versions = [f"{mid}@{e.version}" for mid in model_ids if (e := reg.get(mid)) is not None]
-    record("upload", "denied" if status == 403 else "failed", user=user,
-           resource=run_resource(run_id) if run_id else None, models=versions or None,
-           detail=f"HTTP {status} ({type(exc).__name__})")
-
-
-def _entries_by_id(run) -> dict[str, Any]:
-    reg = registry()
-    return {r.model_id: reg.get(r.model_id) for r in run.results}
 
 
 def _disagreements(run) -> set[str]:
@@ -158,14 +145,11 @@ def _comparable_roles(run) -> list[str]:
 @login_required
 @no_store
 def result(public_id: str):
-    from web.reviews import ShareForm, review_rows, review_summary
-
     run = owned_run_or_404(public_id, current_user)
-    task = get_task(run.task)
     record("view_run", resource=run_resource(run), models=model_versions_of(run))
-    return render_template("scans/result.html", run=run, task=task, grouped=group_results(run.results),
-                           entries=_entries_by_id(run), disagree=set(), comparable=_comparable_roles(run),
-                           share_form=ShareForm(), reviews=review_rows(run), review_summary=review_summary(run))
+    return render_template("scans/result.html", run=run, **result_context(run), disagree=set(),
+                           comparable=_comparable_roles(run), share_form=ShareForm(), reviews=review_rows(run),
+                           review_summary=review_summary(run))
 
 
 @bp.get("/runs/<public_id>/compare")
@@ -174,21 +158,18 @@ def result(public_id: str):
 def compare(public_id: str):
     run = owned_run_or_404(public_id, current_user)
     comparable = _comparable_roles(run)
-    if run.status != "done" or not comparable:
+    if run.status != RunStatus.DONE or not comparable:
         flash("Only one model per step ran for this scan: there is nothing to compare.", "info")
         return redirect(url_for("scans.result", public_id=run.public_id))
-    task = get_task(run.task)
     record("view_run", resource=run_resource(run), models=model_versions_of(run), detail="comparison")
-    return render_template("scans/compare.html", run=run, task=task, grouped=group_results(run.results),
-                           entries=_entries_by_id(run), disagree=_disagreements(run), comparable=comparable,
-                           comparison=(run.summary or {}).get("comparison") or {}, dice_threshold=DICE_AGREEMENT)
+    return render_template("scans/compare.html", run=run, **result_context(run), disagree=_disagreements(run),
+                           comparable=comparable, comparison=(run.summary or {}).get("comparison") or {},
+                           dice_threshold=DICE_AGREEMENT)
 
 
 @bp.get("/runs/<public_id>/images/<name>")
 @no_store
 def run_image(public_id: str, name: str):
-    from web.api import authenticate_request
-
     user, problem = authenticate_request(allow_session=True)
     if problem is not None:
         return problem
@@ -206,12 +187,9 @@ def run_image(public_id: str, name: str):
 @no_store
 def export(public_id: str):
     """The run as JSON (the API's representation plus the verdicts), as a download."""
-    from web.api import run_json
-    from web.reviews import review_rows
-
     run = owned_run_or_404(public_id, current_user)
     body = run_json(run)
-    body["reviews"] = [{k: (v.isoformat(timespec="seconds") + "Z" if k == "when" and v else v)
+    body["reviews"] = [{k: (iso_utc(v) if k == "when" else v)
                         for k, v in row.items() if k not in ("mine",)} for row in review_rows(run)]
     record("export", resource=run_resource(run), models=model_versions_of(run), detail="run as JSON")
     response = jsonify(body)

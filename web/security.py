@@ -10,6 +10,8 @@
 - Cookies: the session cookie is Secure when configured, and whenever the
   request itself came over HTTPS (X-Forwarded-Proto is trusted only when
   JOINTSCAN_PROXY_FIX_HOPS is set).
+- Response headers: a strict Content-Security-Policy and friends on every
+  response, HSTS over HTTPS, `Cache-Control: no-store` where a view asked for it.
 """
 from __future__ import annotations
 
@@ -17,16 +19,29 @@ import functools
 import re
 from pathlib import Path
 
-from flask import Flask, abort, request
+from flask import Flask, abort, current_app, g, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import current_user
+from werkzeug.middleware.proxy_fix import ProxyFix
 from wtforms.validators import ValidationError
+
+from web.login import login_manager
 
 MIN_PASSWORD = 12
 MAX_PASSWORD = 256
 COMMON_PASSWORDS_FILE = Path(__file__).resolve().parent / "data" / "common_passwords.txt"
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 # -- password policy ----------------------------------------------------------------
@@ -80,8 +95,6 @@ def role_required(*roles: str):
     def decorator(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            from web import login_manager
-
             if not current_user.is_authenticated:
                 return login_manager.unauthorized()
             if current_user.role not in roles:
@@ -110,20 +123,14 @@ def login_failed(response) -> bool:
 
 
 def account_limits() -> str:
-    from flask import current_app
-
     return current_app.config["LOGIN_LIMITS_PER_ACCOUNT"]
 
 
 def address_limits() -> str:
-    from flask import current_app
-
     return current_app.config["LOGIN_LIMITS_PER_ADDRESS"]
 
 
 def signup_limits() -> str:
-    from flask import current_app
-
     return current_app.config["SIGNUP_LIMITS_PER_ADDRESS"]
 
 
@@ -132,8 +139,6 @@ class SessionInterface(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, Secure also whenever the request came over HTTPS."""
 
     def get_cookie_secure(self, app: Flask) -> bool:
-        from flask import has_request_context
-
         return bool(super().get_cookie_secure(app) or (has_request_context() and request.is_secure))
 
 
@@ -161,7 +166,20 @@ def init_app(app: Flask) -> None:
     app.session_interface = SessionInterface()
     hops = int(app.config.get("PROXY_FIX_HOPS") or 0)
     if hops > 0:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
         # Trust X-Forwarded-For/-Proto/-Host from exactly `hops` proxies in front of the app.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+
+
+def install_response_headers(app: Flask) -> None:
+    @app.after_request
+    def _security_headers(response):
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        if request.is_secure:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        if g.get("no_store"):
+            response.headers["Cache-Control"] = "no-store"
+            response.headers.pop("Expires", None)
+            response.headers.pop("ETag", None)
+            response.headers.pop("Last-Modified", None)
+        return response

@@ -1,86 +1,18 @@
-"""Small pieces shared by the blueprints: owner-filtered run lookup, template filters, headlines."""
+"""Presentation for the templates: formatting filters, headlines, field labels, image URLs, and what
+the result pages show of a run (its task, its results by role, each model's registry entry and availability)."""
 from __future__ import annotations
 
-import functools
 from datetime import datetime
 from typing import Any, Iterable
-from urllib.parse import urlsplit
 
-from flask import Flask, abort, g, url_for
+from flask import Flask, url_for
 
-from database import ModelResult, Run, User
+from database import ModelResult, Run, RunStatus
+from model_loader import ModelRegistry, current_registry
+from tasks import all_tasks, get_task
+from web.settings import signup_open
 
-
-# -- access ------------------------------------------------------------------------
-def _check_public_id(public_id: str) -> None:
-    if not public_id or len(public_id) > 32 or not public_id.isalnum():
-        abort(404)
-
-
-def owned_run_or_404(public_id: str, user: User) -> Run:
-    """The run with this public id if `user` owns it; 404 otherwise (also for other users' runs)."""
-    _check_public_id(public_id)
-    run = Run.query.filter_by(public_id=public_id, user_id=user.id).first()
-    if run is None:
-        abort(404)
-    return run
-
-
-def reviewable_run_or_404(public_id: str, user: User) -> Run:
-    """A finished run its owner shared for review, for a reviewer who is not its owner; 404 otherwise."""
-    _check_public_id(public_id)
-    if user is None or user.role != "reviewer":
-        abort(404)
-    run = Run.query.filter(Run.public_id == public_id, Run.shared_at.isnot(None), Run.status == "done",
-                           Run.user_id != user.id).first()
-    if run is None:
-        abort(404)
-    return run
-
-
-def visible_run_or_404(public_id: str, user: User) -> tuple[Run, str]:
-    """(run, "owner" | "reviewer") for the run's owner or a reviewer of a shared run; 404 for anyone else."""
-    _check_public_id(public_id)
-    run = Run.query.filter_by(public_id=public_id).first()
-    if run is None:
-        abort(404)
-    if run.user_id == user.id:
-        return run, "owner"
-    if user.role == "reviewer" and run.shared_at is not None and run.status == "done":
-        return run, "reviewer"
-    abort(404)
-
-
-def run_image_files(run: Run) -> set[str]:
-    """Every file name this run stored: the only names its image route will serve."""
-    names: set[str] = set()
-    if run.status != "done":
-        return names
-    if run.input_image:
-        names.add(run.input_image)
-    names.update((run.images or {}).values())
-    for result in run.results:
-        names.update((result.images or {}).values())
-    return names
-
-
-def no_store(view):
-    """Mark a view's response `Cache-Control: no-store` (pages and images showing runs)."""
-
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        g.no_store = True
-        return view(*args, **kwargs)
-
-    return wrapper
-
-
-def is_safe_next(target: str | None) -> bool:
-    """Only same-site paths: '/history', not '//evil.example', 'https://...', or '/\\evil'."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return False
-    parts = urlsplit(target)
-    return not parts.scheme and not parts.netloc and not any(ord(c) < 32 for c in target)
+DISABLED_BY_ADMIN = "disabled by an administrator"
 
 
 def image_url(run: Run, file_name: str | None, external: bool = False) -> str | None:
@@ -89,15 +21,12 @@ def image_url(run: Run, file_name: str | None, external: bool = False) -> str | 
     return url_for("scans.run_image", public_id=run.public_id, name=file_name, _external=external)
 
 
-# -- presentation ------------------------------------------------------------------
 def headline(run: Run) -> str:
     """One line for lists, worded by the task itself."""
-    if run.status == "failed":
+    if run.status == RunStatus.FAILED:
         return "Failed"
-    if run.status != "done":
+    if run.status != RunStatus.DONE:
         return "Running"
-    from tasks import get_task
-
     task = get_task(run.task)
     results = [{"model_id": r.model_id, "role": r.role, "result": r.result or {}} for r in run.results]
     try:
@@ -191,17 +120,29 @@ def short_sha(value: str | None) -> str:
     return (value or "")[:12]
 
 
+def model_problem(reg: ModelRegistry, model_id: str, disabled: set[str]) -> str | None:
+    """Why a registered model cannot be used now, None when it can; `disabled` from disabled_model_ids()."""
+    return DISABLED_BY_ADMIN if model_id in disabled else reg.problem(model_id)
+
+
+def model_entries(run: Run) -> dict[str, Any]:
+    """The registry entry of each model that produced one of the run's results (None once unregistered)."""
+    reg = current_registry()
+    return {r.model_id: reg.get(r.model_id) for r in run.results}
+
+
+def result_context(run: Run) -> dict[str, Any]:
+    """What every result template reads about a run besides the run itself: its task, its results
+    by role and the registry entry of each model."""
+    return {"task": get_task(run.task), "grouped": group_results(run.results),
+            "entries": model_entries(run)}
+
+
 def group_results(results: Iterable[ModelResult]) -> dict[str, list[ModelResult]]:
     grouped: dict[str, list[ModelResult]] = {}
     for result in results:
         grouped.setdefault(result.role, []).append(result)
     return grouped
-
-
-def _signup_is_open() -> bool:
-    from web.auth import signup_open
-
-    return signup_open()
 
 
 def register_template_helpers(app: Flask) -> None:
@@ -216,10 +157,8 @@ def register_template_helpers(app: Flask) -> None:
 
     # Globals (not a context processor) so imported macros see them too.
     app.jinja_env.globals.update(image_url=image_url, headline=headline, field_label=field_label,
-                                 signup_is_open=_signup_is_open)
+                                 signup_is_open=signup_open)
 
     @app.context_processor
     def _task_list():
-        from tasks import all_tasks
-
         return {"tasks": list(all_tasks().values())}

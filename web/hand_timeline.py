@@ -19,16 +19,16 @@ from typing import Any
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
+from markupsafe import Markup
 from wtforms import StringField, SubmitField
 from wtforms.validators import DataRequired, Length
 
-from database import Run
-from web.helpers import no_store
+from database import Run, RunStatus
+from tasks.hand import DEFAULT_SDC, JOINT_NAMES
+from web.access import no_store
 
 bp = Blueprint("hand", __name__, url_prefix="/hand")
 
-JOINT_NAMES = ("PIP2", "PIP3", "PIP4", "PIP5", "DIP2", "DIP3", "DIP4", "DIP5")
-DEFAULT_SDC = 20
 KEY_LENGTH = 32
 
 
@@ -51,7 +51,7 @@ def _sdc() -> float:
 
 
 def _own_hand_runs(user_id: int) -> list[Run]:
-    return (Run.query.filter_by(user_id=user_id, task="hand", status="done")
+    return (Run.query.filter_by(user_id=user_id, task="hand", status=RunStatus.DONE)
             .order_by(Run.created_at.asc(), Run.id.asc()).all())
 
 
@@ -176,8 +176,6 @@ def hand_timeline_url(run: Run) -> str | None:
 
 @bp.app_template_global("hand_timeline_form")
 def hand_timeline_form(run: Run):
-    from markupsafe import Markup
-
     url = hand_timeline_url(run)
     if not url:
         return ""

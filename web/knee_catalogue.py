@@ -11,15 +11,17 @@ result partial can link here when this blueprint is registered.
 """
 from __future__ import annotations
 
+import numpy as np
 from flask import Blueprint, Response, abort, render_template, url_for
 from flask_login import login_required
 
-from app import registry
+from imaging.overlay import encode_png, heatmap_overlay
+from model_loader import current_registry
+from tasks.knee import N_GRADES, CatalogueUnavailable, catalogue_at
 
 bp = Blueprint("knee", __name__, url_prefix="/knee")
 
 THUMB_KINDS = ("medoids", "mean", "cam")
-N_GRADES = 5
 
 
 @bp.app_template_global()
@@ -28,15 +30,13 @@ def knee_catalogue_url(model_id: str, grade: int) -> str:
 
 
 def _graders():
-    reg = registry()
+    reg = current_registry()
     return [e for e in reg.entries("knee") if e.role == "grader"]
 
 
 def _catalogue(model_id: str):
     """(entry, catalogue or None, problem sentence or None); 404 for an unknown or non-knee model."""
-    from tasks.knee import CatalogueUnavailable, catalogue_at
-
-    reg = registry()
+    reg = current_registry()
     entry = reg.get(model_id)
     if entry is None or entry.task != "knee":
         abort(404)
@@ -68,17 +68,14 @@ def grade_page(model_id: str, grade: int):
     entry, cat, problem = _catalogue(model_id)
     gmeta = cat.grade_meta(grade) if cat else None
     return render_template("knee/grade.html", entry=entry, grade=grade, gmeta=gmeta, problem=problem,
-                           has_mean=bool(cat and f"g{grade}_mean" in cat.images), built_from=(cat.meta.get("built_from") if cat else None),
+                           has_mean=bool(cat and f"g{grade}_mean" in cat.images),
+                           built_from=(cat.meta.get("built_from") if cat else None),
                            grades=range(N_GRADES))
 
 
 @bp.get("/phenotypes/<model_id>/<int:grade>/<int:cluster>/<kind>.png")
 @login_required
 def thumbnail(model_id: str, grade: int, cluster: int, kind: str):
-    import numpy as np
-
-    from imaging.overlay import encode_png, heatmap_overlay
-
     if kind not in THUMB_KINDS and kind != "grade_mean":
         abort(404)
     _, cat, _ = _catalogue(model_id)

@@ -1,0 +1,81 @@
+"""Command-line commands: `flask prepare`, `backup`, `restore`, `create-user`, `create-admin`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from flask import Flask
+from flask_migrate import upgrade
+
+from database import ROLES, User, db
+from ops.backup import BackupError, backup, restore
+from predict import sweep_interrupted_runs
+from storage import remove_orphan_files, results_dir
+from web.audit import record
+from web.security import password_problem
+
+
+def register(app: Flask) -> None:
+    @app.cli.command("prepare")
+    def prepare() -> None:
+        """Create or migrate the database, mark runs interrupted by a previous stop as failed, remove their files."""
+        upgrade()
+        swept = sweep_interrupted_runs()
+        removed = remove_orphan_files(results_dir())
+        click.echo(f"database ready; {swept} interrupted run(s) marked failed; {removed} orphan file set(s) removed")
+
+    @app.cli.command("backup")
+    @click.argument("dest", type=click.Path(path_type=Path))
+    def backup_cmd(dest: Path) -> None:
+        """Back up the SQLite database (online, consistent) and the stored images into a new folder DEST."""
+        try:
+            manifest = backup(app.config["SQLALCHEMY_DATABASE_URI"], results_dir(), dest)
+        except BackupError as exc:
+            raise click.ClickException(str(exc))
+        click.echo(f"backup written to {dest}: {manifest['runs']} runs, {len(manifest['files'])} files")
+
+    @app.cli.command("restore")
+    @click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.option("--force", is_flag=True, help="replace an existing database")
+    def restore_cmd(src: Path, force: bool) -> None:
+        """Restore the database and images from a backup folder (verified against its manifest first)."""
+        db.session.remove()
+        db.engine.dispose()   # no pooled connection may hold the old file open
+        try:
+            manifest = restore(src, app.config["SQLALCHEMY_DATABASE_URI"], results_dir(), force=force)
+        except BackupError as exc:
+            raise click.ClickException(str(exc))
+        click.echo(f"restored {manifest['runs']} runs from {src}")
+
+    @app.cli.command("create-user")
+    @click.argument("username")
+    @click.option("--role", default="clinician", type=click.Choice(list(ROLES)))
+    @click.password_option()
+    def create_user(username: str, role: str, password: str) -> None:
+        """Create an account from the command line (the password policy applies)."""
+        new_user(username, role, password)
+        click.echo(f"created {role} {username}")
+
+    @app.cli.command("create-admin")
+    @click.argument("username")
+    @click.password_option(help="prompted for (hidden, twice) when not given")
+    def create_admin(username: str, password: str) -> None:
+        """Create an administrator; the password is prompted for and must meet the policy."""
+        new_user(username, "admin", password)
+        click.echo(f"created admin {username}")
+
+
+def new_user(username: str, role: str, password: str) -> User:
+    """An account made from the command line, audited like one an administrator makes on the admin page."""
+    if User.query.filter_by(username=username).first():
+        raise click.ClickException(f"user {username} exists")
+    problem = password_problem(password, username)
+    if problem:
+        raise click.ClickException(f"password refused: {problem}")
+    user = User(username=username, role=role)
+    user.set_password(password)
+    db.session.add(user)
+    db.session.commit()
+    record("admin_change", user=None, resource=f"user:{user.id}",
+           detail=f"created {role} {username} from the command line")
+    return user

@@ -1,0 +1,91 @@
+"""Configuration: defaults, environment overrides, and the SECRET_KEY rules."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from flask import Flask
+
+from model_loader import DEFAULT_MODELS_DIR
+
+DEV_SECRET_FILE = "secret_key"
+MIN_SECRET_KEY_LENGTH = 32
+# Values seen in tutorials, examples and our own tests: never acceptable in production.
+WEAK_SECRET_KEYS = frozenset({
+    "secret", "secret-key", "secret_key", "secretkey", "mysecret", "my-secret-key", "your-secret-key",
+    "yoursecretkey", "changeme", "change-me", "change_me", "changethis", "change-this", "please-change-me",
+    "dev", "development", "dev-secret", "dev-key", "devkey", "default", "test", "testing", "test-secret-key",
+    "jointscan", "jointscan-secret", "flask", "flask-secret", "password", "12345678", "insecure",
+    "not-secret", "notsecret", "supersecret", "super-secret", "s3cr3t", "xxx", "none", "null",
+})
+
+
+class Config:
+    """Defaults; every value can be overridden by an environment variable of the same name prefixed JOINTSCAN_."""
+
+    MAX_UPLOAD_BYTES = 64 * 2**20           # file size limit for one scan
+    MAX_IMAGE_PIXELS = 40_000_000           # pixel-count limit, checked before decoding
+    MODELS_DIR = str(DEFAULT_MODELS_DIR)
+    RUNS_PER_PAGE = 20
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = False           # set JOINTSCAN_SESSION_COOKIE_SECURE=1 behind HTTPS
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    WTF_CSRF_TIME_LIMIT = None              # token lives as long as the session
+    ENV_NAME = "development"
+    SIGNUP_OPEN = True                      # default until an admin changes it on the admin page
+    PROXY_FIX_HOPS = 0                      # >0: trust X-Forwarded-For/-Proto/-Host from that many proxies
+    # Login throttling (Flask-Limiter syntax); only failed attempts count.
+    LOGIN_LIMITS_PER_ACCOUNT = "5 per minute;20 per hour"
+    LOGIN_LIMITS_PER_ADDRESS = "20 per minute;100 per hour"
+    SIGNUP_LIMITS_PER_ADDRESS = "10 per hour"
+    RATELIMIT_STORAGE_URI = "memory://"     # per process; redis://host:6379 shares counts between workers
+
+
+# How a yes/no value is written in the environment or a request.
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def load_environment(app: Flask) -> None:
+    for key in ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "RUNS_PER_PAGE", "PROXY_FIX_HOPS"):
+        if f"JOINTSCAN_{key}" in os.environ:
+            app.config[key] = int(os.environ[f"JOINTSCAN_{key}"])
+    for key in ("MODELS_DIR", "ENV_NAME", "RESULTS_DIR", "RATELIMIT_STORAGE_URI", "LOGIN_LIMITS_PER_ACCOUNT",
+                "LOGIN_LIMITS_PER_ADDRESS", "SIGNUP_LIMITS_PER_ADDRESS"):
+        if f"JOINTSCAN_{key}" in os.environ:
+            app.config[key] = os.environ[f"JOINTSCAN_{key}"]
+    if os.environ.get("JOINTSCAN_SESSION_COOKIE_SECURE", "").lower() in TRUE_WORDS:
+        app.config["SESSION_COOKIE_SECURE"] = app.config["REMEMBER_COOKIE_SECURE"] = True
+    if "JOINTSCAN_SIGNUP_OPEN" in os.environ:
+        app.config["SIGNUP_OPEN"] = os.environ["JOINTSCAN_SIGNUP_OPEN"].lower() in TRUE_WORDS
+    if os.environ.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = os.environ["SECRET_KEY"]
+    if os.environ.get("DATABASE_URL"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+
+
+def weak_secret_key(key: str | None) -> str | None:
+    """Why `key` must not sign production cookies, or None when it is acceptable."""
+    if not key:
+        return "SECRET_KEY must be set in the environment when JOINTSCAN_ENV_NAME=production."
+    if key.strip().lower() in WEAK_SECRET_KEYS:
+        return "SECRET_KEY is a well-known default value; set a random one (python -c 'import secrets; print(secrets.token_hex(32))')."
+    if len(key) < MIN_SECRET_KEY_LENGTH or len(set(key)) < 8:
+        return (f"SECRET_KEY is too short or too simple (at least {MIN_SECRET_KEY_LENGTH} random characters); "
+                "python -c 'import secrets; print(secrets.token_hex(32))' makes one.")
+    return None
+
+
+def secret_key(app: Flask) -> str:
+    """Development: a random key kept in the instance folder. Production: must come from the environment."""
+    if app.config["ENV_NAME"] == "production":
+        raise RuntimeError(weak_secret_key(None))
+    path = Path(app.instance_path) / DEV_SECRET_FILE
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()

@@ -1,0 +1,45 @@
+"""Where uploads are limited and results are kept, as the running application is configured.
+
+Each finished run's images live in RESULTS_DIR/<public id>/ (`predict.analyze` writes them to a
+staging folder and renames it into place); `remove_orphan_files` clears what a stopped process
+left behind.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from flask import current_app
+
+from database import Run, RunStatus, db
+from predict import STAGING_PREFIX, Limits
+
+RUN_FOLDER = re.compile(r"[0-9a-f]{32}")   # a run's public id
+
+
+def upload_limits() -> Limits:
+    """The file-size and pixel-count limits for one scan (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS)."""
+    cfg = current_app.config
+    return Limits(max_bytes=cfg["MAX_UPLOAD_BYTES"], max_pixels=cfg["MAX_IMAGE_PIXELS"])
+
+
+def results_dir() -> Path:
+    """The folder holding every run's images (RESULTS_DIR)."""
+    return Path(current_app.config["RESULTS_DIR"])
+
+
+def remove_orphan_files(root: Path) -> int:
+    """Remove result folders no finished run owns: staging folders left by a killed worker and the
+    folders of runs that are not `done` (or no longer exist). Returns how many were removed."""
+    if not root.is_dir():
+        return 0
+    done = {pid for (pid,) in db.session.execute(db.select(Run.public_id).filter_by(status=RunStatus.DONE))}
+    removed = 0
+    for path in root.iterdir():
+        orphan = path.name.startswith(STAGING_PREFIX) or (
+            RUN_FOLDER.fullmatch(path.name) is not None and path.name not in done)
+        if orphan and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
