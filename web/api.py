@@ -8,6 +8,7 @@ Errors are always `{"error": {"status": n, "message": "..."}}`.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request, url_for
@@ -39,7 +40,7 @@ def _unauthorized(message: str, invalid_token: bool = False):
     return json_error(401, message, {"WWW-Authenticate": challenge})
 
 
-def authenticate_request(allow_session: bool = True) -> tuple[User | None, Any]:
+def authenticate_request() -> tuple[User | None, Any]:
     """(user, None) or (None, an error response). A bearer header, when present, decides alone."""
     header = request.headers.get("Authorization")
     if header is not None:
@@ -54,13 +55,26 @@ def authenticate_request(allow_session: bool = True) -> tuple[User | None, Any]:
         db.session.commit()
         g.auth_method = "token"
         return row.user, None
-    if allow_session and current_user.is_authenticated:
+    if current_user.is_authenticated:
         g.auth_method = "session"
         return current_user._get_current_object(), None
     if is_api_request():
         return None, _unauthorized("Authentication required: send 'Authorization: Bearer <token>' "
                                    "(create a token on your account page).")
     return None, login_manager.unauthorized()
+
+
+def authenticated(view):
+    """Call `view(user, ...)` for a request authenticated by token or session; else answer 401."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        user, problem = authenticate_request()
+        if problem is not None:
+            return problem
+        return view(user, *args, **kwargs)
+
+    return wrapper
 
 
 def _session_csrf_problem():
@@ -141,10 +155,8 @@ def _flag(raw: str | None, default: bool) -> bool | None:
 
 # -- routes ----------------------------------------------------------------------------
 @bp.get("/v1/tasks")
-def list_tasks():
-    _user, problem = authenticate_request()
-    if problem is not None:
-        return problem
+@authenticated
+def list_tasks(_user):
     reg = current_registry()
     disabled = disabled_model_ids()
     tasks = []
@@ -166,10 +178,8 @@ def list_tasks():
 
 
 @bp.post("/v1/analyze")
-def analyze_scan():
-    user, problem = authenticate_request()
-    if problem is not None:
-        return problem
+@authenticated
+def analyze_scan(user):
     problem = _session_csrf_problem()
     if problem is not None:
         return problem
@@ -209,10 +219,8 @@ def analyze_scan():
 
 
 @bp.get("/v1/runs/<public_id>")
-def get_run(public_id: str):
-    user, problem = authenticate_request()
-    if problem is not None:
-        return problem
+@authenticated
+def get_run(user, public_id: str):
     include_heatmaps = _flag(request.args.get("include_heatmaps"), default=True)
     if include_heatmaps is None:
         return json_error(400, "include_heatmaps must be true or false.")

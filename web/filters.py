@@ -134,8 +134,9 @@ def model_entries(run: Run) -> dict[str, Any]:
 def result_context(run: Run) -> dict[str, Any]:
     """What every result template reads about a run besides the run itself: its task, its results
     by role and the registry entry of each model."""
-    return {"task": get_task(run.task), "grouped": group_results(run.results),
-            "entries": model_entries(run)}
+    task = get_task(run.task)
+    return {"task": task, "grouped": group_results(run.results), "entries": model_entries(run),
+            "role_titles": {r.name: r.title for r in task.roles} if task else {}}
 
 
 def group_results(results: Iterable[ModelResult]) -> dict[str, list[ModelResult]]:

@@ -5,6 +5,7 @@ reviewers while the owner shares it for review. Every view and upload is audited
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request,
@@ -20,7 +21,7 @@ from predict import Analysis, ImageReadError, PredictionError, analyze
 from storage import results_dir, upload_limits
 from tasks import all_tasks, get_task
 from web.access import no_store, owned_run_or_404, run_image_files, visible_run_or_404
-from web.api import authenticate_request, iso_utc, run_json
+from web.api import authenticated, iso_utc, run_json
 from web.audit import audit_upload_failure, model_versions_of, record, run_resource
 from web.errors import error_text, handle_http_error
 from web.filters import fmt_mib, group_results, model_problem, result_context
@@ -141,22 +142,30 @@ def _comparable_roles(run) -> list[str]:
     return [role for role, items in group_results(run.results).items() if len(items) >= 2]
 
 
-@bp.get("/runs/<public_id>")
-@login_required
-@no_store
-def result(public_id: str):
-    run = owned_run_or_404(public_id, current_user)
+def owned_run_page(rule: str):
+    """A GET page of one of the signed-in user's own runs: login required, never cached, and 404 for a
+    run that is not theirs; the view receives the run."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def page(public_id: str):
+            return view(owned_run_or_404(public_id, current_user))
+
+        return bp.get(rule)(login_required(no_store(page)))
+
+    return decorate
+
+
+@owned_run_page("/runs/<public_id>")
+def result(run):
     record("view_run", resource=run_resource(run), models=model_versions_of(run))
     return render_template("scans/result.html", run=run, **result_context(run), disagree=set(),
                            comparable=_comparable_roles(run), share_form=ShareForm(), reviews=review_rows(run),
                            review_summary=review_summary(run))
 
 
-@bp.get("/runs/<public_id>/compare")
-@login_required
-@no_store
-def compare(public_id: str):
-    run = owned_run_or_404(public_id, current_user)
+@owned_run_page("/runs/<public_id>/compare")
+def compare(run):
     comparable = _comparable_roles(run)
     if run.status != RunStatus.DONE or not comparable:
         flash("Only one model per step ran for this scan: there is nothing to compare.", "info")
@@ -169,10 +178,8 @@ def compare(public_id: str):
 
 @bp.get("/runs/<public_id>/images/<name>")
 @no_store
-def run_image(public_id: str, name: str):
-    user, problem = authenticate_request(allow_session=True)
-    if problem is not None:
-        return problem
+@authenticated
+def run_image(user, public_id: str, name: str):
     run, as_role = visible_run_or_404(public_id, user)
     # Serve only names this run stored; never join a name from the URL that the run does not list.
     if name not in run_image_files(run):
@@ -182,12 +189,9 @@ def run_image(public_id: str, name: str):
     return send_from_directory(results_dir() / run.public_id, name, mimetype="image/png", max_age=0)
 
 
-@bp.get("/runs/<public_id>/export.json")
-@login_required
-@no_store
-def export(public_id: str):
+@owned_run_page("/runs/<public_id>/export.json")
+def export(run):
     """The run as JSON (the API's representation plus the verdicts), as a download."""
-    run = owned_run_or_404(public_id, current_user)
     body = run_json(run)
     body["reviews"] = [{k: (iso_utc(v) if k == "when" else v)
                         for k, v in row.items() if k not in ("mine",)} for row in review_rows(run)]
