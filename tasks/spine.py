@@ -8,7 +8,7 @@ gradient of that class's summed softmax output). With two models the run
 carries their per-structure Dice and a disagreement image.
 
 The preprocessing (`spine_input`) and the post-processing (`labels_from_probs`)
-here are the single definitions used by training (training/spine.py),
+here are the single definitions used by training (training/spine/),
 evaluation (benchmarks/spine_figures.py) and serving.
 """
 from __future__ import annotations
