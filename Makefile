@@ -45,7 +45,7 @@ models: $(STAMP)
 	$(PY) -m training.knee --size 160 --budget-min 30 --seed 2 --stage train --work $(KNEE_WORK)/m2_stage1
 	$(PY) -m training.knee --size 224 --budget-min 40 --lr 0.001 --seed 2 --stage train --work $(KNEE_WORK)/m2_stage2 \
 		--init $(KNEE_WORK)/m2_stage1/knee-kl-grader.ckpt.keras
-	$(PY) -m training.knee --stage ship --members $(KNEE_WORK)/m0_stage2 $(KNEE_WORK)/m1_stage2 $(KNEE_WORK)/m2_stage2 \
+	$(PY) -m training.knee --stage export --members $(KNEE_WORK)/m0_stage2 $(KNEE_WORK)/m1_stage2 $(KNEE_WORK)/m2_stage2 \
 		--out models
 	$(PY) -m training.spine --out models
 

@@ -35,7 +35,7 @@ def knee_ensemble_dir(tmp_path_factory):
     for seed, work in zip((0, 1), works):
         assert main(["--quick", "--seed", str(seed), "--stage", "train", "--work", work]) == 0
     out = root / "models"
-    assert main(["--quick", "--stage", "ship", "--members", *works, "--out", str(out)]) == 0
+    assert main(["--quick", "--stage", "export", "--members", *works, "--out", str(out)]) == 0
     return out
 
 
@@ -110,7 +110,7 @@ def test_ensemble_ships_one_file_averaging_its_members(knee_ensemble_dir):
     assert entry["gradcam_layer"] == ["m0_gradcam_conv", "m1_gradcam_conv"]
     assert [m["seed"] for m in entry["training"]["members"]] == [0, 1]
     cmds = entry["training"]["command"].split(" && ")
-    assert len(cmds) == 3 and "--seed 1 --stage train --work" in cmds[1] and "--stage ship --members" in cmds[2]
+    assert len(cmds) == 3 and "--seed 1 --stage train --work" in cmds[1] and "--stage export --members" in cmds[2]
     card = (knee_ensemble_dir / entry["card"]).read_text()
     assert "Member 2 (training seed 1)" in card and "`m0_gradcam_conv`, `m1_gradcam_conv`" in card
 

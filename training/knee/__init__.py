@@ -1,8 +1,8 @@
-"""Train, evaluate and ship the knee KL grader and its phenotype catalogue.
+"""Train, evaluate and export the knee KL grader and its phenotype catalogue.
 
     python -m training.knee [--quick] [--out DIR] [--size 160] [--budget-min 55 | --epochs N] [--seed 0]
-                            [--stage all|train|ship] [--work DIR] [--init CKPT] [--lr LR]
-    python -m training.knee --stage ship --members WORK1 WORK2 [--out DIR]     (an ensemble, see below)
+                            [--stage all|train|export] [--work DIR] [--init CKPT] [--lr LR]
+    python -m training.knee --stage export --members WORK1 WORK2 [--out DIR]     (an ensemble, see below)
 
 Model (file models/<id>.keras, id knee-kl-grader, version 1.0.0): `training.knee.model.knee_grader`,
 one residual trunk with a regression head (sigmoid * 4, MSE) and a CORAL head, trained together, plus
@@ -17,10 +17,10 @@ Schedule: AdamW with warm-up and cosine decay, either over a number of epochs (-
 wall-clock budget (--budget-min: the cosine runs on elapsed time, so a machine shared with other jobs
 still ends with a fully annealed model). Evaluation: test-time flip averaging (the task's own code).
 
-Stages: `train` writes a checkpoint to the work folder (/tmp/jointscan_knee_work); `ship` reloads it,
+Stages: `train` writes a checkpoint to the work folder (/tmp/jointscan_knee_work); `export` reloads it,
 saves the compact file into --out, evaluates the SHIPPED file on val, builds the phenotype catalogue
 (training.knee.phenotypes) from the train-split embeddings, registers the model and writes its card.
-`ship --members W1 W2 ...` ships the graders trained (`--stage train --work Wi`, each with its own seed)
+`export --members W1 W2 ...` exports the graders trained (`--stage train --work Wi`, each with its own seed)
 as one ensemble file (training.knee.ensemble): outputs averaged, embeddings side by side. The committed
 model is such an ensemble, because one grader's embedding, and so its phenotype clusters, depends on
 its training seed.

@@ -1,8 +1,8 @@
-"""Train, evaluate and ship the knee KL grader and its phenotype catalogue.
+"""Train, evaluate and export the knee KL grader and its phenotype catalogue.
 
     python -m training.knee [--quick] [--out DIR] [--size 160] [--budget-min 55 | --epochs N] [--seed 0]
-                            [--stage all|train|ship] [--work DIR] [--init CKPT] [--lr LR]
-    python -m training.knee --stage ship --members WORK1 WORK2 [--out DIR]
+                            [--stage all|train|export] [--work DIR] [--init CKPT] [--lr LR]
+    python -m training.knee --stage export --members WORK1 WORK2 [--out DIR]
 """
 from __future__ import annotations
 
@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
     ap.add_argument("--init", default=None,
                     help="fine-tune from this checkpoint (e.g. a lower-resolution run's; its weights fit any size)")
-    ap.add_argument("--stage", choices=("all", "train", "ship"), default="all")
+    ap.add_argument("--stage", choices=("all", "train", "export"), default="all")
     ap.add_argument("--work", default=None, help=f"checkpoint folder (default {WORK_DIR})")
     ap.add_argument("--members", nargs="+", default=None, metavar="WORK",
-                    help="with --stage ship: ship the graders trained in these work folders as one ensemble")
+                    help="with --stage export: export the graders trained in these work folders as one ensemble")
     args = ap.parse_args(argv)
-    if args.members and args.stage != "ship":
-        ap.error("--members goes with --stage ship (train each member with --stage train --work FOLDER first)")
+    if args.members and args.stage != "export":
+        ap.error("--members goes with --stage export (train each member with --stage train --work FOLDER first)")
     infos = [json.loads((Path(w) / "train_info.json").read_text()) for w in args.members or []]
     cfg = member_config(infos[0]) if infos else _config_from_args(args)
     set_threads()
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         (work / "train_info.json").write_text(json.dumps({"config": cfg.__dict__, "source": source,
                                                           "initialised_from": init_info, **info},
                                                          indent=1, default=list))
-    if args.stage in ("all", "ship"):
+    if args.stage in ("all", "export"):
         if args.members:
             ckpts = [Path(w) / f"{MODEL_ID}.ckpt.keras" for w in args.members]
             command = ensemble_command_line(args, infos, args.members)

@@ -205,5 +205,5 @@ def ensemble_command_line(args, infos: list[dict[str, Any]], works: list[str]) -
         cmds += _stages(info["config"], info.get("initialised_from"), args.quick)
         cmds.append(_train_command(info["config"], args.quick) + f" --stage train --work {work}")
     cmds.append("python -m training.knee " + ("--quick " if args.quick else "")
-                + f"--stage ship --members {' '.join(works)} --out {args.out or 'models'}")
+                + f"--stage export --members {' '.join(works)} --out {args.out or 'models'}")
     return " && ".join(cmds)
