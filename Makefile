@@ -35,6 +35,7 @@ test: $(STAMP)
 KNEE_WORK = /tmp/jointscan_knee_work
 models: $(STAMP)
 	$(PY) -m training.sacroiliac --out models
+	$(PY) -m training.sacroiliac.ood --out models
 	$(PY) -m training.hand --out models
 	$(PY) -m training.knee --size 160 --budget-min 55 --seed 0 --stage train --work $(KNEE_WORK)/m0_stage1
 	$(PY) -m training.knee --size 224 --budget-min 65 --lr 0.001 --seed 0 --stage train --work $(KNEE_WORK)/m0_stage2 \

@@ -42,6 +42,7 @@ class ModelEntry:
     reference: bool = False
     default: bool = False
     gradcam_layer: str | list[str] | None = None     # several: an ensemble's members (one map together)
+    ood: dict[str, Any] | None = None                # the training-data check (tasks.ood), when declared
     size_bytes: int | None = None
     params: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +80,7 @@ class LoadedModel:
         self._tf = tf
         self._infer = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
         self._gradcam_models: dict[tuple[str, ...], Any] = {}
+        self._feature_calls: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def __call__(self, batch) -> Any:
@@ -89,6 +91,18 @@ class LoadedModel:
         if isinstance(out, (list, tuple)):
             return [v.numpy() for v in out]
         return out.numpy()
+
+    def features(self, batch, layer_name: str):
+        """The named layer's output for a batch, as NumPy (one compiled call per layer, built once)."""
+        import keras
+
+        with self._lock:
+            if layer_name not in self._feature_calls:
+                sub = keras.Model(self.model.inputs, self.model.get_layer(layer_name).output)
+                self._feature_calls[layer_name] = self._tf.function(lambda x: sub(x, training=False),
+                                                                    reduce_retracing=True)
+            call = self._feature_calls[layer_name]
+        return call(self._tf.convert_to_tensor(batch, dtype=self._tf.float32)).numpy()
 
     def gradcam_model(self, layer_name: str | Sequence[str] | None = None):
         """A model returning (feature maps of `layer_name`, outputs), built once per layer. Several layer

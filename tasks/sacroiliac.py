@@ -16,9 +16,10 @@ from imaging.gradcam import grad_cams
 from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
-from model_loader import LoadedModel
+from model_loader import LoadedModel, ModelUnavailable
 from tasks.base import ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
 from tasks.metrics import dice
+from tasks.ood import OodUnavailable, OodVerdict, distribution_for, verdict
 
 STAGE_NAMES = ("Normal", "Early", "Moderate", "Advanced")
 AS_NAMES = ("negative", "positive")
@@ -82,6 +83,29 @@ def classifier_probabilities(infer: Callable[[np.ndarray], Any], x: np.ndarray, 
     return probs
 
 
+WITHHELD_REASON = ("Withheld: this image lies outside the data the classifier was trained on (synthetic "
+                   "phantoms; distance {distance:.1f} against a limit of {threshold:.1f}). The classifier has not "
+                   "been validated on images like this one, so it gives no AS status or stage.")
+
+
+def training_data_check(model: LoadedModel, x: np.ndarray) -> OodVerdict | None:
+    """The classifier's training-data check on its input, when its registry entry declares one."""
+    spec = model.entry.ood
+    if not spec:
+        return None
+    try:
+        distribution = distribution_for(model.path.parent, spec)
+    except OodUnavailable as exc:
+        raise ModelUnavailable(model.entry.id, str(exc)) from exc
+    return verdict(distribution, model.features(x, spec["layer"]), spec["threshold"])
+
+
+def withheld_result(outside: OodVerdict, focus_id: str | None, focus_mask: np.ndarray) -> dict[str, Any]:
+    return {"as_status": None, "as_probability": None, "as_confidence": None, "stage": None, "stage_name": None,
+            "stage_probabilities": None, "focus_segmenter": focus_id, "joint_region_found": bool(focus_mask.any()),
+            "withheld": WITHHELD_REASON.format(**outside.as_dict()), "training_data_check": outside.as_dict()}
+
+
 # -- the task ---------------------------------------------------------------
 class SacroiliacTask(TaskBase):
     name = "sacroiliac"
@@ -123,6 +147,8 @@ class SacroiliacTask(TaskBase):
         for item in results:  # the first classifier chosen speaks for the run
             res = item["result"]
             if item["role"] == "classifier":
+                if res.get("withheld"):
+                    return "AS status withheld: outside the classifier's training data"
                 return f"AS {res['as_status']}, {res['stage_name']}"
         for item in results:
             if item["role"] == "segmenter":
@@ -156,6 +182,9 @@ class SacroiliacTask(TaskBase):
                   focus_id: str | None) -> ModelOutput:
         spec = model.entry.input
         x, box = classifier_input(img, focus_mask, spec)
+        outside = training_data_check(model, x)
+        if outside is not None and outside.outside:
+            return ModelOutput(model.entry.id, "classifier", withheld_result(outside, focus_id, focus_mask))
         probs = classifier_probabilities(model, x, spec)
         p_as, p_stage = probs["as_status"][0], probs["stage"][0]
         as_idx, stage_idx = int(p_as.argmax()), int(p_stage.argmax())
@@ -177,7 +206,10 @@ class SacroiliacTask(TaskBase):
             "stage_probabilities": {n: round(float(p), 4) for n, p in zip(STAGE_NAMES, p_stage)},
             "focus_segmenter": focus_id,
             "joint_region_found": bool(focus_mask.any()),
+            "withheld": None,
         }
+        if outside is not None:
+            result["training_data_check"] = outside.as_dict()
         return ModelOutput(model.entry.id, "classifier", result, images)
 
     def _compare(self, outputs: list[ModelOutput], masks: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -1,0 +1,126 @@
+"""The training-data check: Mahalanobis arithmetic, the threshold read from the registry, and the
+sacroiliac classifier withholding its answer on images unlike its phantoms."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imaging.io import DecodedImage, read_image
+from model_loader import ModelRegistry, ModelUnavailable
+from tasks.ood import FeatureDistribution, OodUnavailable, distribution_for, feature_statistics, verdict
+from tasks.sacroiliac import TASK as SIJ
+from training.ood import fit_distribution, refusal_threshold
+from training.phantoms.sacroiliac import SEED_RANGES, generate_case
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+DATA = Path(os.environ.get("JOINTSCAN_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SIJ_MODELS = ("sij-attention-unet", "sij-dual-head", "sij-unet-ref", "sij-cnn3-ref")
+
+
+def test_mahalanobis_distance_by_hand():
+    dist = FeatureDistribution(np.zeros(2), np.eye(2))
+    assert dist.distance(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist() == pytest.approx([5.0, 0.0])
+    # A variance of 4 along x halves distances along x.
+    scaled = FeatureDistribution(np.array([1.0, 0.0]), np.diag([0.25, 1.0]))
+    assert scaled.distance(np.array([[5.0, 0.0]]))[0] == pytest.approx(2.0)
+
+
+def test_feature_statistics_are_channel_mean_and_std():
+    maps = np.zeros((1, 2, 2, 2))
+    maps[0, :, :, 0] = [[0, 2], [4, 6]]
+    maps[0, :, :, 1] = 7
+    assert feature_statistics(maps)[0].tolist() == pytest.approx([3.0, 7.0, np.std([0, 2, 4, 6]), 0.0])
+    assert feature_statistics(np.ones((3, 5))).shape == (3, 5)
+
+
+def test_fitted_threshold_refuses_the_stated_share_of_held_out_inputs():
+    rng = np.random.default_rng(0)
+    dist = fit_distribution(rng.normal(size=(4000, 6)))
+    held_out = rng.normal(size=(20000, 6))
+    threshold = refusal_threshold(dist, held_out, 0.01)
+    refused = np.mean(dist.distance(rng.normal(size=(20000, 6))) > threshold)
+    assert refused == pytest.approx(0.01, abs=0.004)
+    assert verdict(dist, np.full((1, 6), 10.0), threshold).outside
+    assert not verdict(dist, np.zeros((1, 6)), threshold).outside
+
+
+def shipped_copy(tmp_path: Path, threshold: float | None = None) -> ModelRegistry:
+    """The shipped sacroiliac models in a folder of their own, optionally with another threshold."""
+    raw = json.loads((MODELS / "registry.json").read_text())
+    entries = [m for m in raw["models"] if m["id"] in SIJ_MODELS]
+    for entry in entries:
+        shutil.copy(MODELS / entry["file"], tmp_path / entry["file"])
+        if entry.get("ood"):
+            shutil.copy(MODELS / entry["ood"]["file"], tmp_path / entry["ood"]["file"])
+            if threshold is not None:
+                entry["ood"]["threshold"] = threshold
+    (tmp_path / "registry.json").write_text(json.dumps({"models": entries}))
+    return ModelRegistry(tmp_path)
+
+
+def run_sijs(registry: ModelRegistry, pixels: np.ndarray, classifier: str = "sij-dual-head") -> dict:
+    models = {"segmenter": [registry.load("sij-attention-unet")], "classifier": [registry.load(classifier)]}
+    output = SIJ.run(DecodedImage(pixels.astype(np.float32), "png"), models, {})
+    return next(m for m in output.models if m.role == "classifier").result
+
+
+def phantom_pixels(i: int = 0) -> np.ndarray:
+    return generate_case(int(SEED_RANGES["test"][i])).image.astype(np.float32) / 255
+
+
+def test_shipped_classifiers_declare_their_check():
+    registry = ModelRegistry(MODELS)
+    for model_id in ("sij-dual-head", "sij-cnn3-ref"):
+        spec = registry.get(model_id).ood
+        assert spec and spec["method"] == "mahalanobis" and spec["threshold"] > 0
+        assert registry.problem(model_id) is None
+        distribution_for(MODELS, spec)          # present and its checksum holds
+
+
+@pytest.mark.parametrize("classifier", ["sij-dual-head", "sij-cnn3-ref"])
+def test_phantoms_are_answered_and_other_images_withheld(tmp_path, classifier):
+    registry = shipped_copy(tmp_path)
+    answered = [run_sijs(registry, phantom_pixels(i), classifier) for i in range(3)]
+    assert all(r["withheld"] is None and r["as_status"] in ("negative", "positive") for r in answered)
+    rng = np.random.default_rng(0)
+    noise = run_sijs(registry, rng.random((256, 256)), classifier)
+    assert noise["as_status"] is None and noise["stage"] is None and "outside the data" in noise["withheld"]
+    assert noise["training_data_check"]["outside"] is True
+
+
+def test_the_threshold_is_read_from_the_registry(tmp_path):
+    lenient = tmp_path / "lenient"
+    strict = tmp_path / "strict"
+    lenient.mkdir(), strict.mkdir()
+    noise = np.random.default_rng(1).random((256, 256))
+    assert run_sijs(shipped_copy(lenient, threshold=1e9), noise)["withheld"] is None
+    assert run_sijs(shipped_copy(strict, threshold=0.0), phantom_pixels())["withheld"] is not None
+
+
+def test_a_damaged_check_disables_the_classifier(tmp_path):
+    registry = shipped_copy(tmp_path)
+    spec = registry.get("sij-dual-head").ood
+    (tmp_path / spec["file"]).write_bytes(b"not the fitted distribution")
+    with pytest.raises(ModelUnavailable, match="damaged"):
+        run_sijs(ModelRegistry(tmp_path), phantom_pixels())
+    (tmp_path / spec["file"]).unlink()
+    with pytest.raises(OodUnavailable, match="missing"):
+        distribution_for(tmp_path, {**spec, "sha256": "another"})
+
+
+REAL_SLICES = sorted((DATA / "sij_mri_dicom" / "patient1").glob("STIR_*.dcm"))[:4]
+HANDS = sorted((DATA / "hand_xray_paediatric").glob("*.png"))[:1]
+
+
+@pytest.mark.skipif(not REAL_SLICES or not HANDS, reason="../shared/data not found (set JOINTSCAN_DATA_DIR)")
+def test_real_mri_and_a_hand_radiograph_get_no_as_status(tmp_path):
+    registry = shipped_copy(tmp_path)
+    for path in [*REAL_SLICES, *HANDS]:
+        result = run_sijs(registry, read_image(path.read_bytes()).pixels)
+        assert result["as_status"] is None and result["withheld"], path.name
+    assert "withheld" in SIJ.headline({}, [{"role": "classifier", "result": result}])
