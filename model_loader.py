@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from flask import current_app
+
+# TensorFlow and Keras (and imaging.layers, which pulls Keras) are imported inside the functions that
+# load or run a model, not here: reading the registry and `status()` stay cheap, and a process that
+# only checks models never pays for TensorFlow.
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -192,8 +199,6 @@ class ModelRegistry:
             return loaded
 
     def _load_verified(self, entry: ModelEntry) -> LoadedModel:
-        import tempfile
-
         path = self.path_of(entry)
         try:
             data = path.read_bytes()
@@ -221,6 +226,4 @@ class ModelRegistry:
 
 def current_registry() -> ModelRegistry:
     """The registry of the application handling the current request or CLI command."""
-    from flask import current_app  # here, not at the top: training and benchmarks use this module without Flask
-
     return current_app.extensions["jointscan.registry"]

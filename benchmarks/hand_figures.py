@@ -30,6 +30,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from imaging.io import read_image  # noqa: E402
+from model_loader import ModelRegistry  # noqa: E402
+from tasks.hand import MIN_SURE_JOINTS, MISSING_THRESHOLD, TASK, UNSURE_THRESHOLD  # noqa: E402
+from training.hand.config import FULL_BUDGET  # noqa: E402
+from training.hand.data import generate_split  # noqa: E402
+from training.hand.evaluate import (compartment_metrics, detect_images, detection_metrics, format_table,  # noqa: E402
+                                    protocol_table, score_detected)
+from training.phantoms.hand import patient_plan, split_patients  # noqa: E402
+
 
 def data_dir() -> Path:
     return Path(os.environ.get("JOINTSCAN_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -40,14 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
     ap.add_argument("--patients", type=int, default=None, help="default: as recorded in the detector's registry entry")
     a = ap.parse_args(argv)
-
-    from model_loader import ModelRegistry
-    from tasks.hand import MIN_SURE_JOINTS, MISSING_THRESHOLD, UNSURE_THRESHOLD
-    from training.hand.config import FULL_BUDGET
-    from training.hand.data import generate_split
-    from training.hand.evaluate import (compartment_metrics, detect_images, detection_metrics, format_table,
-                                        protocol_table, score_detected)
-    from training.phantoms.hand import split_patients
 
     reg = ModelRegistry(a.models_dir)
     entries = reg.entries("hand")
@@ -125,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_guss_of(patients) -> np.ndarray:
-    from training.phantoms.hand import patient_plan
-
     return np.concatenate([patient_plan(p).guss.ravel() for p in patients])
 
 
@@ -136,9 +135,6 @@ def real_hands(reg, det_entry, scorer_entries) -> None:
     if not files:
         print(f"Real paediatric hands: skipped, {folder} is absent (set JOINTSCAN_DATA_DIR).")
         return
-    from imaging.io import read_image
-    from tasks.hand import TASK
-
     default_scorer = next((e for e in scorer_entries if e.default), scorer_entries[0])
     models = {"detector": [reg.load(det_entry.id)], "scorer": [reg.load(default_scorer.id)]}
     print(f"Real paediatric hands ({folder}; children, open growth plates, no OA: never seen in training)")

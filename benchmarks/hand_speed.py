@@ -23,6 +23,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from imaging.io import DecodedImage, read_image  # noqa: E402
+from imaging.overlay import encode_png  # noqa: E402
+from model_loader import ModelRegistry  # noqa: E402
+from tasks.hand import TASK  # noqa: E402
+from training.phantoms.hand import generate_hand  # noqa: E402
+
 TARGET_S = 1.5
 
 
@@ -31,12 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
     a = ap.parse_args(argv)
-
-    from imaging.io import DecodedImage, read_image
-    from imaging.overlay import encode_png
-    from model_loader import ModelRegistry
-    from tasks.hand import TASK
-    from training.phantoms.hand import generate_hand
 
     reg = ModelRegistry(a.models_dir)
     hand = reg.entries("hand")

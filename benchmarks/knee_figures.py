@@ -25,6 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from imaging.io import read_image  # noqa: E402
+from model_loader import ModelRegistry  # noqa: E402
+from tasks.knee import GRADE_NAMES, TASK, decide  # noqa: E402
+from tasks.metrics import accuracy, kappa_figure, mae  # noqa: E402
+from training.knee import data as knee_data  # noqa: E402
+from training.knee.evaluate import figures, predict_tta  # noqa: E402
+from training.knee.train import set_threads  # noqa: E402
+
 MODEL_ID = "knee-kl-grader"
 
 
@@ -34,23 +42,14 @@ def main(argv=None) -> int:
     ap.add_argument("--app-path", type=int, default=100, help="val images also run through the upload path")
     args = ap.parse_args(argv)
 
-    from training.knee import data as knee_data
-
     if not knee_data.available():
         print(f"SKIP: real knee data not found at {knee_data.knee_dir()} (set JOINTSCAN_DATA_DIR)")
         return 0
-    from model_loader import ModelRegistry
-
     reg = ModelRegistry(args.models)
     entry = reg.get(MODEL_ID)
     if entry is None or reg.problem(MODEL_ID):
         print(f"SKIP: {MODEL_ID} unavailable in {args.models}: {reg.problem(MODEL_ID) if entry else 'not registered'}")
         return 0
-
-    from tasks.knee import GRADE_NAMES, TASK
-    from tasks.metrics import accuracy, kappa_figure, mae
-    from training.knee.evaluate import figures, predict_tta
-    from training.knee.train.train import set_threads
 
     set_threads()
     lm = reg.load(MODEL_ID)
@@ -99,12 +98,8 @@ def main(argv=None) -> int:
     print(f"\nside (L/R) detection from the image: {side_acc:.3f}")
 
     if args.app_path:
-        from imaging.io import read_image
-
         rng = np.random.default_rng(0)
         idx = np.sort(rng.choice(n, size=min(args.app_path, n), replace=False))
-        from tasks.knee import decide
-
         want, _ = decide(pred["kl_value"][idx], pred["kl_coral"][idx], head)
         got, side_ok, ph = [], 0, 0
         for i, w in zip(idx, want):

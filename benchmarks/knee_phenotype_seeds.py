@@ -24,6 +24,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from scipy.linalg import block_diag  # noqa: E402
+
+from benchmarks.knee_phenotypes import finish, grade_aris  # noqa: E402
+from tasks.knee import decide  # noqa: E402
+from training.knee.ensemble import embedding_scale, severity_basis_of  # noqa: E402
+from training.knee.evaluate import best_head, figures, predict_tta  # noqa: E402
+from training.knee.phantom import phantom_set  # noqa: E402
+from training.knee.phantom_grader import load_or_train  # noqa: E402
+from training.knee.phenotypes import build_catalogue  # noqa: E402
+from training.knee.train import set_threads  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -32,17 +42,6 @@ def main(argv=None) -> int:
     ap.add_argument("--max-members", type=int, default=3)
     ap.add_argument("--n", type=int, default=1500, help="validation phantoms (after the first 400)")
     args = ap.parse_args(argv)
-
-    from scipy.linalg import block_diag
-    from sklearn.metrics import adjusted_rand_score
-
-    from tasks.knee import decide
-    from training.knee.ensemble import embedding_scale, severity_basis_of
-    from training.knee.evaluate import best_head, figures, predict_tta
-    from training.knee.phantom import phantom_set
-    from training.knee.phantom_grader import load_or_train
-    from training.knee.phenotypes import build_catalogue
-    from training.knee.train.train import set_threads
 
     set_threads()
     t0 = time.perf_counter()
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
             E = np.concatenate([preds[s]["embedding"] * embedding_scale(preds[s]["embedding"], bases[s])
                                 for s in combo], axis=1)
             cat = build_catalogue(E, grades, basis=block_diag(*[bases[s] for s in combo]))
-            aris = {g: adjusted_rand_score(phen[grades == g], cat.grades[g].labels) for g in cat.grades}
+            aris = grade_aris(phen, grades, cat)
             worst = min(aris.values())
             by_size.setdefault(size, []).append((worst, min(a for g, a in aris.items() if g > 0)))
             print(f"{','.join(map(str, combo)):>10} {head:>10}  "
@@ -76,8 +75,7 @@ def main(argv=None) -> int:
         w, above0 = np.array(rows).T
         print(f"  {size} grader{'s' if size > 1 else ' '}: {int((w >= 0.8).sum())} of {len(w)}, mean {w.mean():.3f}, "
               f"lowest {w.min():.3f}; KL 1-4 lowest {above0.min():.3f}")
-    print(f"\n(total {time.perf_counter() - t0:.0f} s; rerun: python benchmarks/knee_phenotype_seeds.py)")
-    return 0
+    return finish(t0, "benchmarks/knee_phenotype_seeds.py")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from imaging.gradcam import grad_cams  # noqa: E402
+from imaging.io import read_image  # noqa: E402
+from imaging.overlay import heatmap_overlay  # noqa: E402
+from model_loader import ModelRegistry  # noqa: E402
+from tasks.knee import TASK, catalogue_for, gradcam_target, grader_input, phenotype_card_image  # noqa: E402
+from training.knee import data as knee_data  # noqa: E402
+from training.phantoms.knee import generate_knee  # noqa: E402
 
 BUDGET_S = 0.3
 
@@ -32,32 +42,20 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 
-    from model_loader import ModelRegistry
-
     reg = ModelRegistry(args.models)
     entry = reg.get("knee-kl-grader")
     if entry is None or reg.problem(entry.id):
         print("SKIP: knee-kl-grader is not available in", args.models)
         return 0
-    import tensorflow as tf
-
+    # Before the first TensorFlow operation: the thread pools cannot be resized once the runtime has started.
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from imaging.gradcam import grad_cams
-    from imaging.io import read_image
-    from imaging.overlay import heatmap_overlay
-    from tasks.knee import TASK, catalogue_for, gradcam_target, grader_input, phenotype_card_image
-    from training.knee import data as knee_data
 
     if knee_data.available():
         rows = knee_data.list_split("val")[:: max(1, 826 // args.n)][: args.n]
         images = [read_image(p.read_bytes()) for p, _, _ in rows]
         source = f"{len(images)} real val radiographs (224x224)"
     else:
-        import cv2
-
-        from training.phantoms.knee import generate_knee
-
         images = [read_image(cv2.imencode(".png", generate_knee(s).image)[1].tobytes()) for s in range(args.n)]
         source = f"{len(images)} knee phantoms (224x224; real data absent)"
 

@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -46,10 +47,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from app import create_app  # noqa: E402
+from database import User, db  # noqa: E402
+from model_loader import ModelRegistry  # noqa: E402
+from training.phantoms.sacroiliac import generate_case  # noqa: E402
 
 TASK = "sacroiliac"
 PASSWORD = "load test passphrase 7"
@@ -78,8 +85,6 @@ def free_port() -> int:
 def snapshot_models(dest: Path) -> tuple[list[str], list[str]]:
     """Copy registry.json, cards and the sacroiliac model files that are present and intact.
     Returns (segmenter ids, classifier ids) usable, defaults first."""
-    from model_loader import ModelRegistry
-
     src = ROOT / "models"
     dest.mkdir(parents=True)
     shutil.copy2(src / "registry.json", dest / "registry.json")
@@ -103,10 +108,6 @@ def snapshot_models(dest: Path) -> tuple[list[str], list[str]]:
 
 
 def phantom_pngs(n: int) -> list[bytes]:
-    import cv2
-
-    from training.phantoms.sacroiliac import generate_case
-
     out = []
     for seed in range(9000, 9000 + n):
         ok, buf = cv2.imencode(".png", generate_case(seed).image)
@@ -169,9 +170,6 @@ def create_users(env: dict[str, str], names: list[str]) -> None:
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        from app import create_app
-        from database import User, db
-
         app = create_app()
         with app.app_context():
             for name in names:
@@ -545,8 +543,6 @@ def main() -> int:
     pidlog = work / "upload-pids.log"
     conf = work / "gunicorn_conf.py"
     conf.write_text(GUNICORN_CONF)
-    import secrets
-
     env = {**os.environ, "JOINTSCAN_INSTANCE_PATH": str(instance), "JOINTSCAN_MODELS_DIR": str(models_dir),
            "SECRET_KEY": secrets.token_hex(32), "JOINTSCAN_ENV_NAME": "production", "FLASK_APP": "wsgi",
            "TF_CPP_MIN_LOG_LEVEL": "2", "JOINTSCAN_SIGNUP_OPEN": "0", "JOINTSCAN_LOADTEST_PIDLOG": str(pidlog),

@@ -25,6 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from imaging.io import DecodedImage  # noqa: E402
+from model_loader import ModelRegistry  # noqa: E402
+from tasks.spine import TASK, spine_input  # noqa: E402
+from training.spine.data import dataset_dir, load_pair, manifest_from_folder, patient_split, split_rows  # noqa: E402
+from training.spine.evaluate import evaluate  # noqa: E402
+
 TARGETS = {"vertebra": 0.90, "disc": 0.85, "canal": 0.85}
 
 
@@ -45,10 +51,6 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=30)
     args = p.parse_args(argv)
 
-    from model_loader import ModelRegistry
-    from training.spine.data import dataset_dir, load_pair, manifest_from_folder, patient_split, split_rows
-    from training.spine.evaluate import evaluate
-
     folder = dataset_dir()
     if not folder.is_dir():
         print(f"SKIP: spine data not found at {folder} (set JOINTSCAN_DATA_DIR).")
@@ -58,9 +60,6 @@ def main(argv=None) -> int:
     if not entries:
         print(f"SKIP: no spine models in {reg.registry_path}; train them with: python -m training.spine")
         return 0
-
-    from imaging.io import DecodedImage
-    from tasks.spine import TASK, spine_input
 
     rows = manifest_from_folder(folder)
     results = []

@@ -4,16 +4,21 @@ from __future__ import annotations
 import json
 import zipfile
 
+import h5py
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 
-from imaging.layers import custom_objects  # noqa: E402
+from imaging.gradcam import grad_cam_scalar, grad_cams  # noqa: E402
+from imaging.layers import Int8Conv2D, Int8Conv2DTranspose, custom_objects  # noqa: E402
+from model_loader import ModelRegistry  # noqa: E402
 from tasks.metrics import (accuracy, classification_report, confusion_matrix, dice, dice_per_case,  # noqa: E402
                            dice_per_class, macro_f1, mae, per_class_f1, per_class_precision, per_class_recall,
                            quadratic_weighted_kappa)
 from training.architectures import attention_unet, cnn3_reference, dual_head_classifier, unet  # noqa: E402
+from training.export import register_model, save_for_shipping, storage_note, write_model_card  # noqa: E402
+from training.quantize import quantize_convolutions, quantize_kernel  # noqa: E402
 
 
 # -- architectures -------------------------------------------------------------------------
@@ -67,8 +72,6 @@ def test_cnn3_reference_layout():
 
 
 def test_custom_objects_are_the_int8_convolutions():
-    from imaging.layers import Int8Conv2D, Int8Conv2DTranspose
-
     assert set(custom_objects().values()) == {Int8Conv2D, Int8Conv2DTranspose}
 
 
@@ -126,8 +129,6 @@ def test_classification_report_is_json_safe():
 
 # -- shipping ------------------------------------------------------------------------------
 def test_save_for_shipping_round_trip(tmp_path):
-    from training.export import register_model, save_for_shipping, write_model_card
-
     keras.utils.set_random_seed(1)
     m = dual_head_classifier()
     m.compile(optimizer="adam", loss={"as_status": "categorical_crossentropy", "stage": "categorical_crossentropy"})
@@ -159,16 +160,10 @@ def test_save_for_shipping_round_trip(tmp_path):
     card = write_model_card(tmp_path, stored, {"Known failure modes and limits": "- phantoms only"})
     text = card.read_text()
     assert "Not for clinical use" in text and "phantoms only" in text and "python -m x" in text
-
-    from model_loader import ModelRegistry
-
     assert ModelRegistry(tmp_path).problem("t-model") is None
 
 
 def test_quantized_reference_reloads_and_gradcam_flows(tmp_path):
-    from imaging.gradcam import grad_cams
-    from training.export import save_for_shipping
-
     keras.utils.set_random_seed(2)
     m = cnn3_reference()
     x = np.random.default_rng(2).random((1, 128, 128, 1), dtype=np.float32)
@@ -192,8 +187,6 @@ def _tiny_trained_unet(seed: int = 3):
 
 
 def test_quantize_kernel_per_output_channel():
-    from training.quantize import quantize_kernel
-
     k = np.random.default_rng(0).normal(0, 0.1, (3, 3, 4, 5)).astype(np.float32)
     k[..., 2] = 0.0                                            # a dead channel
     q, scale = quantize_kernel(k)
@@ -208,13 +201,6 @@ def test_quantize_kernel_per_output_channel():
 
 def test_int8_convolutions_round_trip(tmp_path):
     """Convert a U-Net (Conv2D + Conv2DTranspose), ship, reload: int8 kernels in the file, same outputs."""
-    import h5py
-
-    from imaging.gradcam import grad_cam_scalar
-    from training.export import save_for_shipping, storage_note
-    from imaging.layers import Int8Conv2D, Int8Conv2DTranspose
-    from training.quantize import quantize_convolutions
-
     m = _tiny_trained_unet()
     m.compile(optimizer="adam", loss=lambda y, p: keras.ops.mean((y - p) ** 2))   # unregistered loss, as in training
     x = np.random.default_rng(4).random((2, 32, 32, 1), dtype=np.float32)

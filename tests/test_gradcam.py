@@ -1,14 +1,16 @@
 """Grad-CAM: the compiled computation equals the textbook eager one, for every head and class."""
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from imaging.gradcam import batch_grad_cams, focus, grad_cams
 
 
 @pytest.fixture(scope="module")
 def two_head_model():
-    import keras
-
     keras.utils.set_random_seed(3)
     inp = keras.Input((24, 24, 2))
     feat = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="gradcam_conv")(inp)
@@ -20,8 +22,6 @@ def two_head_model():
 
 
 def _eager(gm, x, name, index):
-    import tensorflow as tf
-
     with tf.GradientTape() as tape:
         feats, outs = gm(tf.constant(x), training=False)
         score = outs[name][:, index]
@@ -31,8 +31,6 @@ def _eager(gm, x, name, index):
 
 
 def test_compiled_matches_eager_for_each_head_and_class(two_head_model):
-    from imaging.gradcam import grad_cams
-
     x = np.random.default_rng(0).random((1, 24, 24, 2), dtype=np.float32)
     for a_idx, b_idx in [(0, 0), (1, 3), (0, 2)]:   # new class indices reuse the compiled function
         cams = grad_cams(two_head_model, x, [("a", a_idx), ("b", b_idx)])
@@ -43,8 +41,6 @@ def test_compiled_matches_eager_for_each_head_and_class(two_head_model):
 
 
 def test_focus_keeps_only_the_region():
-    from imaging.gradcam import focus
-
     cam = np.ones((8, 8), np.float32)
     cam[0, 0] = 5.0                       # the global peak lies outside the region
     region = np.zeros((16, 16), np.uint8)
@@ -57,8 +53,6 @@ def test_focus_keeps_only_the_region():
 
 def test_batch_maps_equal_one_item_at_a_time(two_head_model):
     """batch_grad_cams: each item of the batch gets the map it would get alone, per score function."""
-    from imaging.gradcam import batch_grad_cams
-
     x = np.random.default_rng(5).random((3, 24, 24, 2), dtype=np.float32)
     stacks = batch_grad_cams(two_head_model, x, [lambda o: o["a"][:, 1], lambda o: o["b"][:, 2]])
     assert [s.shape for s in stacks] == [(3, 24, 24), (3, 24, 24)]

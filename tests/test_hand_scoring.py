@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from imaging.normalize import to_model_input
 from tasks import hand as hand_task
 from tasks.metrics import coral_rank
 from training.hand.data import (CTX_FACTOR, CTX_SIZE, augment_crop, coral_targets, detector_targets,
@@ -172,8 +173,6 @@ def test_training_augmentation_keeps_the_serving_geometry():
     assert plain.shape == (64, 64) and plain.min() >= 0 and plain.max() <= 1
     side = CTX_SIZE / CTX_FACTOR
     lo = int(round((CTX_SIZE - side) / 2))
-    from imaging.normalize import to_model_input
-
     ref = to_model_input(ctx[lo:lo + int(round(side)), lo:lo + int(round(side))].astype(np.float32) / 255, (64, 64))
     assert np.corrcoef(plain.ravel(), ref.ravel())[0, 1] > 0.95           # the centre of the context crop
     outs = [augment_crop(ctx, rng) for _ in range(4)]

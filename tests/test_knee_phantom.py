@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import chi2_contingency
 
 from training.phantoms import knee as knee_phantoms
 
@@ -22,8 +23,6 @@ def test_grade_and_phenotype_are_independent_draws():
     for c in cases:
         table[c.grade, c.phenotype_index] += 1
     assert (table > 0).all()                        # every combination occurs
-    from scipy.stats import chi2_contingency
-
     assert chi2_contingency(table).pvalue > 0.01    # no association between grade and phenotype
     # overriding the grade keeps the phenotype, the side and the anatomy
     c0, c4 = knee_phantoms.generate_knee(5, grade=0), knee_phantoms.generate_knee(5, grade=4)

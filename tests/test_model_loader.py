@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 
+import keras
 import numpy as np
 import pytest
 
+from imaging.layers import Int8Conv2D, Int8Conv2DTranspose
 from model_loader import ModelRegistry, ModelUnavailable, sha256_of
+from training.export import save_for_shipping
+from training.quantize import quantize_convolutions
 
 
 @pytest.fixture(scope="module")
 def registry_dir(tmp_path_factory):
-    import keras
-
     root = tmp_path_factory.mktemp("registry")
     entries = []
     for mid in ("good", "missing", "damaged"):
@@ -54,8 +57,6 @@ def test_bad_files_disable_only_that_model(registry_dir):
 
 
 def test_file_replaced_after_registration_is_refused(registry_dir, tmp_path):
-    import shutil
-
     copy = tmp_path / "reg"
     shutil.copytree(registry_dir, copy)
     (copy / "good.keras").write_bytes((copy / "good.keras").read_bytes() + b"\0")
@@ -100,12 +101,6 @@ def test_committed_registry_is_consistent():
 
 def test_loads_a_file_with_int8_convolutions(tmp_path):
     """A model shipped with int8 conv kernels (training.quantize) loads through the registry, serves and explains."""
-    import keras
-
-    from training.export import save_for_shipping
-    from imaging.layers import Int8Conv2D, Int8Conv2DTranspose
-    from training.quantize import quantize_convolutions
-
     keras.utils.set_random_seed(5)
     inp = keras.Input((16, 16, 1))
     x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="down")(inp)

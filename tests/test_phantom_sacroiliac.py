@@ -11,7 +11,7 @@ import pytest
 
 from training.manifest import load_sacroiliac_arrays, read_sacroiliac_manifest
 from training.phantoms.sacroiliac import (SEED_RANGES, STAGE_NAMES, SacroiliacCase, generate_batch,
-                                          generate_case, write_dataset)
+                                          generate_case, main, write_dataset)
 
 COLUMNS = ["image_id", "image_path", "mask_path", "AS_status", "stage", "stage_name",
            "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]
@@ -188,8 +188,6 @@ def test_manifest_errors(tmp_path):
 
 
 def test_cli_writes_dataset(tmp_path):
-    from training.phantoms.sacroiliac import main
-
     assert main(["--out", str(tmp_path / "cli"), "--split", "test", "--count", "2"]) == 0
     rows = read_sacroiliac_manifest(tmp_path / "cli" / "annotations" / "dataset.csv")
     assert [r.image_id for r in rows] == ["sij_1000000", "sij_1000001"]

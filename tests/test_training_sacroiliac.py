@@ -2,6 +2,7 @@
 and the batch evaluation used for the published figures matches what the task serves."""
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -11,11 +12,15 @@ import pytest
 pytest.importorskip("keras")
 pytest.importorskip("training.phantoms.sacroiliac")
 
-from tasks.sacroiliac import AS_NAMES  # noqa: E402
+from imaging.io import DecodedImage  # noqa: E402
+from imaging.layers import Int8Conv2D, Int8Conv2DTranspose  # noqa: E402
+from model_loader import ModelRegistry  # noqa: E402
+from tasks.sacroiliac import AS_NAMES, TASK, classifier_probabilities  # noqa: E402
 from training.sacroiliac.data import classifier_arrays, generate_split, perturb_mask, segmentation_arrays  # noqa: E402
 from training.sacroiliac.evaluate import predict_classes, predict_masks  # noqa: E402
 from training.sacroiliac.model import ALL_MODELS, CLASSIFIER_SPECS, DEFAULT_MODELS, REFERENCES  # noqa: E402
 from training.sacroiliac.pipeline import prepare, run  # noqa: E402
+from training.phantoms.sacroiliac import SEED_RANGES  # noqa: E402
 from training.sacroiliac.train import QUICK_SIZES  # noqa: E402
 from training.toolbox.runs import COMMITTED_MODELS_DIR  # noqa: E402
 
@@ -32,8 +37,6 @@ def quick_run(tmp_path_factory):
 
 
 def test_quick_run_registers_verified_models(quick_run):
-    from model_loader import ModelRegistry
-
     out, summary = quick_run
     assert set(summary["models"]) == set(ALL_MODELS)
     registry = ModelRegistry(out)
@@ -53,8 +56,6 @@ def test_quick_run_registers_verified_models(quick_run):
         else:
             assert entry["outputs"] == ["mask"]
     assert {raw[m]["default"] for m in DEFAULT_MODELS} == {True} and {raw[m]["reference"] for m in REFERENCES} == {True}
-    from imaging.layers import Int8Conv2D, Int8Conv2DTranspose
-
     ref_unet = registry.load("sij-unet-ref").model                  # shipped with int8 conv kernels
     assert isinstance(ref_unet.get_layer("mask"), Int8Conv2D) and isinstance(ref_unet.get_layer("dec0_up"),
                                                                               Int8Conv2DTranspose)
@@ -66,10 +67,6 @@ def test_quick_run_registers_verified_models(quick_run):
 
 def test_batch_evaluation_matches_the_served_task(quick_run):
     """The figures' batch path (predict_masks / predict_classes) gives what SacroiliacTask.run serves."""
-    from imaging.io import DecodedImage
-    from model_loader import ModelRegistry
-    from tasks.sacroiliac import TASK
-
     out, _ = quick_run
     registry = ModelRegistry(out)
     ph = generate_split("test", 3)
@@ -110,8 +107,6 @@ def test_data_helpers():
 
 
 def test_seed_ranges_are_disjoint():
-    from training.phantoms.sacroiliac import SEED_RANGES
-
     sets = {k: set(v) for k, v in SEED_RANGES.items()}
     assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
 
@@ -119,10 +114,6 @@ def test_seed_ranges_are_disjoint():
 def test_committed_models_verify_and_fit_the_budget():
     """The committed sacroiliac models (when present) pass their checksums, and every model file the
     repository commits (all tasks; models/.gitignore names those regenerated instead) stays under 20 MB."""
-    import fnmatch
-
-    from model_loader import ModelRegistry
-
     registry = ModelRegistry(COMMITTED_MODELS_DIR)
     entries = [registry.get(m) for m in ALL_MODELS]
     if not all(entries):
@@ -141,8 +132,6 @@ def test_committed_models_verify_and_fit_the_budget():
 
 def test_flip_tta_averages_the_mirror():
     """spec tta=hflip: one batch holds the input and its mirror; the probabilities are their mean."""
-    from tasks.sacroiliac import classifier_probabilities
-
     def infer(b):       # reads the top-left pixel: the mirror shows it the top-right one
         seen = np.asarray(b)[:, 0, 0, 0]
         return {"as_status": np.stack([1 - seen, seen], -1)}

@@ -26,6 +26,8 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
+from imaging.normalize import to_model_input
+
 SACROILIAC_COLUMNS = ("image_id", "image_path", "mask_path", "AS_status", "stage", "stage_name",
                       "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
 REQUIRED_COLUMNS = ("image_id", "image_path")
@@ -167,12 +169,6 @@ def read_sacroiliac_manifest(csv_path: Path) -> list[ManifestRow]:
 
 
 def _to_model_input(img: np.ndarray, size: int) -> np.ndarray:
-    try:
-        from imaging.normalize import to_model_input
-    except ImportError:                                    # keep the loader usable without it
-        arr = cv2.resize(img.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-        lo, hi = np.percentile(arr, [1.0, 99.0])
-        return np.clip((arr - lo) / (hi - lo), 0, 1).astype(np.float32) if hi > lo else np.zeros_like(arr)
     return np.asarray(to_model_input(img, (size, size)), dtype=np.float32)
 
 

@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+from sklearn.cluster import HDBSCAN
+from sklearn.metrics import silhouette_score
 
 from tasks.knee_catalogue import (CATALOGUE_VERSION, Catalogue, GradeClusters, catalogue_paths, cluster_name,
                                   core_distances, pairwise_distances, remove_directions, unit_rows)
@@ -89,16 +91,12 @@ def _links(P: np.ndarray, labels: np.ndarray, core: np.ndarray) -> tuple[np.ndar
 
 
 def _hdbscan(P: np.ndarray, min_cluster_size: int, min_samples: int) -> np.ndarray:
-    from sklearn.cluster import HDBSCAN  # deferred: scikit-learn is needed for fitting only
-
     return HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples,
                    cluster_selection_method="eom", copy=True).fit(P).labels_.astype(np.int64)
 
 
 def _score(P: np.ndarray, labels: np.ndarray) -> float:
     """Unsupervised tuning score: silhouette of the clustered points x the fraction clustered."""
-    from sklearn.metrics import silhouette_score
-
     keep = labels >= 0
     if len(np.unique(labels[keep])) < 2 or keep.sum() < 4:
         return -1.0
