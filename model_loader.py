@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from flask import current_app
-
 # TensorFlow and Keras (and imaging.layers, which pulls Keras) are imported inside the functions that
 # load or run a model, not here: reading the registry and `status()` stay cheap, and a process that
-# only checks models never pays for TensorFlow.
+# only checks models never pays for TensorFlow. Flask is imported only by `current_registry()`: the
+# tasks and training import this module and never touch Flask.
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -226,4 +225,6 @@ class ModelRegistry:
 
 def current_registry() -> ModelRegistry:
     """The registry of the application handling the current request or CLI command."""
+    from flask import current_app
+
     return current_app.extensions["jointscan.registry"]

@@ -3,6 +3,8 @@ no module imports one that imports it back, and nothing on the serving side impo
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,11 @@ def test_no_import_cycles():
 def test_serving_code_never_imports_training(name):
     wrong = sorted(d for d in GRAPH[name] if d.split(".")[0] in NOT_FOR_SERVING)
     assert wrong == [], f"{name} imports {wrong}"
+
+
+def test_tasks_import_neither_flask_nor_tensorflow():
+    """Task code never touches Flask, and scanning the tasks stays cheap (TensorFlow loads on first use)."""
+    probe = ("import sys, tasks; tasks.all_tasks(); "
+             "print(sorted(m for m in ('flask', 'tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
