@@ -83,13 +83,13 @@ def classifier_probabilities(infer: Callable[[np.ndarray], Any], x: np.ndarray, 
     return probs
 
 
-WITHHELD_REASON = ("Withheld: this image lies outside the data the classifier was trained on (synthetic "
-                   "phantoms; distance {distance:.1f} against a limit of {threshold:.1f}). The classifier has not "
-                   "been validated on images like this one, so it gives no AS status or stage.")
+WITHHELD_REASON = ("Withheld: this image lies outside the data the {what} was trained on (synthetic "
+                   "phantoms; distance {distance:.1f} against a limit of {threshold:.1f}). The {what} has not "
+                   "been validated on images like this one, so it gives no {answer}.")
 
 
 def training_data_check(model: LoadedModel, x: np.ndarray) -> OodVerdict | None:
-    """The classifier's training-data check on its input, when its registry entry declares one."""
+    """A model's training-data check on its input, when its registry entry declares one."""
     spec = model.entry.ood
     if not spec:
         return None
@@ -103,7 +103,8 @@ def training_data_check(model: LoadedModel, x: np.ndarray) -> OodVerdict | None:
 def withheld_result(outside: OodVerdict, focus_id: str | None, focus_mask: np.ndarray) -> dict[str, Any]:
     return {"as_status": None, "as_probability": None, "as_confidence": None, "stage": None, "stage_name": None,
             "stage_probabilities": None, "focus_segmenter": focus_id, "joint_region_found": bool(focus_mask.any()),
-            "withheld": WITHHELD_REASON.format(**outside.as_dict()), "training_data_check": outside.as_dict()}
+            "withheld": WITHHELD_REASON.format(what="classifier", answer="AS status or stage", **outside.as_dict()),
+            "training_data_check": outside.as_dict()}
 
 
 # -- the task ---------------------------------------------------------------
@@ -129,6 +130,8 @@ class SacroiliacTask(TaskBase):
             options: dict[str, Any]) -> TaskOutput:
         img = image.pixels
         segmentations, masks = run_role(models, "segmenter", lambda model: self._segment(model, img))
+        # A segmenter that withheld its region gives none: it neither focuses nor enters the comparison.
+        masks = {o.model_id: masks[o.model_id] for o in segmentations if not o.result.get("withheld")}
         # The first chosen segmenter defines the joint region the classifiers focus on.
         focus_id = next(iter(masks), None)
         focus_mask = masks[focus_id] if focus_id else np.zeros(img.shape, np.uint8)
@@ -152,6 +155,8 @@ class SacroiliacTask(TaskBase):
                 return f"AS {res['as_status']}, {res['stage_name']}"
         for item in results:
             if item["role"] == "segmenter":
+                if item["result"].get("withheld"):
+                    return "Joint region withheld: outside the segmenter's training data"
                 return "Joint region found" if item["result"].get("found") else "No joint region found"
         return "Done"
 
@@ -159,7 +164,15 @@ class SacroiliacTask(TaskBase):
     @timed_model
     def _segment(self, model: LoadedModel, img: np.ndarray) -> tuple[ModelOutput, np.ndarray]:
         size = model.entry.input_shape[0]
-        prob = np.asarray(model(segmenter_input(img, size)))[0, :, :, 0]
+        x = segmenter_input(img, size)
+        outside = training_data_check(model, x)
+        if outside is not None and outside.outside:
+            result = {"found": None, "area_px": None, "area_fraction": None, "bbox": None, "mean_confidence": None,
+                      "withheld": WITHHELD_REASON.format(what="segmenter", answer="joint region",
+                                                         **outside.as_dict()),
+                      "training_data_check": outside.as_dict()}
+            return ModelOutput(model.entry.id, "segmenter", result), np.zeros(img.shape, np.uint8)
+        prob = np.asarray(model(x))[0, :, :, 0]
         small = prob > MASK_THRESHOLD
         found = int(small.sum()) >= MIN_REGION_PX
         h, w = img.shape
@@ -173,7 +186,10 @@ class SacroiliacTask(TaskBase):
             "area_fraction": round(float(mask.mean()), 4),
             "bbox": list(map(int, box)) if box else None,
             "mean_confidence": round(float(prob[small].mean()) if found else 0.0, 3),
+            "withheld": None,
         }
+        if outside is not None:
+            result["training_data_check"] = outside.as_dict()
         images = {"mask_overlay": mask_overlay(img, mask, MASK_COLOURS), "mask": (mask * 255).astype(np.uint8)}
         return ModelOutput(model.entry.id, "segmenter", result, images), mask
 

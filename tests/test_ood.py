@@ -1,5 +1,5 @@
 """The training-data check: Mahalanobis arithmetic, the threshold read from the registry, and the
-sacroiliac classifier withholding its answer on images unlike its phantoms."""
+sacroiliac segmenters and classifiers withholding their answers on images unlike their phantoms."""
 from __future__ import annotations
 
 import json
@@ -63,19 +63,28 @@ def shipped_copy(tmp_path: Path, threshold: float | None = None) -> ModelRegistr
     return ModelRegistry(tmp_path)
 
 
-def run_sijs(registry: ModelRegistry, pixels: np.ndarray, classifier: str = "sij-dual-head") -> dict:
-    models = {"segmenter": [registry.load("sij-attention-unet")], "classifier": [registry.load(classifier)]}
+PAIRS = {"sij-dual-head": "sij-attention-unet", "sij-cnn3-ref": "sij-unet-ref"}
+
+
+def run_both(registry: ModelRegistry, pixels: np.ndarray, classifier: str = "sij-dual-head") -> tuple[dict, dict]:
+    """(segmenter result, classifier result) of the pipeline as the app runs it."""
+    models = {"segmenter": [registry.load(PAIRS[classifier])], "classifier": [registry.load(classifier)]}
     output = SIJ.run(DecodedImage(pixels.astype(np.float32), "png"), models, {})
-    return next(m for m in output.models if m.role == "classifier").result
+    by_role = {m.role: m.result for m in output.models}
+    return by_role["segmenter"], by_role["classifier"]
+
+
+def run_sijs(registry: ModelRegistry, pixels: np.ndarray, classifier: str = "sij-dual-head") -> dict:
+    return run_both(registry, pixels, classifier)[1]
 
 
 def phantom_pixels(i: int = 0) -> np.ndarray:
     return generate_case(int(SEED_RANGES["test"][i])).image.astype(np.float32) / 255
 
 
-def test_shipped_classifiers_declare_their_check():
+def test_shipped_models_declare_their_check():
     registry = ModelRegistry(MODELS)
-    for model_id in ("sij-dual-head", "sij-cnn3-ref"):
+    for model_id in SIJ_MODELS:
         spec = registry.get(model_id).ood
         assert spec and spec["method"] == "mahalanobis" and spec["threshold"] > 0
         assert registry.problem(model_id) is None
@@ -85,12 +94,15 @@ def test_shipped_classifiers_declare_their_check():
 @pytest.mark.parametrize("classifier", ["sij-dual-head", "sij-cnn3-ref"])
 def test_phantoms_are_answered_and_other_images_withheld(tmp_path, classifier):
     registry = shipped_copy(tmp_path)
-    answered = [run_sijs(registry, phantom_pixels(i), classifier) for i in range(3)]
-    assert all(r["withheld"] is None and r["as_status"] in ("negative", "positive") for r in answered)
-    rng = np.random.default_rng(0)
-    noise = run_sijs(registry, rng.random((256, 256)), classifier)
+    for i in range(3):
+        region, answer = run_both(registry, phantom_pixels(i), classifier)
+        assert region["withheld"] is None and region["found"] is True
+        assert answer["withheld"] is None and answer["as_status"] in ("negative", "positive")
+    region, noise = run_both(registry, np.random.default_rng(0).random((256, 256)), classifier)
+    assert region["found"] is None and "segmenter" in region["withheld"]
     assert noise["as_status"] is None and noise["stage"] is None and "outside the data" in noise["withheld"]
     assert noise["training_data_check"]["outside"] is True
+    assert noise["joint_region_found"] is False        # a withheld region focuses nothing
 
 
 def test_the_threshold_is_read_from_the_registry(tmp_path):
@@ -121,6 +133,8 @@ HANDS = sorted((DATA / "hand_xray_paediatric").glob("*.png"))[:1]
 def test_real_mri_and_a_hand_radiograph_get_no_as_status(tmp_path):
     registry = shipped_copy(tmp_path)
     for path in [*REAL_SLICES, *HANDS]:
-        result = run_sijs(registry, read_image(path.read_bytes()).pixels)
+        region, result = run_both(registry, read_image(path.read_bytes()).pixels)
+        assert region["found"] is None and region["withheld"], path.name
         assert result["as_status"] is None and result["withheld"], path.name
     assert "withheld" in SIJ.headline({}, [{"role": "classifier", "result": result}])
+    assert "withheld" in SIJ.headline({}, [{"role": "segmenter", "result": region}])

@@ -1,13 +1,12 @@
-"""The sacroiliac classifiers' training-data check: fitted on phantoms, measured on real MRI and other images.
+"""The sacroiliac models' training-data check: fitted on phantoms, measured on real MRI and other images.
 
     python -m training.sacroiliac.ood --out models [--train 2000 --val 500]
 
-Features: each classifier's input as the app builds it (cropped around the shipped segmenter's served
-mask), at its `ood_layer`. Fitted on training phantoms, threshold at 1% false refusals on validation
+Features: each model's input as the app builds it (a segmenter reads the slice, a classifier the crop
+around the shipped segmenter's served mask), at its layer in OOD_LAYERS. Fitted on training phantoms, threshold at 1% false refusals on validation
 phantoms, then measured on test phantoms (false refusals) and on what the classifier has never seen:
 every slice of the real studies (../shared/data/sij_mri_nifti and sij_mri_dicom) and the other real
-images of ../shared/data (knee and hand radiographs, spine MRI, other DICOM), each of which must be
-refused. Figures go into the registry entry and are printed.
+images of ../shared/data (knee and hand radiographs, spine MRI, other DICOM), each of which must be refused. Figures go into the registry entry and are printed.
 """
 from __future__ import annotations
 
@@ -31,14 +30,21 @@ from training.sacroiliac.evaluate import predict_masks, served_mask
 from training.toolbox.runs import data_dir
 
 # Early layers: their texture statistics tell phantoms from real images (see tasks.ood).
-OOD_LAYERS = {"sij-dual-head": "block2_relu2", "sij-cnn3-ref": "conv2"}
-SEGMENTER_OF = {"sij-dual-head": "sij-attention-unet", "sij-cnn3-ref": "sij-unet-ref"}
+OOD_LAYERS = {"sij-attention-unet": "enc1_2_relu", "sij-unet-ref": "enc1_conv2",
+              "sij-dual-head": "block2_relu2", "sij-cnn3-ref": "conv2"}
+SEGMENTER_OF = {"sij-dual-head": "sij-attention-unet", "sij-cnn3-ref": "sij-unet-ref",
+                "sij-attention-unet": "sij-attention-unet", "sij-unet-ref": "sij-unet-ref"}
 
 
-def classifier_features(loaded, images01: Iterable[np.ndarray], masks: Iterable[np.ndarray], layer: str) -> np.ndarray:
+def model_features(loaded, images01: Iterable[np.ndarray], masks: Iterable[np.ndarray], layer: str) -> np.ndarray:
+    """The layer's statistics for each image, given as the app gives it to this model (a classifier reads
+    the crop around the served mask, a segmenter the whole slice)."""
     rows = []
     for img, mask in zip(images01, masks):
-        x, _ = classifier_input(img, mask, loaded.entry.input)
+        if loaded.entry.role == "segmenter":
+            x = segmenter_input(img, loaded.entry.input_shape[0])
+        else:
+            x, _ = classifier_input(img, mask, loaded.entry.input)
         rows.append(feature_statistics(loaded.features(x, layer))[0])
     return np.asarray(rows)
 
@@ -70,13 +76,15 @@ def real_images(root: Path) -> dict[str, list[np.ndarray]]:
 def fit(out_dir: Path, model_id: str, n_train: int, n_val: int, n_test: int,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     registry = ModelRegistry(out_dir)
-    classifier, segmenter = registry.load(model_id), registry.load(SEGMENTER_OF[model_id])
+    model, segmenter = registry.load(model_id), registry.load(SEGMENTER_OF[model_id])
     layer = OOD_LAYERS[model_id]
+    # Only a classifier reads the served mask; a segmenter's features need none.
+    needs_masks = model.entry.role == "classifier"
     splits = {name: generate_split(name, n) for name, n in (("train", n_train), ("val", n_val), ("test", n_test))}
     features = {}
     for name, ph in splits.items():
-        masks = predict_masks(segmenter.model, ph)
-        features[name] = classifier_features(classifier, [ph.image01(i) for i in range(len(ph))], masks, layer)
+        masks = predict_masks(segmenter.model, ph) if needs_masks else [None] * len(ph)
+        features[name] = model_features(model, [ph.image01(i) for i in range(len(ph))], masks, layer)
         log(f"{model_id}: {name} phantoms {len(ph)} -> features {features[name].shape}")
     distribution = fit_distribution(features["train"])
     threshold = refusal_threshold(distribution, features["val"], DEFAULT_FALSE_REFUSAL_RATE)
@@ -84,8 +92,8 @@ def fit(out_dir: Path, model_id: str, n_train: int, n_val: int, n_test: int,
                                "test_phantoms_refused": float(np.mean(distribution.distance(features["test"]) > threshold)),
                                "n_test_phantoms": n_test}
     for kind, images in real_images(data_dir()).items():
-        masks = served_masks_of(segmenter, images)
-        d = distribution.distance(classifier_features(classifier, images, masks, layer))
+        masks = served_masks_of(segmenter, images) if needs_masks else [None] * len(images)
+        d = distribution.distance(model_features(model, images, masks, layer))
         figures[f"{kind}_refused"] = float(np.mean(d > threshold))
         figures[f"n_{kind}"] = len(images)
         figures[f"{kind}_min_distance"] = float(d.min())
