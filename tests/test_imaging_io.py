@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 import time
 import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -28,16 +26,13 @@ import imaging.raster as raster
 from imaging.io import DecodedImage, ImageReadError, read_image
 from imaging.sniff import sniff_type
 from tests.conftest import dicom_dataset
+from tests.data_gate import data_dir, need, real_data
 
 # pydicom warns (rightly) about the odd values in real and fuzzed files; the
 # behaviour under test is that they decode or are rejected, not the warnings.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def data_dir() -> Path:
-    """The real-data folder: $JOINTSCAN_DATA_DIR, else ../shared/data beside the repo."""
-    env = os.environ.get("JOINTSCAN_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 # --------------------------------------------------------------------------- builders
@@ -452,7 +447,7 @@ def _real_files() -> list:
     files = sorted((root / "dicom").glob("*")) + sorted((root / "sij_mri_dicom" / "patient1").glob("*"))
     files = [f for f in files if f.is_file()]
     if not files:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"real DICOM data not found under {root}"))]
+        return [pytest.param(None, marks=real_data(root / "dicom", root / "sij_mri_dicom" / "patient1"), id="no-data")]
     return [pytest.param(f, id=f"{f.parent.name}/{f.name}") for f in files]
 
 
@@ -474,8 +469,7 @@ def test_real_files_decode_or_reject_cleanly(path):
 
 def _real(name: str) -> bytes:
     path = data_dir() / "dicom" / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set JOINTSCAN_DATA_DIR)")
+    need(path)
     return path.read_bytes()
 
 

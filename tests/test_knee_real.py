@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.data_gate import real_data
 from training.knee import data as knee_data
 
-pytestmark = pytest.mark.skipif(not knee_data.available(),
-                                reason=f"real knee data not found at {knee_data.knee_dir()} (set JOINTSCAN_DATA_DIR)")
+pytestmark = real_data(knee_data.knee_dir() / "train", knee_data.knee_dir() / "val")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -17,11 +17,10 @@ from tasks.base import TaskInputError
 from training.spine.data import (augment, dataset_dir, load_pair, manifest_from_folder, patient_split,
                                  read_manifest, split_rows)
 from training.spine.model import ATTENTION_UNET, REFERENCE_UNET
+from tests.data_gate import real_data
 
 ATT, REF = "spine_tiny_attunet", "spine_tiny_unet_ref"
-HAVE_DATA = dataset_dir().is_dir()
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"spine data folder absent ({dataset_dir()}); "
-                                                      "set JOINTSCAN_DATA_DIR to run the real-data tests")
+needs_data = real_data(dataset_dir())
 
 
 # -- split ---------------------------------------------------------------------------
