@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
@@ -38,7 +39,7 @@ def _stage_of(app, run_id, model_id=CLS_OURS) -> int:
 
 
 def test_quadratic_weighted_kappa_matches_scikit_learn():
-    rng = __import__("numpy").random.default_rng(0)
+    rng = np.random.default_rng(0)
     for _ in range(20):
         a = rng.integers(0, 4, 30).tolist()
         b = [min(3, max(0, x + int(rng.integers(-1, 2)))) for x in a]
