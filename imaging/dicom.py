@@ -25,6 +25,10 @@ from imaging.sniff import check_min_size, check_pixels, j2k_size, jpeg_size
 
 _DEFLATED_TS = b"1.2.840.10008.1.2.1.99"
 
+# pydicom's value validation logs the offending value ("Invalid value for VR UI: '1.2.840...'"): a
+# study UID or a name would reach the server log. Uploads are checked by this module, not by pydicom.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 
 def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str | None, dict[str, Any]]:
     _check_deflate_bomb(data, max_pixels)

@@ -100,10 +100,15 @@ def heatmap_overlay(
     if hm.shape != (h, w):
         hm = cv2.resize(hm, (w, h), interpolation=cv2.INTER_LINEAR)
     lo, hi = float(hm.min()), float(hm.max())
-    hm = (hm - lo) / (hi - lo) if hi > lo else np.zeros_like(hm)
-    coloured = cv2.applyColorMap(to_uint8(hm), cv2.COLORMAP_JET)
-    coloured = cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB)
-    out = cv2.addWeighted(base, 1.0 - alpha, coloured, alpha, 0.0)
+    if hi > lo:
+        hm = (hm - lo) / (hi - lo)
+        coloured = cv2.applyColorMap(to_uint8(hm), cv2.COLORMAP_JET)
+        coloured = cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB)
+        out = cv2.addWeighted(base, 1.0 - alpha, coloured, alpha, 0.0)
+    else:
+        # A flat (or all-NaN) map points nowhere: show the image untinted rather than a uniform
+        # blue wash that reads as "looked everywhere, weakly".
+        out = base.copy()
     if mask is not None:
         region = _fit_mask(mask, (h, w)) > 0
         _draw_contour(out, region, (255, 255, 255), _line_width((h, w)))

@@ -39,6 +39,9 @@ from pydicom.pixels import apply_modality_lut
 
 from imaging.errors import ImageReadError
 
+# As in imaging/dicom.py: no header value may reach the log through pydicom's validation messages.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
 NIFTI1_HEADER_BYTES = 348

@@ -21,6 +21,7 @@ from app import create_app
 from database import User, db
 from model_loader import ModelRegistry
 from training.phantoms.sacroiliac import generate_case
+from tests.data_gate import pytest_configure, pytest_runtest_setup  # noqa: F401  (pytest hooks)
 
 TASK = "sacroiliac"
 PASSWORD = "correct horse battery"          # >= 12 characters

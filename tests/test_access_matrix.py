@@ -2,7 +2,7 @@
 found in app.url_map so routes added later are covered too, tried by every kind of user.
 
 Allowed: the run's owner; a reviewer while the run is shared for review (review pages and images).
-Refused: anonymous (login redirect or 401), another clinician (404), a reviewer while the run is
+Refused: anonymous (login redirect or 401), another clinician (404, exactly what an unknown run gets), a reviewer while the run is
 not shared (404), a reviewer on the owner's own pages (404), an administrator (403/404).
 """
 from __future__ import annotations
@@ -23,7 +23,10 @@ EXPECTED = {"scans.result", "scans.compare", "scans.run_image", "scans.export", 
             "reviews.run_page", "reviews.submit", "reviews.share", "reviews.unshare"}
 # Routes that act on a run for its owner but answer with a redirect.
 OWNER_POSTS = {"reviews.share", "reviews.unshare"}
-REFUSED = {401, 403, 404}
+# Another clinician (or a reviewer on the owner's pages) gets the answer an unknown run gets: a 403
+# would tell them that the run exists.
+HIDDEN = 404
+UNKNOWN_RUN = "f" * 32
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +82,21 @@ def call(client, method: str, url: str):
     return client.open(url, method=method, data={"verdict": "agree"} if method == "POST" else None)
 
 
-def _refused(name: str, response, url: str, method: str) -> None:
+def _refused(world, name: str, endpoint: str, method: str, rule) -> None:
+    """`name` is refused the run at this route, and cannot even tell that it exists: the answer is the
+    one an unknown run id gets (404 for another clinician on the clinicians' routes; a 403 only where
+    the route refuses the user's role whatever the run)."""
+    app, clients, run_id = world
+    url = build(app, rule, run_id)
+    response = call(clients[name], method, url)
     status = response.status_code
     if name == "anonymous":
         ok = status == 401 or (status == 302 and "/login" in response.headers["Location"])
     else:
-        ok = status in REFUSED
+        unknown = call(clients[name], method, build(app, rule, UNKNOWN_RUN)).status_code
+        ok = status in (HIDDEN, 403) and status == unknown
+        if name == "bob" and endpoint.split(".")[0] in ("scans", "api"):
+            ok = ok and status == HIDDEN
     assert ok, f"{name} {method} {url} -> {status}"
     assert b"input.png" not in response.data or status == 302, f"{name} saw the run at {url}"
 
@@ -107,11 +119,11 @@ def test_unshared_run_only_its_owner(world):
             continue                                           # tried in the shared test below
         url = build(app, rule, run_id)
         for name in ("anonymous", "bob", "rhea", "adam"):
-            _refused(name, call(clients[name], method, url), url, method)
+            _refused(world, name, endpoint, method, rule)
         if method == "GET" and not endpoint.startswith("reviews."):
             assert clients["alice"].get(url).status_code == 200, url
     # an unknown run is a 404 for its would-be owner as well
-    assert clients["alice"].get("/runs/" + "f" * 32).status_code == 404
+    assert clients["alice"].get("/runs/" + UNKNOWN_RUN).status_code == 404
 
 
 def test_shared_run_owner_and_reviewers(world):
@@ -125,15 +137,15 @@ def test_shared_run_owner_and_reviewers(world):
         url = build(app, rule, run_id)
         if endpoint in OWNER_POSTS:
             for name in ("anonymous", "bob", "rhea", "adam"):
-                _refused(name, call(clients[name], method, url), url, method)
+                _refused(world, name, endpoint, method, rule)
             continue
         for name in ("anonymous", "bob", "adam"):
-            _refused(name, call(clients[name], method, url), url, method)
-        response = call(clients["rhea"], method, url)
+            _refused(world, name, endpoint, method, rule)
         if endpoint in reviewer_ok:
+            response = call(clients["rhea"], method, url)
             assert response.status_code in (200, 302), (endpoint, response.status_code)
         else:
-            _refused("rhea", response, url, method)
+            _refused(world, "rhea", endpoint, method, rule)
         if method == "GET" and endpoint not in ("reviews.run_page",):
             expected = {200} if not endpoint.startswith("reviews.") else {403}
             assert clients["alice"].get(url).status_code in expected, url

@@ -5,8 +5,9 @@ import io
 
 import pytest
 
-from database import ApiToken, User, db
-from tests.conftest import PASSWORD, create_user, csrf_from, login, signup
+from database import ApiToken, Run, User, db, utcnow
+from tests.conftest import (CLS_OURS, CLS_REF, PASSWORD, SEG_OURS, create_user, csrf_from, login, result_files,
+                            signup)
 
 
 def test_signup_login_logout(app, client):
@@ -80,30 +81,94 @@ def csrf_app(make_app):
     return make_app(WTF_CSRF_ENABLED=True)
 
 
-def test_csrf_required_on_every_form_post(csrf_app):
-    create_user(csrf_app, "ivy")
-    client = csrf_app.test_client()
-    assert client.post("/login", data={"username": "ivy", "password": PASSWORD}).status_code == 400
-    assert client.post("/signup", data={"username": "jo", "password": PASSWORD,
-                                        "confirm": PASSWORD}).status_code == 400
-
-    token = csrf_from(client.get("/login").get_data(as_text=True))
-    response = client.post("/login", data={"username": "ivy", "password": PASSWORD, "csrf_token": token})
-    assert response.status_code == 302
-
-    upload = {"task": "sacroiliac", "scan": (io.BytesIO(b"\x89PNG"), "x.png")}
-    assert client.post("/upload", data=upload, content_type="multipart/form-data").status_code == 400
-    assert client.post("/account/tokens", data={"name": "script"}).status_code == 400
-
-    # a token created properly, then a revoke without the CSRF token is refused
-    page = client.get("/account/").get_data(as_text=True)
-    assert client.post("/account/tokens", data={"name": "script", "csrf_token": csrf_from(page)}).status_code == 200
-    assert client.post("/account/tokens/1/revoke").status_code == 400
-    assert client.post("/logout").status_code == 400
+NEW_PASSWORD = "a different long passphrase"
+CSRF_MESSAGE = b"The form expired or was not sent from this site"
 
 
-    with csrf_app.app_context():
-        assert ApiToken.query.one().revoked_at is None
+def _scan_form(scan_png: bytes, field: str = "scan") -> dict:
+    return {"task": "sacroiliac", field: (io.BytesIO(scan_png), "scan.png"), "model_ids": [SEG_OURS, CLS_OURS]}
+
+
+def _csrf_world(app, scan_png):
+    """Users for every role, ivy's runs (one shared for review, one not), a token to revoke, a hand
+    run with a pseudonym: every POST below has something real to act on."""
+    ids = {name: create_user(app, name, role=role) for name, role in
+           (("ivy", "clinician"), ("cleo", "clinician"), ("tara", "clinician"), ("rhea", "reviewer"),
+            ("adam", "admin"))}
+    with app.app_context():
+        ivy = db.session.get(User, ids["ivy"])
+        shared = Run(user_id=ivy.id, task="sacroiliac", status="done", input_image="input.png", shared_at=utcnow())
+        unshared = Run(user_id=ivy.id, task="sacroiliac", status="done", input_image="input.png")
+        hand = Run(user_id=ivy.id, task="hand", status="done", input_image="input.png", options={"pseudonym": "P-17"})
+        token, _plain = ApiToken.issue(ivy, "to revoke")
+        db.session.add_all([shared, unshared, hand, token])
+        db.session.commit()
+        return {**ids, "shared": shared.public_id, "unshared": unshared.public_id, "token": token.id}
+
+
+def _csrf_recipes(w, scan_png):
+    """endpoint -> (user, url, form, status when the CSRF token is sent): bodies that succeed with it."""
+    return {
+        "auth.signup": (None, "/signup", lambda: {"username": "newbie", "password": NEW_PASSWORD,
+                                                  "confirm": NEW_PASSWORD}, 302),
+        "auth.login": (None, "/login", lambda: {"username": "ivy", "password": PASSWORD}, 302),
+        "auth.logout": ("ivy", "/logout", dict, 302),
+        "account.create_token": ("ivy", "/account/tokens", lambda: {"name": "script"}, 200),
+        "account.revoke_token": ("ivy", f"/account/tokens/{w['token']}/revoke", dict, 302),
+        "scans.upload": ("ivy", "/upload", lambda: _scan_form(scan_png), 302),
+        "hand.index": ("ivy", "/hand/timeline", lambda: {"pseudonym": "P-17"}, 302),
+        "reviews.submit": ("rhea", f"/review/runs/{w['shared']}", lambda: {"verdict": "agree"}, 302),
+        "reviews.share": ("ivy", f"/runs/{w['unshared']}/share", dict, 302),
+        "reviews.unshare": ("ivy", f"/runs/{w['shared']}/unshare", dict, 302),
+        "admin.toggle_signup": ("adam", "/admin/signup", lambda: {"open": "0"}, 302),
+        "admin.create_user": ("adam", "/admin/users", lambda: {"username": "newuser", "role": "clinician",
+                                                               "password": NEW_PASSWORD, "confirm": NEW_PASSWORD}, 302),
+        "admin.change_role": ("adam", f"/admin/users/{w['tara']}/role", lambda: {"role": "reviewer"}, 302),
+        "admin.set_user_state": ("adam", f"/admin/users/{w['tara']}/disable", dict, 302),
+        "admin.set_model_state": ("adam", f"/admin/models/{CLS_REF}/disable", dict, 302),
+        "api.analyze_scan": ("ivy", "/api/v1/analyze", lambda: _scan_form(scan_png, "file"), 201),
+        "account.logout_everywhere": ("cleo", "/account/logout-everywhere", dict, 302),
+        "account.change_password": ("cleo", "/account/password", lambda: {"current": PASSWORD, "new": NEW_PASSWORD,
+                                                                          "confirm": NEW_PASSWORD}, 302),
+    }
+
+
+def _stored(app) -> tuple[str, list[str]]:
+    """Everything the app keeps: a dump of the whole database and the stored files."""
+    with app.app_context():
+        dump = "\n".join(db.session.connection().connection.driver_connection.iterdump())
+    return dump, [str(p) for p in result_files(app)]
+
+
+def test_csrf_required_on_every_form_post(csrf_app, scan_png):
+    """Every POST route in the url_map, with a body that works when the CSRF token is sent: without the
+    token it is refused with the CSRF message (the API: with its own) and nothing at all is stored."""
+    w = _csrf_world(csrf_app, scan_png)
+    recipes = _csrf_recipes(w, scan_png)
+    posts = {rule.endpoint for rule in csrf_app.url_map.iter_rules() if "POST" in (rule.methods or ())}
+    assert posts == set(recipes), f"POST routes without a CSRF recipe: {posts - set(recipes)}"
+    for endpoint, (user, url, form, accepted) in recipes.items():
+        client = csrf_app.test_client()
+        if user:
+            page = client.get("/login").get_data(as_text=True)
+            assert client.post("/login", data={"username": user, "password": PASSWORD,
+                                               "csrf_token": csrf_from(page)}).status_code == 302, endpoint
+        token = csrf_from(client.get("/account/" if user else "/login").get_data(as_text=True))
+        before = _stored(csrf_app)
+        refused = client.post(url, data=form(), content_type="multipart/form-data")
+        assert refused.status_code == 400, (endpoint, refused.status_code)
+        if endpoint.startswith("api."):
+            assert "X-CSRFToken" in refused.get_json()["error"]["message"], endpoint
+        else:
+            assert CSRF_MESSAGE in refused.data, endpoint
+        assert _stored(csrf_app) == before, f"{endpoint} stored something without the CSRF token"
+        # the same body with the token goes through: the refusal above was the CSRF check's
+        if endpoint.startswith("api."):
+            sent = client.post(url, data=form(), content_type="multipart/form-data", headers={"X-CSRFToken": token})
+        else:
+            sent = client.post(url, data={**form(), "csrf_token": token}, content_type="multipart/form-data")
+        assert sent.status_code == accepted, (endpoint, sent.status_code, sent.data[:300])
+        assert CSRF_MESSAGE not in sent.data, endpoint
 
 
 # -- cookies and sessions -----------------------------------------------------------------

@@ -104,9 +104,14 @@ def test_heatmap_overlay_shape_and_colour_direction():
     assert corner[2] > corner[0]  # cold = blue end
 
 
-def test_heatmap_overlay_constant_and_nan_heat():
-    out = heatmap_overlay(grey(), np.full((5, 5), np.nan))
-    assert out.shape == (60, 80, 3)
+@pytest.mark.parametrize("heat", [np.full((5, 5), 0.7), np.zeros((60, 80)), np.full((5, 5), np.nan)],
+                         ids=["constant", "zeros", "nan"])
+def test_heatmap_overlay_constant_and_nan_heat(heat):
+    """A map that points nowhere leaves the image as it is (no tint), at the image's size."""
+    image = grey()
+    np.testing.assert_array_equal(heatmap_overlay(image, heat), grey_to_rgb(image))
+    varied = heatmap_overlay(image, np.arange(25.0).reshape(5, 5))
+    assert not is_grey(varied)                                   # a real map is drawn
 
 
 def test_heatmap_overlay_draws_mask_contour_in_white():

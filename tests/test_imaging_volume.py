@@ -18,8 +18,9 @@ from imaging.errors import ImageReadError
 from imaging.volume import (Reorientation, StudyLimits, read_nifti, read_study, reorientation_for, sequence_kind,
                             zip_members)
 from tests.conftest import dicom_dataset
+from tests.data_gate import data_dir, real_data
 
-DATA = Path(os.environ.get("JOINTSCAN_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = data_dir()
 
 # A semi-coronal sacroiliac affine as the scanner wrote it (axis 1 points superior and anterior,
 # slightly more superior), and one of the same protocol that points slightly more anterior.
@@ -240,7 +241,7 @@ def test_reorientation_rejects_a_degenerate_affine():
 
 # -- real studies ------------------------------------------------------------------
 SIJ = DATA / "sij_mri_nifti"
-needs_sij = pytest.mark.skipif(not SIJ.is_dir(), reason=f"{SIJ} not found (set JOINTSCAN_DATA_DIR)")
+needs_sij = real_data(SIJ)
 
 
 @needs_sij
@@ -260,7 +261,7 @@ def test_real_sacroiliac_studies_read_upright_with_masks_on_their_grid():
         assert rows.mean() < 336 * 0.6, case
 
 
-@pytest.mark.skipif(not (DATA / "sij_mri_dicom" / "patient1").is_dir(), reason="sij_mri_dicom not found")
+@real_data(DATA / "sij_mri_dicom" / "patient1")
 def test_real_dicom_study_reads_as_stir_and_t1_volumes():
     files = sorted((DATA / "sij_mri_dicom" / "patient1").glob("*.dcm"))
     study = read_study([f.read_bytes() for f in files])

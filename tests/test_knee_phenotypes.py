@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
 from tasks.knee_catalogue import load_catalogue, remove_directions
+from training.knee.features import feature_table, knee_features, ridge_in_valley
+from training.knee.phantom import to_input
 from training.knee.phenotypes import (N_MEDOIDS, THUMB, build_catalogue, describe, fit_grade, save_catalogue,
                                       severity_basis)
+from training.phantoms import knee as knee_phantoms
+from training.phantoms.knee import generate_knee
 
 
 def blobs(n_per=40, centres=((0, 0), (6, 0), (0, 6)), dim=6, seed=0, spread=0.6):
@@ -23,8 +28,6 @@ def blobs(n_per=40, centres=((0, 0), (6, 0), (0, 6)), dim=6, seed=0, spread=0.6)
 
 
 def test_fit_grade_recovers_blobs_and_tunes_min_cluster_size():
-    from sklearn.metrics import adjusted_rand_score
-
     E, y = blobs()
     gc = fit_grade(E, grade=2, n_components=4)
     kept = gc.labels >= 0
@@ -62,8 +65,9 @@ def test_assignment_member_centre_and_noise_cases():
     edge = np.zeros((1, E.shape[1]))
     edge[0, :2] = (0.0, 1.5)
     a = cat.assign(edge, 2)
-    if a.cluster >= 0:
-        assert 0.0 < a.strength <= 1.0
+    centre = cat.assign(np.zeros((1, E.shape[1])), 2)
+    assert a.cluster == centre.cluster >= 0                  # still the (0, 0) blob's cluster
+    assert 0.0 < a.strength < 1.0
     # a grade the catalogue does not know: noise
     assert cat.assign(far, 4).cluster == -1
 
@@ -86,8 +90,6 @@ def test_severity_directions_are_projected_out():
     spread = E + np.outer(rng.uniform(-8, 8, len(E)), direction)
     basis = severity_basis([direction])
     gc = fit_grade(spread, grade=3, basis=basis, n_components=4)
-    from sklearn.metrics import adjusted_rand_score
-
     kept = gc.labels >= 0
     assert adjusted_rand_score(y[kept], gc.labels[kept]) > 0.9
     np.testing.assert_allclose(remove_directions(spread, basis) @ direction, 0, atol=1e-9)
@@ -143,10 +145,6 @@ def test_describe_words_the_largest_difference():
 
 def test_phantom_features_follow_the_hidden_phenotype():
     """On a small phantom set the image measurements that word the catalogue point the right way."""
-    from training.knee.features import feature_table
-    from training.knee.phantom import to_input
-    from training.phantoms.knee import generate_knee
-
     cases = [generate_knee(900 + i, grade=3, phenotype=p) for i in range(6) for p in ("medial", "lateral", "sclerotic")]
     F = feature_table(np.stack([to_input(c) for c in cases]).astype(np.float32) / 255.0)
     ph = np.array([c.phenotype for c in cases])
@@ -158,10 +156,6 @@ def test_phantom_features_follow_the_hidden_phenotype():
 def test_calcified_line_in_the_joint_space_is_measured():
     """The chondrocalcinosis line (the osteophyte-dominant phantom's trait) raises the calcification
     measurement of both compartments; the same knee drawn without it measures (near) zero."""
-    from training.knee.features import knee_features, ridge_in_valley
-    from training.knee.phantom import to_input
-    from training.phantoms import knee as knee_phantoms
-
     valley = np.array([[0.9], [0.6], [0.3], [0.2], [0.4], [0.8]], np.float32)
     assert ridge_in_valley(valley)[0] == 0.0                               # a plain valley: no ridge
     lined = np.array([[0.9], [0.3], [0.5], [0.2], [0.4], [0.8]], np.float32)

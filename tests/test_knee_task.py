@@ -11,7 +11,23 @@ import cv2
 import numpy as np
 import pytest
 
+from database import Run
+from imaging.io import DecodedImage, read_image
+from model_loader import ModelRegistry
+from tasks.base import TaskInputError
+from tasks.knee import GRADE_NAMES, TASK, catalogue_for, decide
+from tasks.knee_catalogue import load_catalogue, remove_directions
+from tasks.metrics import accuracy, mae
 from tests.conftest import create_user, login, run_id_from
+from training.knee.config import QUICK_CONFIG, Config
+from training.knee.data import load_data
+from training.knee.evaluate import predict_tta
+from training.export import sha256_file
+from training.knee.phenotypes import build_catalogue, save_catalogue
+from training.phantoms.knee import generate_knee
+
+# Keras and the training modules that build models (training.knee.__main__, .model, .ensemble,
+# .catalogue) are imported inside the tests that need them: TensorFlow loads only when one runs.
 
 MODEL_ID = "knee-kl-grader"
 
@@ -46,8 +62,6 @@ def knee_dir(knee_ensemble_dir):
 
 
 def phantom_png(seed=4, side="R") -> bytes:
-    from training.phantoms.knee import generate_knee
-
     ok, buf = cv2.imencode(".png", generate_knee(seed, grade=3, side=side).image)
     assert ok
     return buf.tobytes()
@@ -63,8 +77,18 @@ def test_quick_run_ships_model_catalogue_and_entry(knee_models_dir):
         assert (knee_models_dir / cat[kind]).exists() and len(cat[f"{kind}_sha256"]) == 64
     assert (knee_models_dir / entry["card"]).exists()
     assert set(entry["outputs"]) == {"kl_value", "kl_coral", "mirrored", "embedding"}
+    # The published figures are the shipped file's on the val set: recompute them from that file.
+    _, val, _ = load_data(QUICK_CONFIG, True, lambda m: None)
+    import keras   # deferred: TensorFlow
+
+    shipped = keras.models.load_model(knee_models_dir / entry["file"], compile=False)
+    pred = predict_tta(shipped, val.images)
+    metrics = entry["metrics"]["val"]
+    assert metrics["n"] == len(val.grades) > 0
     for h in ("regression", "coral", "mean"):
-        assert 0.0 <= entry["metrics"]["val"][h]["accuracy"] <= 1.0
+        grades, _ = decide(pred["kl_value"], pred["kl_coral"], h)
+        assert metrics[h]["accuracy"] == pytest.approx(accuracy(grades, val.grades), abs=1e-4), h
+        assert metrics[h]["mae"] == pytest.approx(mae(grades, val.grades), abs=1e-4), h
 
 
 def test_fine_tuning_at_a_higher_resolution_starts_from_the_first_stage(knee_models_dir, tmp_path):
@@ -73,7 +97,6 @@ def test_fine_tuning_at_a_higher_resolution_starts_from_the_first_stage(knee_mod
     import keras
 
     from training.knee.__main__ import main
-    from training.knee.config import QUICK_CONFIG, Config
     from training.knee.model import build
 
     ckpt = knee_models_dir / ".work" / f"{MODEL_ID}.ckpt.keras"
@@ -101,9 +124,7 @@ def test_ensemble_ships_one_file_averaging_its_members(knee_ensemble_dir):
     side (each scaled by one number), one Grad-CAM layer per member, both members' commands recorded."""
     import keras
 
-    from tasks.knee_catalogue import remove_directions
     from training.knee.ensemble import embedding_scales, gradcam_layers, severity_basis_of
-    from training.knee.evaluate import predict_tta
 
     entry = next(m for m in json.loads((knee_ensemble_dir / "registry.json").read_text())["models"]
                  if m["id"] == MODEL_ID)
@@ -158,11 +179,7 @@ def test_grad_cam_of_an_ensemble_of_identical_members_is_the_member_map(knee_mod
 
 def test_catalogue_round_trip_through_the_model_files(knee_dir):
     """Fit -> files beside the model -> registry load -> the same clusters and assignments."""
-    from model_loader import ModelRegistry
-    from tasks.knee import catalogue_for
     from training.knee.catalogue import make_catalogue
-    from training.knee.config import QUICK_CONFIG
-    from training.knee.data import load_data
 
     reg = ModelRegistry(knee_dir)
     loaded = reg.load(MODEL_ID)
@@ -179,10 +196,6 @@ def test_catalogue_round_trip_through_the_model_files(knee_dir):
 
 
 def test_task_run_grade_side_gradcam_and_phenotype(knee_dir):
-    from imaging.io import read_image
-    from model_loader import ModelRegistry
-    from tasks.knee import TASK, GRADE_NAMES
-
     reg = ModelRegistry(knee_dir)
     lm = reg.load(MODEL_ID)
     image = read_image(phantom_png())
@@ -204,10 +217,6 @@ def test_task_run_grade_side_gradcam_and_phenotype(knee_dir):
 
 
 def test_damaged_catalogue_keeps_the_grade(knee_models_dir, tmp_path):
-    from imaging.io import read_image
-    from model_loader import ModelRegistry
-    from tasks.knee import TASK
-
     copy = tmp_path / "models"
     shutil.copytree(knee_models_dir, copy)
     npz = next(copy.glob("*.catalogue.npz"))
@@ -219,10 +228,6 @@ def test_damaged_catalogue_keeps_the_grade(knee_models_dir, tmp_path):
 
 
 def test_task_rejects_mri_and_tiny_images():
-    from imaging.io import DecodedImage
-    from tasks.base import TaskInputError
-    from tasks.knee import TASK
-
     with pytest.raises(TaskInputError):
         TASK.check_input(DecodedImage(np.zeros((128, 128), np.float32), "dicom", "MR"))
     with pytest.raises(TaskInputError):
@@ -232,16 +237,12 @@ def test_task_rejects_mri_and_tiny_images():
 
 @pytest.fixture
 def knee_app(make_app, knee_dir):
-    from web import knee_catalogue as knee_web
-
     app = make_app(MODELS_DIR=str(knee_dir))
-    if "knee" not in app.blueprints:                    # until the app factory registers it
-        app.register_blueprint(knee_web.bp)
     create_user(app, "carol")
     return app
 
 
-def test_upload_flow_and_catalogue_pages(knee_app):
+def test_upload_flow_and_catalogue_pages(knee_app, knee_dir):
     client = knee_app.test_client()
     assert login(client, "carol").status_code == 302
     form = {"task": "knee", "scan": (io.BytesIO(phantom_png()), "knee.png"), "model_ids": [MODEL_ID],
@@ -253,8 +254,6 @@ def test_upload_flow_and_catalogue_pages(knee_app):
     assert "Grad-CAM" in page
     assert "/knee/phenotypes/knee-kl-grader/" in page    # link to the grade's catalogue page
 
-    from database import Run
-
     with knee_app.app_context():
         run = Run.query.filter_by(public_id=run_id).one()
         res = run.results[0].result
@@ -265,10 +264,7 @@ def test_upload_flow_and_catalogue_pages(knee_app):
     assert client.get("/knee/phenotypes").status_code == 200
     assert client.get("/knee/phenotypes/no-such-model/1").status_code == 404
     assert client.get(f"/knee/phenotypes/{MODEL_ID}/9").status_code == 404
-    mean = client.get(f"/knee/phenotypes/{MODEL_ID}/{grade}/0/grade_mean.png")
-    assert mean.status_code in (200, 404)
-    if mean.status_code == 200:
-        assert mean.data.startswith(b"\x89PNG")
+    # thumbnails: see test_catalogue_thumbnails_are_served (the quick catalogue may hold no cluster)
     # a bad side value is refused before anything runs
     bad = dict(form, scan=(io.BytesIO(phantom_png()), "knee.png"), **{"option-knee-side": "middle"})
     assert client.post("/upload", data=bad, content_type="multipart/form-data").status_code == 400
@@ -276,3 +272,39 @@ def test_upload_flow_and_catalogue_pages(knee_app):
     assert "<code>m0_gradcam_conv</code>, <code>m1_gradcam_conv</code>" in card_page
     anon = knee_app.test_client()
     assert anon.get(f"/knee/phenotypes/{MODEL_ID}/1").status_code == 302
+
+
+def test_catalogue_thumbnails_are_served(make_app, knee_dir, tmp_path):
+    """The shipped model with a catalogue that has clusters (three blobs filed under KL 2): every
+    thumbnail of an existing cluster is a PNG of the stored image; a missing cluster is a 404."""
+    models = tmp_path / "models"
+    shutil.copytree(knee_dir, models)
+    rng = np.random.default_rng(0)
+    E = np.concatenate([rng.normal(0, 0.6, (40, 6)) + np.pad(c, (0, 4)) for c in ((0, 0), (6, 0), (0, 6))])
+    images = rng.uniform(0, 1, (len(E), 32, 32)).astype(np.float32)
+    cams = rng.uniform(0, 1, (len(E), 4, 4)).astype(np.float32)
+    catalogue = build_catalogue(E, np.full(len(E), 2), images, cams, n_components=4, meta={"model_id": MODEL_ID})
+    assert catalogue.grades[2].n_clusters == 3
+    jpath, npath = save_catalogue(catalogue, models / f"{MODEL_ID}.keras")
+    registry = json.loads((models / "registry.json").read_text())
+    spec = next(m for m in registry["models"] if m["id"] == MODEL_ID)["input"]["catalogue"]
+    spec.update(json=jpath.name, npz=npath.name, json_sha256=sha256_file(jpath), npz_sha256=sha256_file(npath))
+    (models / "registry.json").write_text(json.dumps(registry))
+
+    app = make_app(MODELS_DIR=str(models))
+    create_user(app, "carol")
+    client = app.test_client()
+    assert login(client, "carol").status_code == 302
+    stored = load_catalogue(models / f"{MODEL_ID}.keras").images
+    for cluster in range(3):
+        for kind in ("mean", "medoids", "cam", "grade_mean"):
+            thumb = client.get(f"/knee/phenotypes/{MODEL_ID}/2/{cluster}/{kind}.png")
+            assert thumb.status_code == 200 and thumb.mimetype == "image/png", (cluster, kind)
+            png = cv2.imdecode(np.frombuffer(thumb.data, np.uint8), cv2.IMREAD_UNCHANGED)
+            assert png is not None and png.size > 0, (cluster, kind)
+            if kind == "mean":
+                np.testing.assert_array_equal(png, stored[f"g2_c{cluster}_mean"])
+    assert "KL 2 knees" in client.get(f"/knee/phenotypes/{MODEL_ID}/2").get_data(as_text=True)
+    assert client.get(f"/knee/phenotypes/{MODEL_ID}/2/3/mean.png").status_code == 404
+    assert client.get(f"/knee/phenotypes/{MODEL_ID}/1/0/mean.png").status_code == 404
+    assert client.get(f"/knee/phenotypes/{MODEL_ID}/2/0/nonsense.png").status_code == 404

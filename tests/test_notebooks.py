@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
+import nbclient
+import nbformat
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
+from model_loader import ModelRegistry
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 # notebook -> what its quick run must leave in JOINTSCAN_NOTEBOOK_OUT_DIR
@@ -41,3 +43,15 @@ def test_notebook_quick_mode(name, tmp_path, monkeypatch, venv_kernel):
         assert (out / rel).exists(), f"{name} did not write {rel}"
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    # every exported model loads through the registry the app uses (checksums, Keras file, outputs)
+    registry = ModelRegistry(out)
+    entries = registry.entries()
+    assert {e.file for e in entries} >= {rel for rel in NOTEBOOKS[name] if rel.endswith(".keras")}
+    for entry in entries:
+        assert registry.problem(entry.id) is None, (entry.id, registry.problem(entry.id))
+        assert registry.load(entry.id).entry.id == entry.id
+    if name == "knee_training.ipynb":                  # the quick run went through the ensemble cell
+        knee = next(m for m in json.loads((out / "registry.json").read_text())["models"] if m["id"] == "knee-kl-grader")
+        assert [m["seed"] for m in knee["training"]["members"]] == [0, 1]
+        assert knee["gradcam_layer"] == ["m0_gradcam_conv", "m1_gradcam_conv"]
+        assert knee["input"]["shape"] == [80, 80, 1] and "--init" in knee["training"]["command"]

@@ -3,7 +3,6 @@ sacroiliac segmenters and classifiers withholding their answers on images unlike
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -15,10 +14,11 @@ from model_loader import ModelRegistry, ModelUnavailable
 from tasks.ood import FeatureDistribution, OodUnavailable, distribution_for, feature_statistics, verdict
 from tasks.sacroiliac import TASK as SIJ
 from training.ood import fit_distribution, refusal_threshold
+from tests.data_gate import data_dir, real_data
 from training.phantoms.sacroiliac import SEED_RANGES, generate_case
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-DATA = Path(os.environ.get("JOINTSCAN_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = data_dir()
 SIJ_MODELS = ("sij-attention-unet", "sij-dual-head", "sij-unet-ref", "sij-cnn3-ref")
 
 
@@ -129,7 +129,7 @@ REAL_SLICES = sorted((DATA / "sij_mri_dicom" / "patient1").glob("STIR_*.dcm"))[:
 HANDS = sorted((DATA / "hand_xray_paediatric").glob("*.png"))[:1]
 
 
-@pytest.mark.skipif(not REAL_SLICES or not HANDS, reason="../shared/data not found (set JOINTSCAN_DATA_DIR)")
+@real_data(DATA / "sij_mri_dicom" / "patient1", DATA / "hand_xray_paediatric")
 def test_real_mri_and_a_hand_radiograph_get_no_as_status(tmp_path):
     registry = shipped_copy(tmp_path)
     for path in [*REAL_SLICES, *HANDS]:

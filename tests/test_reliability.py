@@ -3,7 +3,13 @@ fail cleanly, keeping nothing), and a worker killed mid-prediction swept up at s
 files."""
 from __future__ import annotations
 
+import io
+import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +19,9 @@ import pytest
 import database
 from app import create_app
 from database import BUSY_TIMEOUT_MS, ApiToken, Run, User, db
-from tests.conftest import PASSWORD, result_files, upload
+from tests.conftest import CLS_OURS, PASSWORD, SEG_OURS, create_user, result_files, upload
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _db_path(app) -> str:
@@ -79,11 +87,15 @@ def test_a_lock_longer_than_the_timeout_fails_cleanly_and_keeps_nothing(app, ali
     with WriteLock(_db_path(app)):
         token = alice.post("/account/tokens", data={"name": "lost"})
         scan = upload(alice, scan_png)
-        api = alice.post("/api/v1/analyze", data={"task": "sacroiliac"})
+        api = alice.post("/api/v1/analyze", content_type="multipart/form-data",
+                         data={"task": "sacroiliac", "file": (io.BytesIO(scan_png), "scan.png"),
+                               "model_ids": f"{SEG_OURS},{CLS_OURS}"})
     assert token.status_code == 503 and b"nothing was saved" in token.data
     assert token.headers["Retry-After"]
     assert scan.status_code == 503 and b"nothing was saved" in scan.data
-    assert api.status_code in (400, 503)
+    assert api.status_code == 503 and api.mimetype == "application/json"
+    assert api.headers["Retry-After"] == "5"
+    assert "nothing was saved" in api.get_json()["error"]["message"]
     with app.app_context():
         assert ApiToken.query.count() == 0 and Run.query.count() == 0
     assert result_files(app) == []
@@ -93,10 +105,82 @@ def test_a_lock_longer_than_the_timeout_fails_cleanly_and_keeps_nothing(app, ali
     assert alice.post("/account/tokens", data={"name": "after"}).status_code == 200   # serving again
 
 
-def test_worker_killed_mid_prediction_is_swept_at_start_up_with_its_files(tmp_path, monkeypatch):
-    """What a SIGKILLed worker leaves: a pending run and a staging folder (benchmarks/load_test.py
-    does it for real with gunicorn). `flask prepare` at start-up marks the run failed and removes
-    the files no finished run owns; finished runs keep theirs."""
+# A worker process: analyses the scan in argv[2] with the app configured by argv[1] (JSON) as user 1,
+# and stops for good right after the first image is written to the staging folder, once it has
+# said where (in the file named by argv[3]).
+WORKER = """
+import json, sys, time
+from pathlib import Path
+
+import predict
+from app import create_app
+from database import User, db
+from model_loader import current_registry
+from predict import Analysis, analyze
+
+config, scan, marker = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+app = create_app(config)
+real_write = predict._write_png
+
+def write_then_hang(path, img):
+    name = real_write(path, img)
+    marker.write_text(str(path.parent))
+    time.sleep(600)
+    return name
+
+predict._write_png = write_then_hang
+with app.app_context():
+    analyze(db.session.get(User, 1), scan.read_bytes(), Analysis("sacroiliac", sys.argv[4].split(",")),
+            registry=current_registry(), results_dir=Path(config["RESULTS_DIR"]))
+"""
+
+
+def test_worker_killed_mid_prediction_is_swept_at_start_up_with_its_files(tmp_path, monkeypatch, tiny_models_dir,
+                                                                          scan_png):
+    """A real worker process, SIGKILLed while it stores a run's images: it leaves a pending run and a
+    staging folder; `flask prepare` (start-up) marks the run failed and removes the folder."""
+    monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path / "instance"))
+    config = {"TESTING": True, "SECRET_KEY": "kill-test", "RESULTS_DIR": str(tmp_path / "results"),
+              "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'w.sqlite'}", "MODELS_DIR": str(tiny_models_dir)}
+    app = create_app(config)
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["prepare"]).exit_code == 0
+    create_user(app, "worker-owner")
+    scan, marker = tmp_path / "scan.png", tmp_path / "staging-at"
+    scan.write_bytes(scan_png)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(config), str(scan), str(marker),
+                               f"{SEG_OURS},{CLS_OURS}"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), worker.stderr.read().decode()[-2000:] if worker.poll() is not None else "timed out"
+        staging = Path(marker.read_text())
+        assert staging.parent == Path(config["RESULTS_DIR"]) and (staging / "input.png").is_file()
+        with app.app_context():
+            run = Run.query.one()
+            assert run.status == "pending" and run.public_id in staging.name
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        worker.stderr.close()
+    assert worker.returncode == -signal.SIGKILL
+
+    result = runner.invoke(args=["prepare"])
+    assert result.exit_code == 0, result.output
+    assert "1 interrupted" in result.output and "1 orphan" in result.output
+    with app.app_context():
+        run = Run.query.one()
+        assert run.status == "failed" and "interrupted" in run.error and not run.results
+    assert not staging.exists() and list(Path(config["RESULTS_DIR"]).iterdir()) == []
+
+
+def test_start_up_sweep_keeps_finished_runs_and_removes_what_dead_workers_left(tmp_path, monkeypatch):
+    """The states a killed worker can leave (pending run, staging folder, or a folder renamed into
+    place before the commit), written by hand beside a finished run: the sweep fails and removes
+    the first ones and keeps the finished run's files."""
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'k.sqlite'}",
                       "RESULTS_DIR": str(tmp_path / "results")})

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from tasks.sacroiliac_region import normalise_volume, region_mask, region_target, slice_stacks
+from tests.data_gate import real_data
 from training.sacroiliac import studies
 from training.sacroiliac.region import QUICK, RegionConfig, cross_validate, region_scores, train_region
 from training.sacroiliac.studies import CASE_FOLDS, RegionExamples, folds_of
 
-needs_studies = pytest.mark.skipif(not studies.available(),
-                                   reason=f"{studies.studies_dir()} not found (set JOINTSCAN_DATA_DIR)")
+needs_studies = real_data(studies.studies_dir() / "disease_region")
 
 
 def test_folds_never_put_a_case_on_both_sides_and_test_each_case_once():

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import errno
 import re
+import sqlite3
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 import predict
 from database import ModelResult, Run, db
@@ -255,10 +258,40 @@ def test_crash_mid_prediction_marks_the_run_failed(app, alice, scan_png, monkeyp
     assert b"model exploded" not in response.data
 
 
-def test_full_disk_marks_the_run_failed_and_keeps_nothing(app, alice, scan_png, monkeypatch):
-    def no_space(path, img):
-        raise OSError(errno.ENOSPC, "No space left on device")
+@pytest.mark.parametrize("where", ["third_image", "rename", "commit"])
+def test_full_disk_marks_the_run_failed_and_keeps_nothing(app, alice, scan_png, monkeypatch, where):
+    """The disk fills up at the third image (staging already holds two), at the rename into place, or
+    at the database commit after the rename (the run's folder is already in place): in every case the
+    run is marked failed and no file is left, staging or final."""
+    writes, renamed = [], []
+    real_write, real_rename, real_commit = predict._write_png, Path.rename, db.session.commit
 
-    monkeypatch.setattr(predict, "_write_png", no_space)
+    def write_png(path, img):
+        writes.append(path.name)
+        if where == "third_image" and len(writes) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, img)
+
+    def rename(self, target):
+        if self.name.startswith(predict.STAGING_PREFIX):
+            if where == "rename":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            renamed.append(Path(target))
+        return real_rename(self, target)
+
+    def commit():
+        if where == "commit" and renamed and not getattr(commit, "failed", False):
+            commit.failed = True
+            assert renamed[0].is_dir()                     # the images are in place when the commit fails
+            raise OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
+        return real_commit()
+
+    monkeypatch.setattr(predict, "_write_png", write_png)
+    monkeypatch.setattr(Path, "rename", rename)
+    monkeypatch.setattr(db.session, "commit", commit)
     response = _assert_failed_run_and_no_files(app, alice, upload(alice, scan_png))
-    assert b"storage" in response.data
+    assert len(writes) >= 3
+    if where == "commit":
+        assert getattr(commit, "failed", False)
+    else:
+        assert b"storage" in response.data

@@ -9,19 +9,27 @@ import re
 from pathlib import Path
 
 import cv2
+import nbclient
+import nbformat
 import numpy as np
 import pytest
 
+from database import ApiToken, Run, User, db
+from imaging.io import DecodedImage
+from model_loader import ModelRegistry
+from predict import PredictionError, clean_options
+from tasks import get_task
 from tasks import spine as spine_task
 from tasks.base import TaskInputError
+from tasks.metrics import dice_per_class
 from training.spine.data import (augment, dataset_dir, load_pair, manifest_from_folder, patient_split,
                                  read_manifest, split_rows)
 from training.spine.model import ATTENTION_UNET, REFERENCE_UNET
+from tests.conftest import create_user, login
+from tests.data_gate import real_data
 
 ATT, REF = "spine_tiny_attunet", "spine_tiny_unet_ref"
-HAVE_DATA = dataset_dir().is_dir()
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"spine data folder absent ({dataset_dir()}); "
-                                                      "set JOINTSCAN_DATA_DIR to run the real-data tests")
+needs_data = real_data(dataset_dir())
 
 
 # -- split ---------------------------------------------------------------------------
@@ -95,7 +103,6 @@ def test_dice_on_hand_made_masks():
     assert d["vertebra"] == pytest.approx(2 / 3, abs=1e-4)
     assert d["disc"] == 1.0 and d["canal"] == 0.0
     assert spine_task.dice_by_structure(np.zeros((3, 3)), np.zeros((3, 3))) == {"vertebra": 1.0, "disc": 1.0, "canal": 1.0}
-    from tasks.metrics import dice_per_class
 
     assert np.allclose(dice_per_class(a, b, 4)[1:], [2 / 3, 1.0, 0.0])
 
@@ -155,6 +162,7 @@ def test_augmentation_keeps_labels_valid_and_never_flips():
 # -- the task with tiny untrained models ------------------------------------------------
 @pytest.fixture(scope="module")
 def spine_models_dir(tmp_path_factory) -> Path:
+    # Deferred: building the models loads TensorFlow.
     from training import architectures as arch
     from training.export import register_model, save_for_shipping, write_model_card
 
@@ -191,8 +199,6 @@ def synthetic_slice(seed: int = 0) -> np.ndarray:
 
 
 def test_task_runs_both_models_on_a_synthetic_slice(spine_models_dir):
-    from imaging.io import DecodedImage
-    from model_loader import ModelRegistry
 
     reg = ModelRegistry(spine_models_dir)
     models = {"segmenter": [reg.load(ATT), reg.load(REF)]}
@@ -226,21 +232,17 @@ def test_task_runs_both_models_on_a_synthetic_slice(spine_models_dir):
 
 
 def test_task_refuses_non_mri():
-    from imaging.io import DecodedImage
 
     with pytest.raises(TaskInputError, match="MRI"):
         spine_task.TASK.check_input(DecodedImage(np.zeros((64, 64), np.float32), "dicom", "CR"))
 
 
 def test_task_is_registered_with_its_structure_option():
-    from predict import clean_options
-    from tasks import get_task
 
     task = get_task("spine")
     assert task is spine_task.TASK and task.roles[0].name == "segmenter"
     assert clean_options("spine", {}) == {"structure": "vertebra"}
     assert clean_options("spine", {"structure": "canal"}) == {"structure": "canal"}
-    from predict import PredictionError
 
     with pytest.raises(PredictionError):
         clean_options("spine", {"structure": "sacrum"})
@@ -254,8 +256,6 @@ def _png(img01: np.ndarray) -> bytes:
 
 
 def test_upload_both_models_result_compare_and_api(make_app, spine_models_dir):
-    from tests.conftest import create_user, login
-
     app = make_app(MODELS_DIR=str(spine_models_dir))
     uid = create_user(app, "carol")
     client = app.test_client()
@@ -277,11 +277,15 @@ def test_upload_both_models_result_compare_and_api(make_app, spine_models_dir):
     compare = client.get(f"/runs/{run_id}/compare")
     assert compare.status_code == 200
     text = compare.get_data(as_text=True)
-    assert "Canal overlap (Dice)" in text or "canal" in text.lower()
+    with app.app_context():
+        comparison = Run.query.filter_by(public_id=run_id).one().summary["comparison"]
+    labels = {"vertebra": "Vertebra overlap (Dice)", "disc": "Disc overlap (Dice)", "canal": "Canal overlap (Dice)"}
+    for structure, label in labels.items():             # each label beside its value from the run's summary
+        pattern = (rf'<span class="agree-label">{re.escape(label)}</span>\s*'
+                   rf'<span class="dice-value">{comparison[structure + "_dice"]:.3f}</span>')
+        assert re.search(pattern, text), (structure, comparison[structure + "_dice"])
 
     # JSON API: each model's result links its label mask (input size, dataset values) beside the overlay.
-    from database import ApiToken, User, db
-
     with app.app_context():
         row, token = ApiToken.issue(db.session.get(User, uid), "script")
         db.session.add(row)
@@ -325,9 +329,6 @@ def test_real_data_loader_finds_33_patients_and_a_pair_with_the_four_values():
 @needs_data
 def test_notebook_quick_mode(tmp_path, monkeypatch, venv_kernel):
     """The training notebook, top to bottom, in quick mode (both tiny models into a temp folder)."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
     out = tmp_path / "out"
     monkeypatch.setenv("JOINTSCAN_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("JOINTSCAN_NOTEBOOK_OUT_DIR", str(out))
