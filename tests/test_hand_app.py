@@ -9,8 +9,10 @@ import re
 from pathlib import Path
 
 import cv2
+import keras
 import numpy as np
 import pytest
+from keras import layers
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -20,6 +22,9 @@ from model_loader import ModelRegistry
 from tasks import get_task
 from tasks.hand import TASK
 from tests.conftest import create_user, login
+from training.export import register_model, save_for_shipping
+from training.hand.export import input_spec
+from training.hand.model import guss_scorer, joint_detector
 
 DET_UNTRAINED = "hand_tiny_detector"
 DET_WIRED = "hand_wired_detector"              # all eight found, a consistent left hand
@@ -45,9 +50,6 @@ def _layout() -> dict[str, tuple[int, int]]:
 def wired_detector(strength: dict[str, float] | None = None):
     """Standard layers only: heatmap_c(p) = sigmoid(w_c * dot(p + d_c) - 5), so a single bright dot at cell
     q gives class c its peak at q - d_c. Boxes 16x16 input pixels; P(right hand) = sigmoid(-3)."""
-    import keras
-    from keras import layers
-
     inp = keras.Input((256, 256, 1), name="image")
     pooled = layers.AveragePooling2D(4, name="pool")(inp)
     heat = layers.Conv2D(8, 2 * R + 1, padding="same", activation="sigmoid", name="heatmap")(pooled)
@@ -68,10 +70,6 @@ def wired_detector(strength: dict[str, float] | None = None):
 
 @pytest.fixture(scope="session")
 def hand_models_dir(tmp_path_factory) -> Path:
-    from training.export import register_model, save_for_shipping
-    from training.hand.export import input_spec
-    from training.hand.model import guss_scorer, joint_detector
-
     root = tmp_path_factory.mktemp("hand_models")
     specs = [
         (DET_UNTRAINED, "detector", True, lambda: joint_detector(256, widths=(4, 4, 4, 4, 4), head_width=4),

@@ -8,6 +8,7 @@ import json
 import shutil
 
 import cv2
+import keras
 import numpy as np
 import pytest
 
@@ -19,23 +20,22 @@ from tasks.knee import GRADE_NAMES, TASK, catalogue_for, decide
 from tasks.knee_catalogue import load_catalogue, remove_directions
 from tasks.metrics import accuracy, mae
 from tests.conftest import create_user, login, run_id_from
+from training.export import sha256_file
+from training.knee.__main__ import main
+from training.knee.catalogue import cams_batch, make_catalogue
 from training.knee.config import QUICK_CONFIG, Config
 from training.knee.data import load_data
+from training.knee.ensemble import combine, embedding_scales, gradcam_layers, severity_basis_of
 from training.knee.evaluate import predict_tta
-from training.export import sha256_file
+from training.knee.model import build
 from training.knee.phenotypes import build_catalogue, save_catalogue
 from training.phantoms.knee import generate_knee
-
-# Keras and the training modules that build models (training.knee.__main__, .model, .ensemble,
-# .catalogue) are imported inside the tests that need them: TensorFlow loads only when one runs.
 
 MODEL_ID = "knee-kl-grader"
 
 
 @pytest.fixture(scope="module")
 def knee_models_dir(tmp_path_factory):
-    from training.knee.__main__ import main
-
     out = tmp_path_factory.mktemp("knee_models")
     assert main(["--quick", "--out", str(out)]) == 0
     return out
@@ -44,8 +44,6 @@ def knee_models_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def knee_ensemble_dir(tmp_path_factory):
     """Two quick graders (seeds 0 and 1) shipped as one ensemble file, the form the committed model has."""
-    from training.knee.__main__ import main
-
     root = tmp_path_factory.mktemp("knee_ensemble")
     works = [str(root / f"member{s}") for s in (0, 1)]
     for seed, work in zip((0, 1), works):
@@ -79,8 +77,6 @@ def test_quick_run_ships_model_catalogue_and_entry(knee_models_dir):
     assert set(entry["outputs"]) == {"kl_value", "kl_coral", "mirrored", "embedding"}
     # The published figures are the shipped file's on the val set: recompute them from that file.
     _, val, _ = load_data(QUICK_CONFIG, True, lambda m: None)
-    import keras   # deferred: TensorFlow
-
     shipped = keras.models.load_model(knee_models_dir / entry["file"], compile=False)
     pred = predict_tta(shipped, val.images)
     metrics = entry["metrics"]["val"]
@@ -94,11 +90,6 @@ def test_quick_run_ships_model_catalogue_and_entry(knee_models_dir):
 def test_fine_tuning_at_a_higher_resolution_starts_from_the_first_stage(knee_models_dir, tmp_path):
     """--init: the first stage's weights carry over to another input size (the trunk is fully
     convolutional), and the registry and card record both stages' commands."""
-    import keras
-
-    from training.knee.__main__ import main
-    from training.knee.model import build
-
     ckpt = knee_models_dir / ".work" / f"{MODEL_ID}.ckpt.keras"
     first = keras.models.load_model(ckpt, compile=False)
     cfg = Config(**{**QUICK_CONFIG.__dict__, "size": 80, "init": str(ckpt)})
@@ -122,10 +113,6 @@ def test_fine_tuning_at_a_higher_resolution_starts_from_the_first_stage(knee_mod
 def test_ensemble_ships_one_file_averaging_its_members(knee_ensemble_dir):
     """One registry entry and file: heads = the members' mean, embedding = the members' embeddings side by
     side (each scaled by one number), one Grad-CAM layer per member, both members' commands recorded."""
-    import keras
-
-    from training.knee.ensemble import embedding_scales, gradcam_layers, severity_basis_of
-
     entry = next(m for m in json.loads((knee_ensemble_dir / "registry.json").read_text())["models"]
                  if m["id"] == MODEL_ID)
     assert entry["gradcam_layer"] == ["m0_gradcam_conv", "m1_gradcam_conv"]
@@ -162,11 +149,6 @@ def test_ensemble_ships_one_file_averaging_its_members(knee_ensemble_dir):
 def test_grad_cam_of_an_ensemble_of_identical_members_is_the_member_map(knee_models_dir):
     """The ensemble's Grad-CAM adds the members' weighted maps before the ReLU: two copies of one grader
     must give exactly that grader's map (and its outputs)."""
-    import keras
-
-    from training.knee.catalogue import cams_batch
-    from training.knee.ensemble import combine
-
     grader = keras.models.load_model(knee_models_dir / ".work" / f"{MODEL_ID}.ckpt.keras", compile=False)
     twin = combine([grader, grader], [1.0, 1.0])
     images = (np.random.default_rng(2).random((3, 64, 64)) * 255).astype(np.uint8)
@@ -179,8 +161,6 @@ def test_grad_cam_of_an_ensemble_of_identical_members_is_the_member_map(knee_mod
 
 def test_catalogue_round_trip_through_the_model_files(knee_dir):
     """Fit -> files beside the model -> registry load -> the same clusters and assignments."""
-    from training.knee.catalogue import make_catalogue
-
     reg = ModelRegistry(knee_dir)
     loaded = reg.load(MODEL_ID)
     cat = catalogue_for(loaded)

@@ -24,9 +24,11 @@ from tasks.base import TaskInputError
 from tasks.metrics import dice_per_class
 from training.spine.data import (augment, dataset_dir, load_pair, manifest_from_folder, patient_split,
                                  read_manifest, split_rows)
-from training.spine.model import ATTENTION_UNET, REFERENCE_UNET
 from tests.conftest import create_user, login
 from tests.data_gate import real_data
+from training import architectures as arch
+from training.export import register_model, save_for_shipping, write_model_card
+from training.spine.model import ATTENTION_UNET, REFERENCE_UNET
 
 ATT, REF = "spine_tiny_attunet", "spine_tiny_unet_ref"
 needs_data = real_data(dataset_dir())
@@ -163,9 +165,6 @@ def test_augmentation_keeps_labels_valid_and_never_flips():
 @pytest.fixture(scope="module")
 def spine_models_dir(tmp_path_factory) -> Path:
     # Deferred: building the models loads TensorFlow.
-    from training import architectures as arch
-    from training.export import register_model, save_for_shipping, write_model_card
-
     root = tmp_path_factory.mktemp("spine_models")
     specs = [(ATT, False, True, "dec0_2_relu",
               lambda: arch.attention_unet(input_shape=(64, 48, 1), filters=(4, 8), n_classes=4)),
