@@ -186,6 +186,9 @@ def test_alpha_is_dropped():
     img = read_image(png_bytes(bgra))
     assert img.meta["had_alpha"] and img.pixels.shape == (40, 40)
     assert np.allclose(img.pixels, 200 / 255.0, atol=1e-3)
+    # A coloured RGBA image is converted by luma over all three colours, not read from one channel.
+    bgra[..., :3] = (0, 0, 255)          # red in BGR order
+    assert abs(float(read_image(png_bytes(bgra)).pixels.mean()) - 0.299) < 0.03
 
 
 def test_sniff_is_by_content_not_name(tmp_path):
