@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imaging.volume import read_nifti  # noqa: E402
 from tasks.metrics import dice  # noqa: E402
 from tasks.sacroiliac_inflammation import marrow_reference, oedema_mask  # noqa: E402
+from training.toolbox.runs import data_dir  # noqa: E402
 
 CASES = ("1007", "1012", "1013", "1016", "3002")
 SESSIONS = ("R11", "R12", "R21", "R22")
@@ -46,8 +46,8 @@ def load_case(root: Path, case: str):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("JOINTSCAN_DATA_DIR",
-                                                         str(Path(__file__).resolve().parents[2] / "shared" / "data")))
+    parser.add_argument("--data", default=str(data_dir()), help="the real-data folder (default: JOINTSCAN_DATA_DIR "
+                                                                 "or ../shared/data)")
     args = parser.parse_args()
     root = Path(args.data) / "sij_mri_nifti"
     if not root.is_dir():
