@@ -43,7 +43,7 @@ def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str | None, di
         rows, cols = int(ds.Rows), int(ds.Columns)
     except Exception as exc:
         raise ImageReadError("The DICOM header is incomplete: it gives no image size (Rows/Columns).", 400) from exc
-    frames = _int_or(_get(ds, "NumberOfFrames"), 1)
+    frames = _int_or(optional_value(ds, "NumberOfFrames"), 1)
     check_pixels(cols, rows, max_pixels, frames)  # before touching pixel data
     check_min_size(cols, rows)
 
@@ -169,7 +169,7 @@ def _int_or(value: Any, default: int) -> int:
     return out if out > 0 else default
 
 
-def _first_float(value: Any) -> float | None:
+def first_float(value: Any) -> float | None:
     if value is None:
         return None
     if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
@@ -187,13 +187,13 @@ def _functional(ds: Any, index: int, sequence: str, attr: str) -> Any:
     """A value from the top level, else from the enhanced multi-frame functional
     groups (per-frame first, then shared), where enhanced MR/CT keep rescale and window."""
     if attr in ds:
-        return _get(ds, attr)
+        return optional_value(ds, attr)
     for groups_name, i in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
-        groups = _get(ds, groups_name)
+        groups = optional_value(ds, groups_name)
         if groups and i < len(groups):
-            seq = _get(groups[i], sequence)
+            seq = optional_value(groups[i], sequence)
             if seq and attr in seq[0]:
-                return _get(seq[0], attr)
+                return optional_value(seq[0], attr)
     return None
 
 
@@ -202,8 +202,8 @@ def _monochrome_display(raw: np.ndarray, ds: Any, index: int) -> tuple[np.ndarra
     if "ModalityLUTSequence" in ds:
         values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
     else:
-        slope = _first_float(_functional(ds, index, "PixelValueTransformationSequence", "RescaleSlope"))
-        intercept = _first_float(_functional(ds, index, "PixelValueTransformationSequence", "RescaleIntercept"))
+        slope = first_float(_functional(ds, index, "PixelValueTransformationSequence", "RescaleSlope"))
+        intercept = first_float(_functional(ds, index, "PixelValueTransformationSequence", "RescaleIntercept"))
         values = raw.astype(np.float64)
         if raw.dtype.kind == "f":  # Float Pixel Data may hold NaN/inf
             values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
@@ -213,10 +213,10 @@ def _monochrome_display(raw: np.ndarray, ds: Any, index: int) -> tuple[np.ndarra
             values = values + intercept
 
     valid = _not_padding(raw, ds)
-    center = _first_float(_functional(ds, index, "FrameVOILUTSequence", "WindowCenter"))
-    width = _first_float(_functional(ds, index, "FrameVOILUTSequence", "WindowWidth"))
+    center = first_float(_functional(ds, index, "FrameVOILUTSequence", "WindowCenter"))
+    width = first_float(_functional(ds, index, "FrameVOILUTSequence", "WindowWidth"))
     if center is not None and width is not None and width > 0:
-        function = str(_get(ds, "VOILUTFunction") or "LINEAR").strip().upper()
+        function = str(optional_value(ds, "VOILUTFunction") or "LINEAR").strip().upper()
         out = _apply_window(values, center, width, function)
         if np.ptp(out) > 0 or np.ptp(values) == 0:
             return out, {"source": "header", "center": center, "width": width, "function": function}
@@ -241,10 +241,10 @@ def _apply_window(values: np.ndarray, center: float, width: float, function: str
 
 
 def _not_padding(raw: np.ndarray, ds: Any) -> np.ndarray | None:
-    pad = _first_float(_get(ds, "PixelPaddingValue"))
+    pad = first_float(optional_value(ds, "PixelPaddingValue"))
     if pad is None:
         return None
-    limit = _first_float(_get(ds, "PixelPaddingRangeLimit"))
+    limit = first_float(optional_value(ds, "PixelPaddingRangeLimit"))
     lo, hi = sorted((pad, pad if limit is None else limit))
     return (raw < lo) | (raw > hi)
 
@@ -292,7 +292,7 @@ def _identifying_tokens(ds: Any) -> set[str]:
     return tokens
 
 
-def _get(ds: Any, keyword: str) -> Any:
+def optional_value(ds: Any, keyword: str) -> Any:
     """An optional element's value, or None when absent or unreadable: metadata
     is a nicety and a malformed optional tag must not reject the image."""
     try:
@@ -302,7 +302,7 @@ def _get(ds: Any, keyword: str) -> Any:
 
 
 def _safe_text(ds: Any, keyword: str, tokens: set[str]) -> str | None:
-    value = _get(ds, keyword)
+    value = optional_value(ds, keyword)
     if value is None:
         return None
     text = str(value).strip()[:128]
@@ -320,18 +320,18 @@ def _dicom_meta(ds: Any, ts: Any, frames: int, index: int, photometric: str) -> 
     tokens = _identifying_tokens(ds)
     meta: dict[str, Any] = {
         "photometric": photometric,
-        "rows": _int_or(_get(ds, "Rows"), 0),
-        "cols": _int_or(_get(ds, "Columns"), 0),
-        "bits_allocated": _int_or(_get(ds, "BitsAllocated"), 0),
-        "bits_stored": _int_or(_get(ds, "BitsStored"), 0),
-        "samples_per_pixel": _int_or(_get(ds, "SamplesPerPixel"), 1),
+        "rows": _int_or(optional_value(ds, "Rows"), 0),
+        "cols": _int_or(optional_value(ds, "Columns"), 0),
+        "bits_allocated": _int_or(optional_value(ds, "BitsAllocated"), 0),
+        "bits_stored": _int_or(optional_value(ds, "BitsStored"), 0),
+        "samples_per_pixel": _int_or(optional_value(ds, "SamplesPerPixel"), 1),
         "frames": frames,
         "frame_index": index,
         "transfer_syntax": str(ts),
         "transfer_syntax_name": ts.name,
         "compressed": bool(ts.is_compressed),
     }
-    sop = _get(ds, "SOPClassUID")
+    sop = optional_value(ds, "SOPClassUID")
     if sop:
         meta["sop_class"] = UID(str(sop)).name
     for key, keyword in (
@@ -344,7 +344,7 @@ def _dicom_meta(ds: Any, ts: Any, frames: int, index: int, photometric: str) -> 
         text = _safe_text(ds, keyword, tokens)
         if text:
             meta[key] = text
-    image_type = _get(ds, "ImageType")
+    image_type = optional_value(ds, "ImageType")
     if image_type:
         # e.g. DERIVED/SECONDARY: a screen capture that may carry burnt-in text.
         values = [image_type] if isinstance(image_type, str) else list(image_type)
@@ -352,15 +352,15 @@ def _dicom_meta(ds: Any, ts: Any, frames: int, index: int, photometric: str) -> 
     burned = _safe_text(ds, "BurnedInAnnotation", tokens)
     if burned:
         meta["burned_in_annotation"] = burned
-    spacing = _get(ds, "PixelSpacing") or _get(ds, "ImagerPixelSpacing")
+    spacing = optional_value(ds, "PixelSpacing") or optional_value(ds, "ImagerPixelSpacing")
     if hasattr(spacing, "__len__") and not isinstance(spacing, (str, bytes)) and len(spacing) == 2:
-        row_mm, col_mm = _first_float(spacing[0]), _first_float(spacing[1])
+        row_mm, col_mm = first_float(spacing[0]), first_float(spacing[1])
         if row_mm and col_mm:
             meta["pixel_spacing_mm"] = [row_mm, col_mm]
-    thickness = _first_float(_get(ds, "SliceThickness"))
+    thickness = first_float(optional_value(ds, "SliceThickness"))
     if thickness is not None:
         meta["slice_thickness_mm"] = thickness
-    slope, intercept = _first_float(_get(ds, "RescaleSlope")), _first_float(_get(ds, "RescaleIntercept"))
+    slope, intercept = first_float(optional_value(ds, "RescaleSlope")), first_float(optional_value(ds, "RescaleIntercept"))
     if slope is not None or intercept is not None:
         meta["rescale"] = {"slope": 1.0 if slope is None else slope, "intercept": intercept or 0.0}
     return meta

@@ -37,10 +37,9 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut
 
+# imaging.dicom also keeps header values out of the log (pydicom's validation messages are off).
+from imaging.dicom import first_float, optional_value
 from imaging.errors import ImageReadError
-
-# As in imaging/dicom.py: no header value may reach the log through pydicom's validation messages.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -258,37 +257,25 @@ SEQUENCE_KINDS = ("STIR", "T1", "T2")
 
 def sequence_kind(ds: Any) -> str | None:
     """STIR, T1 or T2 from coded acquisition parameters (the text fields are only matched, never kept)."""
-    scanning = {str(v).upper() for v in (_value(ds, "ScanningSequence") or [])} if not isinstance(
-        _value(ds, "ScanningSequence"), str) else {str(_value(ds, "ScanningSequence")).upper()}
-    inversion = _float(_value(ds, "InversionTime"))
-    words = " ".join(str(_value(ds, k) or "") for k in ("SequenceName", "SeriesDescription", "ProtocolName")).lower()
+    raw = optional_value(ds, "ScanningSequence") or []
+    scanning = {str(v).upper() for v in ([raw] if isinstance(raw, str) else raw)}
+    inversion = first_float(optional_value(ds, "InversionTime"))
+    words = " ".join(str(optional_value(ds, k) or "")
+                     for k in ("SequenceName", "SeriesDescription", "ProtocolName")).lower()
     if ("IR" in scanning and inversion is not None and 80 <= inversion <= 300) or "stir" in words or "tir" in words:
         return "STIR"
     if "t1" in words:
         return "T1"
     if "t2" in words:
         return "T2"
-    echo, repetition = _float(_value(ds, "EchoTime")), _float(_value(ds, "RepetitionTime"))
+    echo = first_float(optional_value(ds, "EchoTime"))
+    repetition = first_float(optional_value(ds, "RepetitionTime"))
     if echo is not None and repetition is not None and "IR" not in scanning:
         if echo < 30 and repetition < 1000:
             return "T1"
         if echo > 60 and repetition > 1500:
             return "T2"
     return None
-
-
-def _value(ds: Any, keyword: str) -> Any:
-    try:
-        return ds.get(keyword)
-    except Exception:
-        return None
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 def _floats(value: Any, n: int) -> np.ndarray | None:
@@ -315,7 +302,7 @@ def read_dicom_series(files: Iterable[bytes], limits: StudyLimits = StudyLimits(
         ds = _parse(data)
         if ds is None:
             continue
-        uid = str(_value(ds, "SeriesInstanceUID") or "") or "unknown"
+        uid = str(optional_value(ds, "SeriesInstanceUID") or "") or "unknown"
         by_series.setdefault(uid, []).append(_slice_of(ds))
     if not by_series:
         raise ImageReadError("The upload holds no DICOM image.", 400)
@@ -344,9 +331,9 @@ def _parse(data: bytes) -> Any | None:
 
 
 def _slice_of(ds: Any) -> _Slice:
-    position = _floats(_value(ds, "ImagePositionPatient"), 3)
-    orientation = _floats(_value(ds, "ImageOrientationPatient"), 6)
-    spacing = _floats(_value(ds, "PixelSpacing"), 2)
+    position = _floats(optional_value(ds, "ImagePositionPatient"), 3)
+    orientation = _floats(optional_value(ds, "ImageOrientationPatient"), 6)
+    spacing = _floats(optional_value(ds, "PixelSpacing"), 2)
     try:
         shape = (int(ds.Rows), int(ds.Columns))
     except Exception as exc:
@@ -354,7 +341,7 @@ def _slice_of(ds: Any) -> _Slice:
     if position is None or orientation is None or spacing is None or np.any(spacing <= 0):
         raise ImageReadError("A slice has no position, orientation or pixel spacing: the series cannot be "
                              "assembled into a volume. Send a single slice instead.", 400)
-    if int(_value(ds, "NumberOfFrames") or 1) != 1:
+    if int(optional_value(ds, "NumberOfFrames") or 1) != 1:
         raise ImageReadError("Multi-frame DICOM series are not supported; send the slices as separate files.", 415)
     return _Slice(ds, position, orientation, spacing, shape)
 
@@ -382,7 +369,7 @@ def _series_volume(slices: list[_Slice], limits: StudyLimits) -> Volume:
             raise ImageReadError("The slices are not evenly spaced: some may be missing from the upload.", 400)
         step = float(steps.mean())
     else:
-        step = _float(_value(first.ds, "SliceThickness")) or 1.0
+        step = first_float(optional_value(first.ds, "SliceThickness")) or 1.0
     stored = np.empty((first.shape[1], first.shape[0], len(slices)), dtype=np.float32)  # (col, row, slice)
     for k, s in enumerate(slices):
         try:
@@ -397,9 +384,9 @@ def _series_volume(slices: list[_Slice], limits: StudyLimits) -> Volume:
     affine[:3, 1] = lps_to_ras @ col_dir * first.spacing[0]       # down a column: the row index
     affine[:3, 2] = lps_to_ras @ normal * step
     affine[:3, 3] = lps_to_ras @ slices[0].position
-    meta = {"format": "dicom", "modality": str(_value(first.ds, "Modality") or "").strip()[:4] or None,
-            "photometric": str(_value(first.ds, "PhotometricInterpretation") or "").strip()[:16] or None,
-            "bits_stored": int(_value(first.ds, "BitsStored") or 0)}
+    meta = {"format": "dicom", "modality": str(optional_value(first.ds, "Modality") or "").strip()[:4] or None,
+            "photometric": str(optional_value(first.ds, "PhotometricInterpretation") or "").strip()[:16] or None,
+            "bits_stored": int(optional_value(first.ds, "BitsStored") or 0)}
     photometric = meta["photometric"] or ""
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ImageReadError("Only grey (monochrome) DICOM series can be read as volumes.", 415)
