@@ -25,10 +25,6 @@ def studies_dir() -> Path:
     return data_dir() / "sij_mri_nifti"
 
 
-def available() -> bool:
-    return (studies_dir() / "disease_region").is_dir()
-
-
 @dataclass(frozen=True)
 class Case:
     case_id: str
