@@ -20,7 +20,8 @@ from database import ModelResult, Run, RunStatus, User, db, disabled_model_ids, 
 from imaging.io import DecodedImage, ImageReadError, read_image
 from imaging.overlay import encode_png, grey_to_rgb
 from model_loader import ModelEntry, ModelRegistry, ModelUnavailable
-from tasks import TaskInputError, TaskOutput, get_task
+from tasks import TaskInputError, TaskOutput, all_tasks, get_task
+from tasks.recognition import REFUSE_AT, Recognition, recognise, recogniser_entry, refusal
 
 log = logging.getLogger("jointscan.predict")
 # A run's images are written under RESULTS_DIR/<STAGING_PREFIX><public id>-<random>/ and renamed into place.
@@ -30,11 +31,13 @@ STAGING_PREFIX = ".staging-"
 class PredictionError(Exception):
     """A request that cannot be served; `message` is safe to show, `status` is the HTTP status."""
 
-    def __init__(self, message: str, status: int = 400, run_public_id: str | None = None):
+    def __init__(self, message: str, status: int = 400, run_public_id: str | None = None,
+                 recognised: dict[str, Any] | None = None):
         super().__init__(message)
         self.message = message
         self.status = status
         self.run_public_id = run_public_id   # set when a stored run failed (it shows in history)
+        self.recognised = recognised         # what the recogniser took the upload for, when it refused it
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Analysis:
     task: str
     model_ids: list[str] = field(default_factory=list)   # empty: the task's default models
     options: dict[str, Any] = field(default_factory=dict)
+    # The user's explicit choice to analyse an upload that the recogniser takes for another kind.
+    analyse_anyway: bool = False
 
 
 def clean_options(task_name: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -112,6 +117,8 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         raise PredictionError(exc.message, exc.status) from exc
     entries = choose_models(registry, request.task, request.model_ids)
     options = clean_options(request.task, request.options)
+    checks = recognition_summary(task, recognise_image(registry, image), request.analyse_anyway)
+    check_ms = checks.pop("check_ms")
     t_decoded = time.perf_counter()
     try:
         loaded = [registry.load(e.id) for e in entries]
@@ -131,9 +138,9 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
             by_role.setdefault(lm.entry.role, []).append(lm)
         output = task.run(image, by_role, options)
         t_pred = time.perf_counter()
-        _store(run, image, output, {e.id: e for e in entries}, staging, results_dir)
+        _store(run, image, output, {**output.summary, **checks}, {e.id: e for e in entries}, staging, results_dir)
         run.status, run.finished_at = RunStatus.DONE, utcnow()
-        run.timings = {"decode_ms": _ms(t0, t_decoded), "load_ms": _ms(t_decoded, t_ready),
+        run.timings = {"check_ms": check_ms, "decode_ms": _ms(t0, t_decoded), "load_ms": _ms(t_decoded, t_ready),
                        "predict_ms": _ms(t_ready, t_pred),
                        "store_ms": _ms(t_pred, time.perf_counter()), "total_ms": _ms(t0, time.perf_counter())}
         db.session.commit()
@@ -149,12 +156,54 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         raise PredictionError(f"The analysis failed: {reason}", 500, run.public_id) from exc
 
 
-def _store(run: Run, image: DecodedImage, output: TaskOutput, entries: dict[str, ModelEntry],
-           staging: Path, results_dir: Path) -> None:
+def recognise_image(registry: ModelRegistry, image: DecodedImage) -> tuple[Recognition | None, str | None, float]:
+    """(what the registry's recogniser takes the image for, or None with the reason it did not look, ms)."""
+    t0 = time.perf_counter()
+    entry = recogniser_entry(registry, disabled_model_ids())
+    if entry is None:
+        return None, "no image recogniser is available", 0.0
+    try:
+        found = recognise(registry.load(entry.id), image.pixels, image.meta)
+    except ModelUnavailable as exc:
+        return None, f"the image recogniser is unavailable ({exc.message})", _ms(t0, time.perf_counter())
+    return found, None, _ms(t0, time.perf_counter())
+
+
+def recognition_summary(task: Any, recognised: tuple[Recognition | None, str | None, float],
+                        analyse_anyway: bool) -> dict[str, Any]:
+    """The run summary's account of the recogniser, or the refusal (422) when it takes the upload for another
+    kind and the user has not chosen to analyse it anyway."""
+    found, unavailable, ms = recognised
+    if found is None:
+        return {"recognised": None, "recognition_note": f"Not checked: {unavailable}.", "check_ms": ms}
+    refused = refusal(task, found)
+    if refused and not analyse_anyway:
+        raise PredictionError(refused, 422, recognised=found.as_dict())
+    summary: dict[str, Any] = {"recognised": found.as_dict(), "check_ms": ms}
+    if refused:
+        summary["analysed_anyway"] = refused.split(";")[0] + "; analysed anyway at the user's request."
+    return summary
+
+
+def recognise_upload(data: bytes, *, registry: ModelRegistry, limits: Limits = Limits()) -> dict[str, Any]:
+    """What an upload looks like and which task suits it, storing nothing (the upload page's suggestion)."""
+    image = read_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
+    found, unavailable, ms = recognise_image(registry, image)
+    if found is None:
+        raise PredictionError(f"Cannot recognise the image: {unavailable}.", 503)
+    tasks = all_tasks()
+    suggested = next((name for name, task in tasks.items() if getattr(task, "recognised_as", None) == found.kind), None)
+    return {"recognised": found.as_dict(), "suggested_task": suggested if found.probability >= REFUSE_AT else None,
+            "refusals": {name: refusal(task, found) for name, task in tasks.items()}, "elapsed_ms": ms,
+            "input": {"width": image.width, "height": image.height, "modality": image.modality}}
+
+
+def _store(run: Run, image: DecodedImage, output: TaskOutput, summary: dict[str, Any],
+           entries: dict[str, ModelEntry], staging: Path, results_dir: Path) -> None:
     staging.mkdir(parents=True)
     _write_png(staging / "input.png", grey_to_rgb(image.pixels))
     run.input_image = "input.png"
-    run.summary = output.summary
+    run.summary = summary
     run.images = {name: _write_png(staging / f"run_{name}.png", img) for name, img in output.images.items()}
     for position, mo in enumerate(output.models):
         entry = entries[mo.model_id]
@@ -208,5 +257,5 @@ def sweep_interrupted_runs(older_than_s: int = 0) -> int:
 
 
 __all__ = ["Analysis", "Limits", "PredictionError", "analyze", "choose_models", "clean_options",
-           "sweep_interrupted_runs",
+           "recognise_upload", "sweep_interrupted_runs",
            "ImageReadError"]

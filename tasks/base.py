@@ -232,6 +232,8 @@ class TaskBase:
     accepted_modalities: ClassVar[tuple[str | None, ...]] = (None,)   # None: PNG/JPEG, whose modality we cannot read
     reads: ClassVar[str] = "images"          # what the task reads, for the wrong-modality message ("MRI")
     single_image: ClassVar[str] = "image"    # what one image is, for the wrong-shape message ("MRI slice")
+    # The image recogniser's kind (tasks/recognition.KINDS) this task reads; None: it reads anything.
+    recognised_as: ClassVar[str | None] = None
 
     @property
     def result_template(self) -> str:

@@ -289,6 +289,7 @@ class HandTask(TaskBase):
                    help="Orders the scans of one pseudonym over time; the upload date is used when empty."),
     )
     order = 40
+    recognised_as = "hand_radiograph"
     accepted_modalities = (None, "CR", "DX", "RG", "DR", "OT")
     reads, single_image = "hand radiographs", "radiograph"
     explanation_images = frozenset({"detector_heatmap"} | {f"gradcam_stage{stage}_{joint}" for stage in (1, 2)

@@ -200,6 +200,7 @@ class KneeTask(TaskBase):
                           (("auto", "Detect from the image"), ("L", "Left knee"), ("R", "Right knee")), "auto",
                           "Medial and lateral follow from the side; when unknown the model reads it from the image."),)
     order = 30
+    recognised_as = "knee_radiograph"
     field_labels = {"grade": "KL grade", "value": "Continuous grade", "phenotype": "Phenotype", "side": "Side",
                     "grade_probabilities": "Grade probabilities"}
     accepted_modalities = ACCEPTED_MODALITIES

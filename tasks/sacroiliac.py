@@ -117,6 +117,7 @@ class SacroiliacTask(TaskBase):
     roles = (RoleSpec("segmenter", "Joint-region segmentation"),
              RoleSpec("classifier", "AS status and stage"))
     order = 10
+    recognised_as = "sacroiliac_mri"
     field_labels = {"as_status": "AS status", "stage_name": "Stage", "stage": "Stage"}
     # Reviewers grade the stage; weighted kappa compares them with each classifier.
     review_scale = ReviewScale("Stage", STAGE_NAMES, role="classifier", field="stage")

@@ -169,6 +169,7 @@ class SpineTask(TaskBase):
                           tuple((s, STRUCTURE_TITLES[s]) for s in STRUCTURES), default="vertebra",
                           help="The structure whose Grad-CAM (gradient of its summed output) is shown."),)
     order = 20
+    recognised_as = "spine_mri"
     accepted_modalities = ("MR", None)
     reads, single_image = "MRI", "MRI slice"
     explanation_images = frozenset({"gradcam", "focused_gradcam"})

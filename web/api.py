@@ -18,11 +18,11 @@ from flask_wtf.csrf import ValidationError, validate_csrf
 from config import FALSE_WORDS, TRUE_WORDS
 from database import ApiToken, Run, RunStatus, User, db, disabled_model_ids, utcnow
 from model_loader import current_registry
-from predict import Analysis, ImageReadError, PredictionError, analyze
+from predict import Analysis, ImageReadError, PredictionError, analyze, recognise_upload
 from storage import results_dir, upload_limits
 from tasks import all_tasks, get_task
 from web.access import owned_run_or_404
-from web.audit import audit_upload_failure, model_versions_of, record, run_resource
+from web.audit import audit_upload_failure, model_versions_of, record, run_resource, upload_detail
 from web.errors import is_api_request, json_error
 from web.filters import image_url, model_problem
 from web.login import login_manager
@@ -122,6 +122,9 @@ def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
         "options": run.options or {},
         "timings": run.timings or {},
         "summary": run.summary or {},
+        # What the image recogniser took the upload for (null: not checked), and an override of it.
+        "recognised": (run.summary or {}).get("recognised"),
+        "analysed_anyway": bool((run.summary or {}).get("analysed_anyway")),
         "input": {"width": meta.get("width"), "height": meta.get("height"),
                   "modality": meta.get("modality"), "kind": run.input_kind},
         "images": images,
@@ -200,22 +203,48 @@ def analyze_scan(user):
     include_heatmaps = _flag(request.form.get("include_heatmaps"), default=True)
     if include_heatmaps is None:
         return json_error(400, "include_heatmaps must be true or false.")
+    analyse_anyway = _flag(request.form.get("analyse_anyway"), default=False)
+    if analyse_anyway is None:
+        return json_error(400, "analyse_anyway must be true or false.")
     # Task options (see GET /api/v1/tasks) are plain form fields named as the option.
     options = {spec.name: request.form.get(spec.name, "") for spec in getattr(task, "options", ())}
     data = upload.read()
     try:
-        run = analyze(user, data, Analysis(task_name, model_ids, options),
+        run = analyze(user, data, Analysis(task_name, model_ids, options, analyse_anyway=analyse_anyway),
                       registry=current_registry(), results_dir=results_dir(), limits=upload_limits())
     except (ImageReadError, PredictionError) as exc:
         audit_upload_failure(exc, model_ids, user=user)
-        return json_error(exc.status, exc.message)
+        recognised = getattr(exc, "recognised", None)
+        return json_error(exc.status, exc.message, details={"recognised": recognised} if recognised else None)
     record("upload", user=user, resource=run_resource(run), models=model_versions_of(run),
-           detail=f"task {run.task} via API")
+           detail=upload_detail(run, " via API"))
     response = jsonify(run_json(run, include_heatmaps))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_run", public_id=run.public_id, _external=True)
     g.no_store = True
     return response
+
+
+@bp.post("/v1/recognise")
+@authenticated
+def recognise_scan(user):
+    """What an upload looks like and which task suits it. Stores nothing but the audit row."""
+    problem = _session_csrf_problem()
+    if problem is not None:
+        return problem
+    if user.role != "clinician":
+        return json_error(403, "Only clinician accounts can analyse scans.")
+    upload = request.files.get("file")        # a body over MAX_CONTENT_LENGTH raises 413 here
+    if upload is None:
+        return json_error(400, "Send the scan as the multipart form field 'file'.")
+    try:
+        found = recognise_upload(upload.read(), registry=current_registry(), limits=upload_limits())
+    except (ImageReadError, PredictionError) as exc:
+        record("recognise", "failed", user=user, detail=f"HTTP {exc.status} ({type(exc).__name__})")
+        return json_error(exc.status, exc.message)
+    record("recognise", user=user, detail=f"recognised as {found['recognised']['kind']}")
+    g.no_store = True
+    return jsonify(found)
 
 
 @bp.get("/v1/runs/<public_id>")

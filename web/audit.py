@@ -62,6 +62,17 @@ def audit_upload_failure(exc: Exception, model_ids: list[str], user: User | None
     run_id = getattr(exc, "run_public_id", None)
     reg = current_registry()
     versions = [f"{mid}@{e.version}" for mid in model_ids if (e := reg.get(mid)) is not None]
-    record("upload", "denied" if status == 403 else "failed", user=user,
+    recognised = getattr(exc, "recognised", None)
+    refused = f"; recognised as {recognised['kind']}" if recognised else ""
+    record("upload", "denied" if status == 403 or recognised else "failed", user=user,
            resource=run_resource(run_id) if run_id else None, models=versions or None,
-           detail=f"HTTP {status} ({type(exc).__name__})")
+           detail=f"HTTP {status} ({type(exc).__name__}){refused}")
+
+
+def upload_detail(run: Run, via: str = "") -> str:
+    """The audit detail of a stored upload: the task, and an override of the recogniser when there was one."""
+    summary = run.summary or {}
+    anyway = ""
+    if summary.get("analysed_anyway"):
+        anyway = f", analysed anyway (recognised as {(summary.get('recognised') or {}).get('kind')})"
+    return f"task {run.task}{via}{anyway}"

@@ -30,8 +30,9 @@ def is_api_request() -> bool:
     return request.path == "/api" or request.path.startswith("/api/")
 
 
-def json_error(status: int, message: str, headers: dict | None = None):
-    response = jsonify(error={"status": status, "message": message})
+def json_error(status: int, message: str, headers: dict | None = None, details: dict | None = None):
+    """`{"error": {"status", "message", **details}}`; `details` add machine-readable facts (what was recognised)."""
+    response = jsonify(error={"status": status, "message": message, **(details or {})})
     response.status_code = status
     for key, value in (headers or {}).items():
         response.headers[key] = value

@@ -13,7 +13,7 @@ from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, rend
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
-from wtforms import SelectField, SelectMultipleField, SubmitField
+from wtforms import BooleanField, SelectField, SelectMultipleField, SubmitField
 
 from database import RunStatus, disabled_model_ids
 from model_loader import current_registry
@@ -22,7 +22,7 @@ from storage import results_dir, upload_limits
 from tasks import all_tasks, get_task
 from web.access import no_store, owned_run_or_404, run_image_files, visible_run_or_404
 from web.api import authenticated, iso_utc, run_json
-from web.audit import audit_upload_failure, model_versions_of, record, run_resource
+from web.audit import audit_upload_failure, model_versions_of, record, run_resource, upload_detail
 from web.errors import error_text, handle_http_error
 from web.filters import fmt_mib, group_results, model_problem, result_context
 from web.reviews import ShareForm, review_rows, review_summary
@@ -38,6 +38,8 @@ class UploadForm(FlaskForm):
     model_ids = SelectMultipleField("Models", validate_choice=False)
     scan = FileField("Scan file", validators=[FileRequired("Choose a scan file to upload.")],
                      description="PNG, JPEG or DICOM.")
+    # Shown only after the recogniser refused an upload: the user's explicit choice to go on.
+    analyse_anyway = BooleanField("Analyse anyway")
     submit = SubmitField("Analyse")
 
     def __init__(self, *args, **kwargs):
@@ -70,8 +72,10 @@ def _default_ids(groups: list[dict[str, Any]]) -> set[str]:
             if m["entry"].default and not m["problem"]}
 
 
-def _render_upload(form: UploadForm, error: str | None = None, status: int = 200, body_read: bool = True):
-    """The upload page. `body_read=False` when the request body must not be touched (a 413)."""
+def _render_upload(form: UploadForm, error: str | None = None, status: int = 200, body_read: bool = True,
+                   refused: bool = False):
+    """The upload page. `body_read=False` when the request body must not be touched (a 413); `refused`:
+    the recogniser took the upload for another kind, so the page offers to analyse it anyway."""
     groups = model_groups()
     posted = body_read and request.method == "POST"
     if not posted:
@@ -80,7 +84,7 @@ def _render_upload(form: UploadForm, error: str | None = None, status: int = 200
             form.task.data = wanted
     checked = set(form.model_ids.data or []) if posted else _default_ids(groups)
     return render_template("scans/upload.html", form=form, groups=groups, checked=checked, error=error,
-                           option_field=option_field, submitted=request.form if posted else {},
+                           option_field=option_field, submitted=request.form if posted else {}, refused=refused,
                            max_upload=fmt_mib(current_app.config["MAX_UPLOAD_BYTES"])), status
 
 
@@ -119,15 +123,17 @@ def upload():
                for spec in task.options}
     data = form.scan.data.read()
     try:
-        run = analyze(current_user._get_current_object(), data, Analysis(task_name, model_ids, options),
+        run = analyze(current_user._get_current_object(), data,
+                      Analysis(task_name, model_ids, options, analyse_anyway=bool(form.analyse_anyway.data)),
                       registry=reg, results_dir=results_dir(), limits=upload_limits())
     except (ImageReadError, PredictionError) as exc:
         audit_upload_failure(exc, model_ids)
         if getattr(exc, "run_public_id", None):   # a stored run failed: show it with its reason
             flash(exc.message, "error")
             return redirect(url_for("scans.result", public_id=exc.run_public_id))
-        return _render_upload(form, error=exc.message, status=exc.status)
-    record("upload", resource=run_resource(run), models=model_versions_of(run), detail=f"task {run.task}")
+        return _render_upload(form, error=exc.message, status=exc.status,
+                              refused=getattr(exc, "recognised", None) is not None)
+    record("upload", resource=run_resource(run), models=model_versions_of(run), detail=upload_detail(run))
     return redirect(url_for("scans.result", public_id=run.public_id))
 
 

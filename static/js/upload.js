@@ -30,6 +30,56 @@
     filterByTask();
   }
 
+  // As soon as a file is chosen, ask the server what it looks like (nothing is stored) and suggest
+  // the task that reads it. A task the user chose by hand is never changed, only warned about.
+  var fileInput = form.querySelector("input[type=file]");
+  var hint = document.getElementById("recognition-hint");
+  var csrf = form.querySelector("input[name=csrf_token]");
+  var chosenByHand = false;
+  if (select) { select.addEventListener("change", function () { chosenByHand = true; }); }
+
+  function showHint(text, mismatch) {
+    if (!hint) { return; }
+    hint.textContent = text;
+    hint.hidden = !text;
+    hint.classList.toggle("is-mismatch", !!mismatch);
+  }
+
+  function suggest(answer) {
+    var seen = answer.recognised;
+    var sure = Math.round(100 * seen.probability) + "%";
+    var task = answer.suggested_task;
+    if (task && select && !chosenByHand && select.value !== task) {
+      select.value = task;
+      filterByTask();
+    }
+    var refusal = select ? answer.refusals[select.value] : null;
+    if (refusal) {
+      showHint(refusal, true);
+    } else {
+      showHint("This looks like " + seen.label + " (" + sure + ")." +
+               (task && select && select.value === task ? " The matching task is chosen." : ""), false);
+    }
+  }
+
+  if (fileInput && form.getAttribute("data-recognise-url") && window.fetch && window.FormData) {
+    fileInput.addEventListener("change", function () {
+      showHint("", false);
+      if (!fileInput.files || !fileInput.files.length) { return; }
+      var body = new FormData();
+      body.append("file", fileInput.files[0]);
+      fetch(form.getAttribute("data-recognise-url"), {
+        method: "POST", body: body, credentials: "same-origin",
+        headers: csrf ? {"X-CSRFToken": csrf.value} : {}
+      }).then(function (response) {
+        return response.json().then(function (data) { return {ok: response.ok, data: data}; });
+      }).then(function (result) {
+        if (result.ok) { suggest(result.data); }
+        else if (result.data && result.data.error) { showHint(result.data.error.message, true); }
+      }).catch(function () { showHint("", false); });
+    });
+  }
+
   form.addEventListener("submit", function () {
     if (button) {
       // Disable after the browser has captured the form data, so the click still submits.

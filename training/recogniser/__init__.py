@@ -1,0 +1,1 @@
+"""The image recogniser: what an upload is (see tasks/recognition.py)."""

@@ -1,0 +1,3 @@
+from training.recogniser.train import main
+
+raise SystemExit(main())
