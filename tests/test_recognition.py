@@ -295,3 +295,18 @@ def test_the_shipped_recogniser_on_real_images_of_every_folder(shipped):
     for path in sorted((root / "dicom").glob("*.dcm")):
         found = _kind(shipped, read_image(path.read_bytes()).pixels)
         assert found not in KINDS[:4], (path.name, found)
+
+
+def test_a_tiny_training_run_registers_a_recogniser_with_its_held_out_figures(tmp_path):
+    from training.recogniser.train import MODEL_ID, main
+
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    registry = ModelRegistry(tmp_path)
+    entry = registry.get(MODEL_ID)
+    assert entry.task == RECOGNITION and entry.default and registry.problem(MODEL_ID) is None
+    held = entry.metrics["held_out"]
+    assert np.asarray(held["confusion"]).sum() == held["n"] > 0
+    assert entry.training["command"] == "python -m training.recogniser --out models --quick"
+    model = registry.load(MODEL_ID)
+    assert np.asarray(model(recogniser_input(np.random.default_rng(0).random((80, 60))))).shape == (1, len(KINDS))
+    assert "## Metrics on held-out data" in (tmp_path / entry.card).read_text()

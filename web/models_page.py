@@ -12,6 +12,7 @@ from database import disabled_model_ids
 from model_loader import current_registry
 from tasks import all_tasks
 from tasks.base import review_scale_of
+from tasks.recognition import RECOGNITION
 from web.filters import flatten, headline_metrics
 from web.reviews import agreement_by_model
 
@@ -47,8 +48,12 @@ def index():
                              for e in entries if e.role == role.name]}
                  for role in task.roles]
         groups.append({"task": task, "roles": roles, "scale": scale})
+    # The recogniser reads every upload before any task does (tasks/recognition.py).
+    checks = [{"entry": e, "problem": reg.problem(e.id), "disabled": e.id in disabled,
+               "metrics": headline_metrics(e.metrics)} for e in reg.entries(RECOGNITION)]
+    known.update(c["entry"].id for c in checks)
     orphans = [e for e in reg.entries() if e.id not in known]   # registered for a task that is not installed
-    return render_template("models/index.html", groups=groups, orphans=orphans)
+    return render_template("models/index.html", groups=groups, checks=checks, orphans=orphans)
 
 
 @bp.get("/<model_id>")
