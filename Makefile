@@ -32,6 +32,7 @@ test: $(STAMP)
 
 # Regenerate the committed models from their training commands (each also has a notebook).
 # The knee grader is an ensemble of three graders, each trained in two stages (160 px, then 224 px).
+# Calibration comes last: its temperatures are fitted to the shipped files of the models it calibrates.
 KNEE_WORK = /tmp/jointscan_knee_work
 models: $(STAMP)
 	$(PY) -m training.sacroiliac --out models
@@ -49,6 +50,7 @@ models: $(STAMP)
 	$(PY) -m training.knee --stage export --members $(KNEE_WORK)/m0_stage2 $(KNEE_WORK)/m1_stage2 $(KNEE_WORK)/m2_stage2 \
 		--out models
 	$(PY) -m training.spine --out models
+	$(PY) -m training.calibration --out models
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/sacroiliac_figures.py

@@ -49,6 +49,7 @@ class ModelEntry:
     default: bool = False
     gradcam_layer: str | list[str] | None = None     # several: an ensemble's members (one map together)
     ood: dict[str, Any] | None = None                # the training-data check (tasks.ood), when declared
+    calibration: dict[str, Any] | None = None        # head -> temperature spec (tasks.calibration), when fitted
     size_bytes: int | None = None
     params: int | None = None
     training: dict[str, Any] = field(default_factory=dict)

@@ -26,6 +26,8 @@ from imaging.overlay import boxes_overlay, heatmap_overlay
 from model_loader import LoadedModel
 from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
                         timed_model)
+from tasks.calibration import (calibration_record, coral_with_temperature, sigmoid_with_temperature,
+                               temperature_of)
 from tasks.metrics import coral_rank
 
 JOINT_NAMES = ("PIP2", "PIP3", "PIP4", "PIP5", "DIP2", "DIP3", "DIP4", "DIP5")
@@ -451,9 +453,14 @@ class HandTask(TaskBase):
             x = np.stack(xs)
             out = model(x)
             peak = np.asarray(out["peak"]).reshape(-1)
+            # Decided on the raw heads (a temperature moves no threshold at 0.5), shown calibrated.
+            peak_shown = sigmoid_with_temperature(peak, temperature_of(model.entry, "peak"))
+            guss_shown = coral_with_temperature(out["guss"], temperature_of(model.entry, "guss"))
             for i, d in enumerate(to_score):
-                scores[d["name"]] = decode_scores(peak[i], out["guss"][i], out["plate"][i], out["space"][i])
-                scores[d["name"]]["peak_probability"] = round(float(peak[i]), 4)
+                score = scores[d["name"]] = decode_scores(peak[i], out["guss"][i], out["plate"][i], out["space"][i])
+                score["peak_probability"] = round(float(peak_shown[i]), 4)
+                score["guss_probability"] = (round(float(guss_shown[i, score["stage2_guss"] // GUSS_STEP]), 4)
+                                             if score["stage"] == 2 else None)   # P(this stage-2 GUSS)
             sign = np.where(peak >= PEAK_THRESHOLD, 1.0, -1.0).astype(np.float32)
             cams = batch_grad_cams(model.gradcam_model(),
                                 x, [lambda o: o["peak"][:, 0] * sign,          # stage 1: the decided class
@@ -471,7 +478,7 @@ class HandTask(TaskBase):
                                      "box": [round(v, 1) for v in d["box"]] if d["status"] != "missing" else None,
                                      "crop_box": list(d.get("crop_box", ())) or None,
                                      "plate": None, "space": None, "guss": None, "peak_probability": None,
-                                     "stage": None, "withheld": None}
+                                     "guss_probability": None, "stage": None, "withheld": None}
             s = scores.get(d["name"])
             if s is not None:                   # a withheld joint shows no number at all, not even stage 1's
                 if d["status"] == "unsure":
@@ -482,7 +489,7 @@ class HandTask(TaskBase):
                                          else "too few joints found with confidence")
                 else:
                     entry.update(plate=s["plate"], space=s["space"], guss=s["guss"], stage=s["stage"],
-                                 peak_probability=s["peak_probability"])
+                                 peak_probability=s["peak_probability"], guss_probability=s["guss_probability"])
             elif d["status"] == "missing":
                 entry["withheld"] = "joint not found"
             joints_out.append(entry)
@@ -500,6 +507,7 @@ class HandTask(TaskBase):
             "detector": detector_id,
             "position_aware": position_aware,
             "peak_threshold": PEAK_THRESHOLD,
+            **calibration_record(model.entry, ("peak", "guss")),
         }
         images = {"scored_joints": boxes_overlay(img, boxes, font_scale=_label_scale(img)), **images}
         return ModelOutput(model.entry.id, "scorer", result, images)

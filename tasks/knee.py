@@ -33,8 +33,9 @@ from imaging.overlay import heatmap_overlay
 from model_loader import LoadedModel, sha256_of
 from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
                         timed_model)
+from tasks.calibration import calibration_record, coral_with_temperature, temperature_of
 from tasks.knee_catalogue import load_catalogue
-from tasks.metrics import coral_expected, coral_grade_probabilities, coral_rank
+from tasks.metrics import coral_expected, coral_rank
 
 N_GRADES = 5
 GRADE_NAMES = ("KL 0", "KL 1", "KL 2", "KL 3", "KL 4")
@@ -252,7 +253,9 @@ class KneeTask(TaskBase):
         p_gt = np.asarray(out["kl_coral"]).mean(axis=0)
         grade_arr, cont_arr = decide([value], p_gt[None], head)
         grade, cont = int(grade_arr[0]), float(cont_arr[0])
-        probs = coral_grade_probabilities(p_gt[None], N_GRADES - 1)[0]
+        # The decision reads the raw heads (as validated); the probabilities shown are calibrated. The CORAL
+        # expected grade stays raw too: the "mean" decision head is built from it.
+        probs = coral_with_temperature(p_gt[None], temperature_of(model.entry, "kl_coral"), N_GRADES - 1)[0]
 
         target, target_text = gradcam_target(head, grade)
         cam = grad_cams(model.gradcam_model(), pair[canon:canon + 1], [target])[0]
@@ -281,6 +284,8 @@ class KneeTask(TaskBase):
             "coral_expected": round(float(coral_expected(p_gt[None], N_GRADES - 1)[0]), 3),
             "decision_head": head,
             "grade_probabilities": {n: round(float(p), 4) for n, p in zip(GRADE_NAMES, probs)},
+            "confidence": round(float(probs[grade]), 4),           # the calibrated P(the decided grade)
+            **calibration_record(model.entry, ("kl_coral",)),
             "gradcam_target": target_text,
             "side": side,
             "side_name": SIDE_NAMES[side],

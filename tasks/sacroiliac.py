@@ -18,6 +18,7 @@ from imaging.normalize import to_model_input
 from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
 from model_loader import LoadedModel, ModelUnavailable
 from tasks.base import ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
+from tasks.calibration import calibration_record, softmax_with_temperature, temperature_of
 from tasks.metrics import dice
 from tasks.ood import OodUnavailable, OodVerdict, distribution_for, verdict
 
@@ -203,8 +204,10 @@ class SacroiliacTask(TaskBase):
         if outside is not None and outside.outside:
             return ModelOutput(model.entry.id, "classifier", withheld_result(outside, focus_id, focus_mask))
         probs = classifier_probabilities(model, x, spec)
-        p_as, p_stage = probs["as_status"][0], probs["stage"][0]
-        as_idx, stage_idx = int(p_as.argmax()), int(p_stage.argmax())
+        # Decided on the raw probabilities (a temperature keeps the argmax), shown calibrated.
+        as_idx, stage_idx = int(probs["as_status"][0].argmax()), int(probs["stage"][0].argmax())
+        p_as = softmax_with_temperature(probs["as_status"][0], temperature_of(model.entry, "as_status"))
+        p_stage = softmax_with_temperature(probs["stage"][0], temperature_of(model.entry, "stage"))
         cams = grad_cams(model.gradcam_model(), x, [("as_status", as_idx), ("stage", stage_idx)])
 
         h, w = img.shape
@@ -224,6 +227,7 @@ class SacroiliacTask(TaskBase):
             "focus_segmenter": focus_id,
             "joint_region_found": bool(focus_mask.any()),
             "withheld": None,
+            **calibration_record(model.entry, ("as_status", "stage")),
         }
         if outside is not None:
             result["training_data_check"] = outside.as_dict()

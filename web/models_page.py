@@ -1,7 +1,9 @@
 """Every registered model, and each model's card."""
 from __future__ import annotations
 
+import math
 from functools import lru_cache
+from typing import Any
 
 from flask import Blueprint, abort, render_template
 from flask_login import login_required
@@ -28,6 +30,38 @@ def _markdown():
 
 def render_card(text: str) -> Markup:
     return Markup(_markdown().render(text))
+
+
+# The reliability diagram's geometry (SVG user units): a square plot of side PLOT, inset by PAD.
+PLOT, PAD = 200, 34
+SERIES = (("reliability_before", "before", "#d95f02"), ("reliability_after", "after", "#1b6fb5"))
+
+
+def _xy(confidence: float, accuracy: float) -> tuple[float, float]:
+    return round(PAD + confidence * PLOT, 1), round(PAD / 2 + (1.0 - accuracy) * PLOT, 1)
+
+
+def reliability_diagram(spec: dict[str, Any]) -> dict[str, Any]:
+    """What the template draws for one head: the diagonal (perfect calibration) and, before and after, a line
+    through each bin's (mean confidence, accuracy) with a dot sized by the bin's count."""
+    rows = {key: [r for r in spec.get(key) or [] if len(r) == 3] for key, _, _ in SERIES}
+    biggest = max((r[2] for rs in rows.values() for r in rs), default=1) or 1
+    series = []
+    for key, label, colour in SERIES:
+        dots = [{"x": x, "y": y, "r": round(1.5 + 3.5 * math.sqrt(n / biggest), 1),
+                 "title": f"{label}: confidence {c:.2f}, accuracy {a:.2f}, {n} inputs"}
+                for c, a, n in rows[key] for x, y in [_xy(c, a)]]
+        series.append({"label": label, "colour": colour, "dots": dots,
+                       "points": " ".join(f"{d['x']},{d['y']}" for d in dots)})
+    ticks = [{"value": v, "x": _xy(v, 0)[0], "y": _xy(0, v)[1]} for v in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    return {"width": PAD + PLOT + 10, "height": PAD / 2 + PLOT + PAD, "plot": PLOT, "pad": PAD,
+            "x0": PAD, "y0": PAD / 2, "x1": PAD + PLOT, "y1": PAD / 2 + PLOT, "ticks": ticks, "series": series}
+
+
+def calibration_rows(entry) -> list[dict[str, Any]]:
+    """One row per calibrated head of the entry: its figures and its reliability diagram."""
+    return [{"head": head, "spec": spec, "diagram": reliability_diagram(spec)}
+            for head, spec in (entry.calibration or {}).items() if isinstance(spec, dict)]
 
 
 @bp.get("/")
@@ -68,4 +102,5 @@ def card(model_id: str):
                            card_html=render_card(text) if text else None,
                            metrics=flatten(entry.metrics or {}, depth=4),
                            training=flatten(entry.training or {}, depth=3),
-                           input_rows=flatten(entry.input or {}, depth=2))
+                           input_rows=flatten(entry.input or {}, depth=2),
+                           calibration=calibration_rows(entry))

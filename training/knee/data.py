@@ -75,6 +75,14 @@ def side_of(stem: str) -> str:
     return m.group("side")
 
 
+def patient_of(stem: str) -> str:
+    """The OAI patient id of a file name (the name without its side letter): a patient's two knees share it."""
+    m = _NAME.match(stem)
+    if not m:
+        raise ValueError(f"cannot read the patient id from file name {stem!r}")
+    return m.group("patient")
+
+
 def list_split(split: str, root: Path | None = None) -> list[tuple[Path, int, str]]:
     """(path, grade, side) of every image of a split, sorted by path."""
     root = Path(root or knee_dir()) / split
