@@ -117,8 +117,9 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         raise PredictionError(exc.message, exc.status) from exc
     entries = choose_models(registry, request.task, request.model_ids)
     options = clean_options(request.task, request.options)
-    checks = recognition_summary(task, recognise_image(registry, image), request.analyse_anyway)
-    check_ms = checks.pop("check_ms")
+    t_check = time.perf_counter()
+    checks = recognition_summary(task, *recognise_image(registry, image), request.analyse_anyway)
+    check_ms = _ms(t_check, time.perf_counter())
     t_decoded = time.perf_counter()
     try:
         loaded = [registry.load(e.id) for e in entries]
@@ -156,45 +157,45 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         raise PredictionError(f"The analysis failed: {reason}", 500, run.public_id) from exc
 
 
-def recognise_image(registry: ModelRegistry, image: DecodedImage) -> tuple[Recognition | None, str | None, float]:
-    """(what the registry's recogniser takes the image for, or None with the reason it did not look, ms)."""
-    t0 = time.perf_counter()
+def recognise_image(registry: ModelRegistry, image: DecodedImage) -> tuple[Recognition | None, str | None]:
+    """What the registry's recogniser takes the image for, or None with the reason it did not look."""
     entry = recogniser_entry(registry, disabled_model_ids())
     if entry is None:
-        return None, "no image recogniser is available", 0.0
+        return None, "no image recogniser is available"
     try:
-        found = recognise(registry.load(entry.id), image.pixels, image.meta)
+        return recognise(registry.load(entry.id), image.pixels, image.meta), None
     except ModelUnavailable as exc:
-        return None, f"the image recogniser is unavailable ({exc.message})", _ms(t0, time.perf_counter())
-    return found, None, _ms(t0, time.perf_counter())
+        return None, f"the image recogniser is unavailable ({exc.message})"
 
 
-def recognition_summary(task: Any, recognised: tuple[Recognition | None, str | None, float],
+def recognition_summary(task: Any, found: Recognition | None, not_checked: str | None,
                         analyse_anyway: bool) -> dict[str, Any]:
     """The run summary's account of the recogniser, or the refusal (422) when it takes the upload for another
     kind and the user has not chosen to analyse it anyway."""
-    found, unavailable, ms = recognised
     if found is None:
-        return {"recognised": None, "recognition_note": f"Not checked: {unavailable}.", "check_ms": ms}
+        return {"recognised": None, "recognition_note": f"Not checked: {not_checked}."}
     refused = refusal(task, found)
     if refused and not analyse_anyway:
         raise PredictionError(refused, 422, recognised=found.as_dict())
-    summary: dict[str, Any] = {"recognised": found.as_dict(), "check_ms": ms}
+    summary: dict[str, Any] = {"recognised": found.as_dict()}
     if refused:
-        summary["analysed_anyway"] = refused.split(";")[0] + "; analysed anyway at the user's request."
+        summary["analysed_anyway"] = (f"This looks like {found.label} ({100 * found.probability:.0f}% sure); "
+                                      "analysed anyway at the user's request.")
     return summary
 
 
 def recognise_upload(data: bytes, *, registry: ModelRegistry, limits: Limits = Limits()) -> dict[str, Any]:
     """What an upload looks like and which task suits it, storing nothing (the upload page's suggestion)."""
     image = read_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
-    found, unavailable, ms = recognise_image(registry, image)
+    t0 = time.perf_counter()
+    found, not_checked = recognise_image(registry, image)
     if found is None:
-        raise PredictionError(f"Cannot recognise the image: {unavailable}.", 503)
+        raise PredictionError(f"Cannot recognise the image: {not_checked}.", 503)
     tasks = all_tasks()
-    suggested = next((name for name, task in tasks.items() if getattr(task, "recognised_as", None) == found.kind), None)
+    suggested = next((name for name, task in tasks.items() if task.recognised_as == found.kind), None)
     return {"recognised": found.as_dict(), "suggested_task": suggested if found.probability >= REFUSE_AT else None,
-            "refusals": {name: refusal(task, found) for name, task in tasks.items()}, "elapsed_ms": ms,
+            "refusals": {name: refusal(task, found) for name, task in tasks.items()},
+            "elapsed_ms": _ms(t0, time.perf_counter()),
             "input": {"width": image.width, "height": image.height, "modality": image.modality}}
 
 
