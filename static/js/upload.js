@@ -36,7 +36,13 @@
   var hint = document.getElementById("recognition-hint");
   var csrf = form.querySelector("input[name=csrf_token]");
   var chosenByHand = false;
-  if (select) { select.addEventListener("change", function () { chosenByHand = true; }); }
+  var lastAnswer = null;   // the recogniser's answer for the chosen file, re-read when the task changes
+  if (select) {
+    select.addEventListener("change", function () {
+      chosenByHand = true;
+      if (lastAnswer) { suggest(lastAnswer); }
+    });
+  }
 
   function showHint(text, mismatch) {
     if (!hint) { return; }
@@ -46,6 +52,7 @@
   }
 
   function suggest(answer) {
+    lastAnswer = answer;
     var seen = answer.recognised;
     var sure = Math.round(100 * seen.probability) + "%";
     var task = answer.suggested_task;
@@ -65,6 +72,7 @@
   if (fileInput && form.getAttribute("data-recognise-url") && window.fetch && window.FormData) {
     fileInput.addEventListener("change", function () {
       showHint("", false);
+      lastAnswer = null;
       if (!fileInput.files || !fileInput.files.length) { return; }
       var body = new FormData();
       body.append("file", fileInput.files[0]);
