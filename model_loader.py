@@ -14,7 +14,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 # TensorFlow and Keras (and imaging.layers, which pulls Keras) are imported inside the functions that
 # load or run a model, not here: reading the registry and `status()` stay cheap, and a process that
@@ -75,6 +75,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _numpy(out: Any) -> Any:
+    if isinstance(out, dict):
+        return {k: v.numpy() for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return [v.numpy() for v in out]
+    return out.numpy()
+
+
 class LoadedModel:
     """A Keras model ready to serve: one compiled inference call, Grad-CAM models built once."""
 
@@ -87,29 +95,46 @@ class LoadedModel:
         self._tf = tf
         self._infer = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True)
         self._gradcam_models: dict[tuple[str, ...], Any] = {}
-        self._feature_calls: dict[str, Any] = {}
+        self._feature_calls: dict[tuple[str, str, Any], Any] = {}
         self._lock = threading.Lock()
 
     def __call__(self, batch) -> Any:
-        """Batch in, outputs out (tensor, or dict of tensors for multi-head models) as NumPy."""
-        out = self._infer(self._tf.convert_to_tensor(batch, dtype=self._tf.float32))
-        if isinstance(out, dict):
-            return {k: v.numpy() for k, v in out.items()}
-        if isinstance(out, (list, tuple)):
-            return [v.numpy() for v in out]
-        return out.numpy()
+        """Batch in, outputs out (array, or dict / list of arrays for multi-head models) as NumPy."""
+        return _numpy(self._infer(self._tf.convert_to_tensor(batch, dtype=self._tf.float32)))
 
-    def features(self, batch, layer_name: str):
-        """The named layer's output for a batch, as NumPy (one compiled call per layer, built once)."""
+    def features(self, batch, layer_name: str, reduce: Callable[[Any], Any]):
+        """`reduce` of the named layer's output for a batch, as NumPy: the layer's sub-model only, compiled
+        once per (layer, reduce). For fitting a check over many inputs; serving uses `call_with_features`."""
         import keras
 
+        key = ("features", layer_name, reduce)
         with self._lock:
-            if layer_name not in self._feature_calls:
+            if key not in self._feature_calls:
                 sub = keras.Model(self.model.inputs, self.model.get_layer(layer_name).output)
-                self._feature_calls[layer_name] = self._tf.function(lambda x: sub(x, training=False),
-                                                                    reduce_retracing=True)
-            call = self._feature_calls[layer_name]
+                self._feature_calls[key] = self._tf.function(lambda x: reduce(sub(x, training=False)),
+                                                             reduce_retracing=True)
+            call = self._feature_calls[key]
         return call(self._tf.convert_to_tensor(batch, dtype=self._tf.float32)).numpy()
+
+    def call_with_features(self, batch, layer_name: str, reduce: Callable[[Any], Any]) -> tuple[Any, Any]:
+        """The outputs (as `__call__` gives them) and `reduce` of the named layer's output, from one compiled
+        call: a check on an inner layer then costs only `reduce`, not a second pass through the model."""
+        import keras
+
+        key = ("call", layer_name, reduce)
+        with self._lock:
+            if key not in self._feature_calls:
+                inner = self.model.get_layer(layer_name).output
+                both = keras.Model(self.model.inputs, [self.model.output, inner])
+
+                def call(x):
+                    out, maps = both(x, training=False)
+                    return out, reduce(maps)
+
+                self._feature_calls[key] = self._tf.function(call, reduce_retracing=True)
+            call = self._feature_calls[key]
+        out, reduced = call(self._tf.convert_to_tensor(batch, dtype=self._tf.float32))
+        return _numpy(out), reduced.numpy()
 
     def gradcam_model(self, layer_name: str | Sequence[str] | None = None):
         """A model returning (feature maps of `layer_name`, outputs), built once per layer. Several layer

@@ -29,6 +29,7 @@ from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputEr
 from tasks.calibration import (calibration_record, coral_with_temperature, sigmoid_with_temperature,
                                temperature_of)
 from tasks.metrics import coral_rank
+from tasks.ood import OodVerdict, run_checked, withheld_reason
 
 JOINT_NAMES = ("PIP2", "PIP3", "PIP4", "PIP5", "DIP2", "DIP3", "DIP4", "DIP5")
 CROP_MARGIN = 0.10             # the crop's side is the larger box side plus 10%
@@ -370,7 +371,7 @@ class HandTask(TaskBase):
         spec = model.entry.input
         size = int(spec["shape"][0])
         x, lb = detector_input(img, size)
-        out = model(x)
+        out, checks = run_checked(model, x)
         heat, box = out["heatmap"][0], out["box"][0]
         p_right = float(np.asarray(out["side"]).reshape(-1)[0])
         t_missing = float(spec.get("missing_threshold", MISSING_THRESHOLD))
@@ -381,7 +382,8 @@ class HandTask(TaskBase):
             d["status"] = classify_detection(d["confidence"], t_missing, t_unsure)
         centres = {d["name"]: d["center"] for d in joints if d["status"] != "missing"}
         anatomy = anatomy_check(centres, p_right)
-        ood = self._ood(out, spec)
+        outside = checks[0] if checks else None
+        ood = {"flag": bool(outside and outside.outside), "score": round(outside.distance, 3) if outside else None}
         anatomy["out_of_distribution"] = ood["flag"]
         anatomy["ood_score"] = ood["score"]
         anatomy["n_sure"] = sum(1 for d in joints if d["status"] == "found")
@@ -418,19 +420,12 @@ class HandTask(TaskBase):
             "out_of_distribution": ood["flag"],
             "ood_score": ood["score"],
             "hand_recognised": not anatomy["too_few_sure"],
+            "training_data_check": outside.as_dict() if outside else None,
             "thresholds": {"missing": t_missing, "unsure": t_unsure, "min_sure_joints": MIN_SURE_JOINTS},
         }
         images = {"detections": boxes_overlay(img, boxes, font_scale=_label_scale(img)),
                   "detector_heatmap": heatmap_overlay(img, np.clip(hm_img, 0, 1), alpha=0.5)}
         return ModelOutput(model.entry.id, "detector", result, images), joints, anatomy
-
-    @staticmethod
-    def _ood(out: dict[str, np.ndarray], spec: dict[str, Any]) -> dict[str, Any]:
-        """Out-of-distribution check: the detector's feature distance to its training data, when it has one."""
-        if "ood" not in out or "ood_threshold" not in spec:
-            return {"flag": False, "score": None}
-        score = float(np.asarray(out["ood"]).reshape(-1)[0])
-        return {"flag": bool(score > float(spec["ood_threshold"])), "score": round(score, 3)}
 
     @timed_model
     def _score(self, model: LoadedModel, img: np.ndarray, detections: list[dict[str, Any]],
@@ -449,9 +444,11 @@ class HandTask(TaskBase):
             xs.append(scorer_input(crop, size, JOINT_NAMES.index(d["name"]) if position_aware else None))
         scores: dict[str, dict[str, Any]] = {}
         images: dict[str, np.ndarray] = {}
+        outside: dict[str, OodVerdict] = {}
         if xs:
             x = np.stack(xs)
-            out = model(x)
+            out, checks = run_checked(model, x)
+            outside = {d["name"]: v for d, v in zip(to_score, checks or ()) if v.outside}
             peak = np.asarray(out["peak"]).reshape(-1)
             # Decided on the raw heads (a temperature moves no threshold at 0.5), shown calibrated.
             peak_shown = sigmoid_with_temperature(peak, temperature_of(model.entry, "peak"))
@@ -470,6 +467,12 @@ class HandTask(TaskBase):
                 images[f"crop_{d['name']}"] = (np.clip(view, 0, 1) * 255 + 0.5).astype(np.uint8)
                 images[f"gradcam_stage1_{d['name']}"] = heatmap_overlay(view, cams[0][i])
                 images[f"gradcam_stage2_{d['name']}"] = heatmap_overlay(view, cams[1][i])
+        # Most of the hand's crops unlike the scorer's training data: the hand itself is (a child's hand,
+        # another population), and no joint of it is scored, not even those whose crops passed.
+        hand_outside = bool(to_score) and 2 * len(outside) >= len(to_score)
+        farthest = max(outside.values(), key=lambda v: v.distance) if outside else None
+        hand_reason = (withheld_reason(model, farthest, "scorer", "GUSS score for this hand's joints")
+                       if hand_outside else None)
         joints_out = []
         boxes = []
         for d in detections:
@@ -483,6 +486,10 @@ class HandTask(TaskBase):
             if s is not None:                   # a withheld joint shows no number at all, not even stage 1's
                 if d["status"] == "unsure":
                     entry["withheld"] = "detection unsure"
+                elif hand_outside:
+                    entry["withheld"] = "most of this hand's joints are unlike the scorer's training data"
+                elif d["name"] in outside:
+                    entry["withheld"] = "joint crop unlike the scorer's training data"
                 elif not names_ok:
                     entry["withheld"] = ("image unlike the training data" if anatomy.get("out_of_distribution")
                                          else "detections break finger anatomy" if not anatomy.get("ok", False)
@@ -507,6 +514,10 @@ class HandTask(TaskBase):
             "detector": detector_id,
             "position_aware": position_aware,
             "peak_threshold": PEAK_THRESHOLD,
+            "withheld": hand_reason,
+            "training_data_check": ({"outside": sorted(outside), "crops": len(to_score),
+                                     "threshold": round(float(model.entry.ood["threshold"]), 2)}
+                                    if model.entry.ood else None),
             **calibration_record(model.entry, ("peak", "guss")),
         }
         images = {"scored_joints": boxes_overlay(img, boxes, font_scale=_label_scale(img)), **images}

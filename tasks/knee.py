@@ -36,6 +36,7 @@ from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputEr
 from tasks.calibration import calibration_record, coral_with_temperature, temperature_of
 from tasks.knee_catalogue import load_catalogue
 from tasks.metrics import coral_expected, coral_rank
+from tasks.ood import run_checked, withheld_reason
 
 N_GRADES = 5
 GRADE_NAMES = ("KL 0", "KL 1", "KL 2", "KL 3", "KL 4")
@@ -221,14 +222,18 @@ class KneeTask(TaskBase):
         outputs, _ = run_role(models, "grader", lambda model: self._grade(model, image.pixels, side))
         summary: dict[str, Any] = {}
         if len(outputs) >= 2:
-            summary["comparison"] = self.agreement({"grade": [o.result["grade"] for o in outputs],
-                                                    "phenotype": [o.result["phenotype"]["name"] for o in outputs]})
+            answered = [o for o in outputs if not o.result.get("withheld")]
+            if len(answered) >= 2:     # a withheld grade neither agrees nor disagrees
+                summary["comparison"] = self.agreement({"grade": [o.result["grade"] for o in answered],
+                                                        "phenotype": [o.result["phenotype"]["name"] for o in answered]})
         return TaskOutput(summary=summary, models=outputs)
 
     def headline(self, summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
         for item in results:   # the first grader chosen speaks for the run
             res = item.get("result") or {}
-            if item.get("role") == "grader" and "grade" in res:
+            if item.get("role") == "grader" and res.get("withheld"):
+                return "KL grade withheld: outside the grader's training data"
+            if item.get("role") == "grader" and res.get("grade") is not None:
                 ph = res.get("phenotype") or {}
                 text = f"KL {res['grade']} ({res.get('value', 0):.1f})"
                 return text + (f", phenotype {ph['name']}" if ph.get("assigned") else ", no phenotype")
@@ -241,7 +246,14 @@ class KneeTask(TaskBase):
         head = spec.get("decision_head", "regression")
         x = grader_input(img, size)
         pair = np.stack([x, x[:, ::-1]])[..., None]                 # the upload and its mirror image
-        out = model(pair)
+        out, checks = run_checked(model, pair)
+        outside = checks[0] if checks else None                      # the check reads the upload as given
+        if outside is not None and outside.outside:
+            return ModelOutput(model.entry.id, "grader", {
+                "grade": None, "grade_name": None, "value": None, "grade_probabilities": None, "confidence": None,
+                "phenotype": None, "side": None,
+                "withheld": withheld_reason(model, outside, "grader", "KL grade or phenotype"),
+                "training_data_check": outside.as_dict()})
         mirrored = np.asarray(out["mirrored"]).reshape(-1)
         p_left = float(((1.0 - mirrored[0]) + mirrored[1]) / 2.0)   # P(the upload is canonical = a left knee)
         if side_option in SIDES:
@@ -292,7 +304,10 @@ class KneeTask(TaskBase):
             "side_source": side_source,
             "p_left": round(p_left, 4),
             "phenotype": phenotype,
+            "withheld": None,
         }
+        if outside is not None:
+            result["training_data_check"] = outside.as_dict()
         return ModelOutput(model.entry.id, "grader", result, images)
 
 

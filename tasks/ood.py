@@ -24,15 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from model_loader import sha256_of
+from model_loader import ModelUnavailable, sha256_of
 
 
-def feature_statistics(layer_output: np.ndarray) -> np.ndarray:
-    """(n, d) features from a layer's output: channel mean and std over space for (n, h, w, c) maps."""
-    out = np.asarray(layer_output, dtype=np.float64)
-    if out.ndim == 4:
-        return np.concatenate([out.mean(axis=(1, 2)), out.std(axis=(1, 2))], axis=1)
-    return out.reshape(len(out), -1)
+def feature_statistics(layer_output: Any) -> Any:
+    """(n, d) features from a layer's output: channel mean and std over space for (n, h, w, c) maps, the
+    vector itself for (n, d). TensorFlow, so that it runs inside the model's compiled call
+    (LoadedModel.call_with_features): serving and fitting compute it the same way."""
+    import tensorflow as tf
+
+    maps = tf.convert_to_tensor(layer_output, dtype=tf.float32)
+    if maps.shape.rank == 4:
+        return tf.concat([tf.reduce_mean(maps, axis=[1, 2]), tf.math.reduce_std(maps, axis=[1, 2])], axis=1)
+    return tf.reshape(maps, [tf.shape(maps)[0], -1])
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,33 @@ def distribution_for(models_dir: Path, spec: dict[str, Any]) -> FeatureDistribut
         return _CACHE[key]
 
 
-def verdict(distribution: FeatureDistribution, layer_output: np.ndarray, threshold: float) -> OodVerdict:
-    """The verdict for one input, from the declared layer's output for it (a batch of one)."""
-    d = float(distribution.distance(feature_statistics(layer_output)[:1])[0])
-    return OodVerdict(d, float(threshold), bool(d > threshold))
+def check_of(model: Any) -> tuple[dict[str, Any], FeatureDistribution] | None:
+    """The model's declared check and its distribution, or None when its entry declares none. A declared
+    check whose file is missing or damaged makes the model unavailable: its answers cannot be trusted."""
+    spec = model.entry.ood
+    if not spec:
+        return None
+    try:
+        return spec, distribution_for(model.path.parent, spec)
+    except OodUnavailable as exc:
+        raise ModelUnavailable(model.entry.id, str(exc)) from exc
+
+
+def run_checked(model: Any, batch: np.ndarray) -> tuple[Any, list[OodVerdict] | None]:
+    """The model's outputs for `batch` and a verdict per row (None when the model declares no check),
+    the check's layer read from the same compiled call as the outputs."""
+    check = check_of(model)
+    if check is None:
+        return model(batch), None
+    spec, distribution = check
+    outputs, features = model.call_with_features(batch, spec["layer"], feature_statistics)
+    threshold = float(spec["threshold"])
+    return outputs, [OodVerdict(float(d), threshold, bool(d > threshold)) for d in distribution.distance(features)]
+
+
+def withheld_reason(model: Any, outside: OodVerdict, what: str, answer: str) -> str:
+    """The sentence a page shows for an answer withheld by the model's check."""
+    data = (model.entry.ood or {}).get("data", "its training data")
+    return (f"Withheld: this image lies outside the data the {what} was trained on ({data}; distance "
+            f"{outside.distance:.1f} against a limit of {outside.threshold:.1f}). The {what} has not been validated "
+            f"on images like this one, so it gives no {answer}.")

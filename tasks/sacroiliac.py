@@ -16,11 +16,11 @@ from imaging.gradcam import grad_cams
 from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
-from model_loader import LoadedModel, ModelUnavailable
+from model_loader import LoadedModel
 from tasks.base import ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
 from tasks.calibration import calibration_record, softmax_with_temperature, temperature_of
 from tasks.metrics import dice
-from tasks.ood import OodUnavailable, OodVerdict, distribution_for, verdict
+from tasks.ood import OodVerdict, run_checked, withheld_reason
 
 STAGE_NAMES = ("Normal", "Early", "Moderate", "Advanced")
 AS_NAMES = ("negative", "positive")
@@ -84,28 +84,11 @@ def classifier_probabilities(infer: Callable[[np.ndarray], Any], x: np.ndarray, 
     return probs
 
 
-WITHHELD_REASON = ("Withheld: this image lies outside the data the {what} was trained on (synthetic "
-                   "phantoms; distance {distance:.1f} against a limit of {threshold:.1f}). The {what} has not "
-                   "been validated on images like this one, so it gives no {answer}.")
-
-
-def training_data_check(model: LoadedModel, x: np.ndarray) -> OodVerdict | None:
-    """A model's training-data check on its input, when its registry entry declares one."""
-    spec = model.entry.ood
-    if not spec:
-        return None
-    try:
-        distribution = distribution_for(model.path.parent, spec)
-    except OodUnavailable as exc:
-        raise ModelUnavailable(model.entry.id, str(exc)) from exc
-    return verdict(distribution, model.features(x, spec["layer"]), spec["threshold"])
-
-
-def withheld_result(outside: OodVerdict, focus_id: str | None, focus_mask: np.ndarray) -> dict[str, Any]:
+def withheld_result(reason: str, outside: OodVerdict, focus_id: str | None, focus_mask: np.ndarray
+                    ) -> dict[str, Any]:
     return {"as_status": None, "as_probability": None, "as_confidence": None, "stage": None, "stage_name": None,
             "stage_probabilities": None, "focus_segmenter": focus_id, "joint_region_found": bool(focus_mask.any()),
-            "withheld": WITHHELD_REASON.format(what="classifier", answer="AS status or stage", **outside.as_dict()),
-            "training_data_check": outside.as_dict()}
+            "withheld": reason, "training_data_check": outside.as_dict()}
 
 
 # -- the task ---------------------------------------------------------------
@@ -167,14 +150,14 @@ class SacroiliacTask(TaskBase):
     def _segment(self, model: LoadedModel, img: np.ndarray) -> tuple[ModelOutput, np.ndarray]:
         size = model.entry.input_shape[0]
         x = segmenter_input(img, size)
-        outside = training_data_check(model, x)
+        out, checks = run_checked(model, x)
+        outside = checks[0] if checks else None
         if outside is not None and outside.outside:
             result = {"found": None, "area_px": None, "area_fraction": None, "bbox": None, "mean_confidence": None,
-                      "withheld": WITHHELD_REASON.format(what="segmenter", answer="joint region",
-                                                         **outside.as_dict()),
+                      "withheld": withheld_reason(model, outside, "segmenter", "joint region"),
                       "training_data_check": outside.as_dict()}
             return ModelOutput(model.entry.id, "segmenter", result), np.zeros(img.shape, np.uint8)
-        prob = np.asarray(model(x))[0, :, :, 0]
+        prob = np.asarray(out)[0, :, :, 0]
         small = prob > MASK_THRESHOLD
         found = int(small.sum()) >= MIN_REGION_PX
         h, w = img.shape
@@ -200,10 +183,18 @@ class SacroiliacTask(TaskBase):
                   focus_id: str | None) -> ModelOutput:
         spec = model.entry.input
         x, box = classifier_input(img, focus_mask, spec)
-        outside = training_data_check(model, x)
+        checks: list[OodVerdict] = []
+
+        def infer(batch: np.ndarray) -> Any:
+            out, verdicts = run_checked(model, batch)
+            checks.extend(verdicts or ())
+            return out
+
+        probs = classifier_probabilities(infer, x, spec)
+        outside = checks[0] if checks else None        # the check reads the input as given, not its mirror
         if outside is not None and outside.outside:
-            return ModelOutput(model.entry.id, "classifier", withheld_result(outside, focus_id, focus_mask))
-        probs = classifier_probabilities(model, x, spec)
+            reason = withheld_reason(model, outside, "classifier", "AS status or stage")
+            return ModelOutput(model.entry.id, "classifier", withheld_result(reason, outside, focus_id, focus_mask))
         # Decided on the raw probabilities (a temperature keeps the argmax), shown calibrated.
         as_idx, stage_idx = int(probs["as_status"][0].argmax()), int(probs["stage"][0].argmax())
         p_as = softmax_with_temperature(probs["as_status"][0], temperature_of(model.entry, "as_status"))

@@ -25,6 +25,7 @@ from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
 from model_loader import LoadedModel
 from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
 from tasks.metrics import dice
+from tasks.ood import run_checked, withheld_reason
 
 # Class index -> structure. The dataset (SPIDER, as stored in ../shared/data/spine_mri) writes other
 # grey values into its mask PNGs; DATASET_VALUES maps our class indices to them and back.
@@ -183,13 +184,15 @@ class SpineTask(TaskBase):
             structure = "vertebra"
         spacing = _spacing(image.meta.get("pixel_spacing_mm")) if image.meta else None
         outputs, labels = run_role(models, "segmenter", lambda model: self._segment(model, img, structure, spacing))
+        labels = {model_id: lab for model_id, lab in labels.items() if lab is not None}   # withheld: no mask
 
         summary: dict[str, Any] = {"structure": structure}
         run_images: dict[str, np.ndarray] = {}
         if len(labels) >= 2:
             (id_a, a), (id_b, b) = list(labels.items())[:2]
             summary["compared_models"] = [id_a, id_b]
-            summary["comparison"] = self._compare(a, b, outputs[0].result, outputs[1].result)
+            answered = [o for o in outputs if o.model_id in (id_a, id_b)]
+            summary["comparison"] = self._compare(a, b, answered[0].result, answered[1].result)
             run_images["segmenter_disagreement"] = disagreement_overlay(img, a, b)
         else:
             summary["comparison"] = {}
@@ -201,7 +204,14 @@ class SpineTask(TaskBase):
                  spacing: tuple[float, float] | None) -> tuple[ModelOutput, np.ndarray]:
         h_in, w_in = model.entry.input_shape[:2]
         x = spine_input(img, (h_in, w_in))[None]
-        probs = np.asarray(model(x))[0]
+        out, checks = run_checked(model, x)
+        outside = checks[0] if checks else None
+        if outside is not None and outside.outside:
+            result = {"structure": structure, "counts": None, "areas_px": None, "areas_mm2": None,
+                      "withheld": withheld_reason(model, outside, "segmenter", "vertebrae, discs or canal"),
+                      "training_data_check": outside.as_dict()}
+            return ModelOutput(model.entry.id, "segmenter", result), None
+        probs = np.asarray(out)[0]
         lab = labels_from_probs(probs, img.shape)
         counts = count_structures(lab)
         areas, areas_mm2 = structure_areas(lab, spacing)
@@ -226,7 +236,10 @@ class SpineTask(TaskBase):
             "min_component_px": min_component_px(lab.shape),
             "model_input": [int(h_in), int(w_in)],
             "legend": legend(),
+            "withheld": None,
         }
+        if outside is not None:
+            result["training_data_check"] = outside.as_dict()
         images = {
             "mask_overlay": mask_overlay(img, lab, COLOURS),
             "label_mask": to_dataset_values(lab),
@@ -248,6 +261,8 @@ class SpineTask(TaskBase):
     def headline(summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
         """One line for lists: the first model's counts."""
         for item in results:
+            if (item.get("result") or {}).get("withheld"):
+                return "Segmentation withheld: outside the segmenter's training data"
             counts = (item.get("result") or {}).get("counts")
             if counts:
                 return f"{counts['vertebrae']} vertebrae, {counts['discs']} discs"

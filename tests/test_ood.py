@@ -11,9 +11,9 @@ import pytest
 
 from imaging.io import DecodedImage, read_image
 from model_loader import ModelRegistry, ModelUnavailable
-from tasks.ood import FeatureDistribution, OodUnavailable, distribution_for, feature_statistics, verdict
+from tasks.ood import FeatureDistribution, OodUnavailable, distribution_for, feature_statistics, run_checked
 from tasks.sacroiliac import TASK as SIJ
-from training.ood import fit_distribution, refusal_threshold
+from training.ood import cross_fitted_refusal, fit_distribution, refusal_threshold, threshold_of
 from tests.data_gate import data_dir, real_data
 from training.phantoms.sacroiliac import SEED_RANGES, generate_case
 
@@ -34,8 +34,8 @@ def test_feature_statistics_are_channel_mean_and_std():
     maps = np.zeros((1, 2, 2, 2))
     maps[0, :, :, 0] = [[0, 2], [4, 6]]
     maps[0, :, :, 1] = 7
-    assert feature_statistics(maps)[0].tolist() == pytest.approx([3.0, 7.0, np.std([0, 2, 4, 6]), 0.0])
-    assert feature_statistics(np.ones((3, 5))).shape == (3, 5)
+    assert np.asarray(feature_statistics(maps))[0].tolist() == pytest.approx([3.0, 7.0, np.std([0, 2, 4, 6]), 0.0])
+    assert tuple(feature_statistics(np.ones((3, 5))).shape) == (3, 5)
 
 
 def test_fitted_threshold_refuses_the_stated_share_of_held_out_inputs():
@@ -45,8 +45,17 @@ def test_fitted_threshold_refuses_the_stated_share_of_held_out_inputs():
     threshold = refusal_threshold(dist, held_out, 0.01)
     refused = np.mean(dist.distance(rng.normal(size=(20000, 6))) > threshold)
     assert refused == pytest.approx(0.01, abs=0.004)
-    assert verdict(dist, np.full((1, 6), 10.0), threshold).outside
-    assert not verdict(dist, np.zeros((1, 6)), threshold).outside
+    assert dist.distance(np.full((1, 6), 10.0))[0] > threshold > dist.distance(np.zeros((1, 6)))[0]
+
+
+def test_cross_fitted_refusal_holds_each_group_out():
+    # Group "b" lies far beyond the others: a threshold chosen without it refuses all of it.
+    distances = np.array([1.0, 1.1, 1.2, 1.0, 1.1, 1.2, 5.0, 5.0])
+    groups = ["a", "a", "a", "c", "c", "c", "b", "b"]
+    assert cross_fitted_refusal(distances, groups, 0.0, folds=3) == pytest.approx(2 / 8)
+    # A margin of 5 covers it.
+    assert cross_fitted_refusal(distances, groups, 0.0, margin=5.0, folds=3) == 0.0
+    assert threshold_of(distances, 0.0, 1.25) == pytest.approx(6.25)
 
 
 def shipped_copy(tmp_path: Path, threshold: float | None = None) -> ModelRegistry:
@@ -82,13 +91,36 @@ def phantom_pixels(i: int = 0) -> np.ndarray:
     return generate_case(int(SEED_RANGES["test"][i])).image.astype(np.float32) / 255
 
 
-def test_shipped_models_declare_their_check():
+SHIPPED = [e.id for e in ModelRegistry(MODELS).entries() if e.task != "recognition" and (MODELS / e.file).exists()]
+
+
+@pytest.mark.parametrize("model_id", SHIPPED)
+def test_every_shipped_model_declares_its_check(model_id):
     registry = ModelRegistry(MODELS)
-    for model_id in SIJ_MODELS:
-        spec = registry.get(model_id).ood
-        assert spec and spec["method"] == "mahalanobis" and spec["threshold"] > 0
-        assert registry.problem(model_id) is None
-        distribution_for(MODELS, spec)          # present and its checksum holds
+    spec = registry.get(model_id).ood
+    assert spec and spec["method"] == "mahalanobis" and spec["threshold"] > 0 and spec["data"]
+    assert registry.problem(model_id) is None
+    distribution_for(MODELS, spec)          # present and its checksum holds
+    # Fitted with a stated false-refusal rate that held on held-out in-distribution inputs.
+    figures = spec["figures"]
+    held_out = figures.get("validation_cross_fitted_refused", figures.get("test_phantoms_refused"))
+    assert held_out <= 0.015
+
+
+@pytest.mark.parametrize("model_id", ["sij-unet-ref", "knee-kl-grader", "hand-guss-scorer"])
+def test_the_check_reads_the_layer_from_the_same_call_as_the_outputs(model_id):
+    """One compiled call gives the outputs and the check's features: both as the model alone gives them."""
+    model = ModelRegistry(MODELS).load(model_id)
+    x = np.random.default_rng(2).random((2, *model.entry.input_shape)).astype(np.float32)
+    outputs, verdicts = run_checked(model, x)
+    alone = model(x)
+    for key in (alone if isinstance(alone, dict) else [None]):
+        got, want = (outputs[key], alone[key]) if key else (outputs, alone)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    features = model.features(x, model.entry.ood["layer"], feature_statistics)
+    distances = distribution_for(MODELS, model.entry.ood).distance(features)
+    assert [v.distance for v in verdicts] == pytest.approx(distances.tolist(), rel=1e-4)
+    assert [v.outside for v in verdicts] == [bool(d > model.entry.ood["threshold"]) for d in distances]
 
 
 @pytest.mark.parametrize("classifier", ["sij-dual-head", "sij-cnn3-ref"])

@@ -101,8 +101,7 @@ def detect_images(detector, images: Sequence[np.ndarray], thresholds: dict[str, 
                                              t.get("unsure", UNSURE_THRESHOLD))
         p_right = float(o["side"].reshape(-1)[0])
         anat = anatomy_check({d["name"]: d["center"] for d in joints if d["status"] != "missing"}, p_right)
-        out.append({"joints": joints, "p_right": p_right, "anatomy": anat,
-                    "ood": float(o["ood"].reshape(-1)[0]) if "ood" in o else None})
+        out.append({"joints": joints, "p_right": p_right, "anatomy": anat})
     return out
 
 

@@ -1,6 +1,7 @@
 """Shipping the hand models: files, reloaded evaluation, registry entries and model cards."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,11 +24,11 @@ META: dict[str, dict[str, Any]] = {
         architecture="CenterNet-style (Zhou et al. 2019): 3x3 stride-2 stem, four stride-2 separable-conv "
                      "blocks (24-32-48-64, 1/32 at the bottleneck), bilinear decoder with additive skips to 1/4, "
                      "heads: 8 sigmoid centre heatmaps, box (width, height, sub-cell offset), laterality "
-                     "(P(right hand)); plus a Mahalanobis out-of-distribution output on the pooled bottleneck",
+                     "(P(right hand))",
         description="Finds PIP2-PIP5 and DIP2-DIP5 on a whole hand radiograph letterboxed to 256x256: one "
                     "heatmap per joint gives the centre and its confidence; below the missing threshold a joint "
                     "is reported missing, below the unsure threshold its score is withheld.",
-        outputs=["heatmap", "box", "side", "ood"], gradcam_layer=None),
+        outputs=["heatmap", "box", "side"], gradcam_layer=None),
     SCORER_ID: dict(
         role="scorer", default=True, title="Hand GUSS scorer, two-stage (peak + CORAL)",
         architecture="Compact CNN on a 64x64 joint crop: 3x3 stride-2 stem (16), separable-conv blocks "
@@ -48,7 +49,7 @@ META: dict[str, dict[str, Any]] = {
 }
 
 
-def input_spec(model_id: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def input_spec(model_id: str) -> dict[str, Any]:
     if model_id == DETECTOR_ID:
         spec = {"shape": [DET_SIZE, DET_SIZE, 1], "channels": ["image"], "crop": "letterbox",
                 "stride": DETECTOR_STRIDE, "box_unit": BOX_UNIT,
@@ -58,7 +59,6 @@ def input_spec(model_id: str, extra: dict[str, Any] | None = None) -> dict[str, 
                 "crop": "joint_square_10pct", "joint_order": list(JOINT_NAMES)}
     else:
         spec = {"shape": [CROP_SIZE, CROP_SIZE, 1], "channels": ["image"], "crop": "joint_square_10pct"}
-    spec.update(extra or {})
     return spec
 
 
@@ -88,13 +88,12 @@ def export_models(models: dict[str, Any], infos: dict[str, dict], data: HandSpli
     entries = {}
     for mid, model in reloaded.items():
         meta = META[mid]
-        extra = infos[mid].pop("input_extra", {}) if mid == DETECTOR_ID else {}
         test = evaluation.get("detector") if mid == DETECTOR_ID else evaluation["scorers"].get(mid)
         metrics = {"test": test or {}, "split": data.split_counts}
         entry = {
             "id": mid, "task": TASK, "role": meta["role"], "version": VERSION, "title": meta["title"],
             "architecture": meta["architecture"], "reference": False, "default": meta["default"],
-            "file": f"{mid}.keras", "input": input_spec(mid, extra), "outputs": meta["outputs"],
+            "file": f"{mid}.keras", "input": input_spec(mid), "outputs": meta["outputs"],
             "gradcam_layer": meta["gradcam_layer"],
             "training": {"data": f"hand phantoms (training.phantoms.hand), first {data.n_patients} patients of the "
                                  "pool, all visits; split by patient 80/10/10 stratified on peak/non-peak",
@@ -107,6 +106,13 @@ def export_models(models: dict[str, Any], infos: dict[str, dict], data: HandSpli
         entries[mid] = register_model(out_dir, entry, model=model)
         write_model_card(out_dir, entries[mid], card_sections(mid, entries[mid], evaluation, infos[mid], data))
         log(f"shipped {mid}: {entries[mid]['size_bytes'] / 1024:.0f} KiB, {entries[mid]['params']:,} parameters")
+    if DETECTOR_ID in entries:
+        # Each model's training-data check (training.hand.ood), fitted on fresh phantoms of the same split.
+        from training.hand.ood import fit_checks
+
+        fit_checks(out_dir, tuple(entries), patients=8 if quick else 200, log=log)
+        registry = json.loads((Path(out_dir) / "registry.json").read_text())
+        entries = {m["id"]: m for m in registry["models"] if m["id"] in entries}
     return entries
 
 

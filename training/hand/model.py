@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
-import numpy as np
 from keras import layers
 
 from training.hand.data import N_CLASSES
@@ -138,27 +137,3 @@ def focal_loss(tf, y, p):
     neg_loss = -tf.math.log(1 - p) * tf.square(p) * tf.pow(1 - y, 4) * neg
     n = tf.maximum(tf.reduce_sum(pos), 1.0)
     return (tf.reduce_sum(pos_loss) + tf.reduce_sum(neg_loss)) / n
-
-
-def add_ood_output(model, feature_sets: Sequence[np.ndarray], shrinkage: float = 0.1):
-    """The detector with an extra output "ood": the mean squared Mahalanobis z-score of its pooled
-    bottleneck features (layer "side_pool") against the training radiographs (Lee et al. 2018).
-
-    Built from standard layers (Dense with the whitening matrix, Multiply, Dense of ones), so the
-    shipped file needs no custom code.
-    """
-    feats = np.concatenate(feature_sets).astype(np.float64)
-    mu = feats.mean(axis=0)
-    cov = np.cov(feats, rowvar=False)
-    d = cov.shape[0]
-    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
-    vals, vecs = np.linalg.eigh(cov)
-    whiten = vecs @ np.diag(1.0 / np.sqrt(np.maximum(vals, 1e-8))) @ vecs.T      # symmetric Sigma^-1/2
-    pooled = model.get_layer("side_pool").output
-    z = layers.Dense(d, name="ood_whiten")(pooled)
-    sq = layers.Multiply(name="ood_square")([z, z])
-    ood = layers.Dense(1, use_bias=False, name="ood")(sq)
-    out = keras.Model(model.input, {**model.output, "ood": ood}, name=model.name)
-    out.get_layer("ood_whiten").set_weights([whiten.T.astype(np.float32), (-(whiten @ mu)).astype(np.float32)])
-    out.get_layer("ood").set_weights([np.full((d, 1), 1.0 / d, np.float32)])
-    return out

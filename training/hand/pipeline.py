@@ -28,16 +28,13 @@ def run(out_dir: Path, quick: bool = False, patients: int | None = None, seed: i
     import keras
 
     from training.hand.export import export_models
-    from training.hand.train import calibrate_detector, train_detector, train_scorer
+    from training.hand.train import train_detector, train_scorer
 
     models, infos = {}, {}
     for mid in ALL_MODELS:
         if mid in model_ids:
             if mid == DETECTOR_ID:
-                det, info = train_detector(data, budget, seed, log, quick)
-                det, extra = calibrate_detector(det, data, log)
-                info["input_extra"] = extra
-                models[mid], infos[mid] = det, info
+                models[mid], infos[mid] = train_detector(data, budget, seed, log, quick)
             else:
                 models[mid], infos[mid] = train_scorer(mid, data, budget, seed, log, quick)
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +58,4 @@ def _training_info(out_dir: Path, mid: str) -> dict[str, Any]:
         reg = json.loads((Path(out_dir) / "registry.json").read_text())
         entry = next(m for m in reg["models"] if m["id"] == mid)
         info = {k: v for k, v in entry.get("training", {}).items() if k not in ("data", "seed", "command", "patients")}
-        if mid == DETECTOR_ID:
-            info["input_extra"] = {k: v for k, v in entry["input"].items() if k.startswith("ood")}
     return info

@@ -4,7 +4,7 @@ out-of-distribution calibration, and the two-stage GUSS scorers (two streams per
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import keras
 import numpy as np
@@ -16,9 +16,8 @@ from training.hand.data import (CROP_SIZE, CTX_SIZE, DET_SIZE, N_CLASSES, HandSp
                                 augment_detector_batch, coral_targets, detector_targets, peak_class_weights,
                                 sampling_weights, with_position)
 from training.hand.evaluate import evaluate_scorer_on_crops
-from training.hand.model import (COMPARTMENT_THRESHOLDS, GUSS_THRESHOLDS, add_ood_output, focal_loss,
+from training.hand.model import (COMPARTMENT_THRESHOLDS, GUSS_THRESHOLDS, focal_loss,
                                  guss_scorer, joint_detector)
-from training.toolbox.inference import compiled_inference
 from training.toolbox.schedule import adam_cosine
 
 
@@ -63,33 +62,6 @@ def train_detector(data: HandSplits, budget: Budget, seed: int = 0, log: Callabl
             f"off {acc[3]:.3f} side {acc[4]:.3f}) {time.perf_counter() - t0:.0f} s")
     return model, {"epochs": budget.det_epochs, "batch_size": budget.det_batch, "wall_time_s": round(time.perf_counter() - t0, 1),
                    "train_radiographs": len(tr)}
-
-
-def pooled_features(model, x_uint8: np.ndarray, batch: int = 32) -> np.ndarray:
-    feat_model = keras.Model(model.input, model.get_layer("side_pool").output)
-    out = []
-    for i in range(0, len(x_uint8), batch):
-        xb = x_uint8[i:i + batch].astype(np.float32)[..., None] / 255.0
-        out.append(np.asarray(feat_model(xb, training=False)))
-    return np.concatenate(out) if out else np.zeros((0, 1))
-
-
-def calibrate_detector(detector, data: HandSplits, log: Callable[[str], None] = print) -> tuple[Any, dict[str, Any]]:
-    """Add the out-of-distribution output and set its threshold from the validation radiographs."""
-    feats = pooled_features(detector, data.train.det_x)
-    model = add_ood_output(detector, [feats])
-    f = compiled_inference(model)
-    val_scores = []
-    for i in range(0, len(data.val.det_x), 32):
-        xb = data.val.det_x[i:i + 32].astype(np.float32)[..., None] / 255.0
-        val_scores.append(f(xb)["ood"].reshape(-1))
-    val_scores = np.concatenate(val_scores) if val_scores else np.array([1.0])
-    # Twice the 99.5th percentile of the validation radiographs: a phantom hand is practically never
-    # flagged, an image whose features lie well outside the training distribution is.
-    threshold = float(np.percentile(val_scores, 99.5) * 2.0)
-    log(f"OOD score on val: median {np.median(val_scores):.2f}, 99.5% {np.percentile(val_scores, 99.5):.2f}; "
-        f"threshold {threshold:.2f}")
-    return model, {"ood_threshold": round(threshold, 3), "ood_val_median": round(float(np.median(val_scores)), 3)}
 
 
 def train_scorer(model_id: str, data: HandSplits, budget: Budget, seed: int = 0, log: Callable[[str], None] = print,

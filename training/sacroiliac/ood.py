@@ -45,7 +45,7 @@ def model_features(loaded, images01: Iterable[np.ndarray], masks: Iterable[np.nd
             x = segmenter_input(img, loaded.entry.input_shape[0])
         else:
             x, _ = classifier_input(img, mask, loaded.entry.input)
-        rows.append(feature_statistics(loaded.features(x, layer))[0])
+        rows.append(loaded.features(x, layer, feature_statistics)[0])
     return np.asarray(rows)
 
 
@@ -102,7 +102,7 @@ def fit(out_dir: Path, model_id: str, n_train: int, n_val: int, n_test: int,
     stored = attach(out_dir, dataclasses.asdict(entry), layer, distribution, threshold, DEFAULT_FALSE_REFUSAL_RATE,
                     f"{n_train} training phantoms (seeds {splits['train'].seed_text})", figures,
                     f"python -m training.sacroiliac.ood --out models --models {model_id} --train {n_train} "
-                    f"--val {n_val} --test {n_test}")
+                    f"--val {n_val} --test {n_test}", data="synthetic phantoms")
     log(f"{model_id}: threshold {threshold:.2f}; " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                           for k, v in figures.items()))
     return stored
