@@ -8,7 +8,8 @@ fitted by training/calibration.py on validation data:
                   "reliability_after": [...]}}
 
 A head without a spec (or a model without the block) is served with T = 1, its raw probabilities,
-and is reported as not calibrated. Temperature divides the head's logits:
+and is reported as not calibrated. A head whose class is decided elsewhere may add a `decided` block
+(`recalibrate_decided`). Temperature divides the head's logits:
 
 - softmax heads: logits = log p (p is all the served model gives; log p equals the logits up to a
   constant per row, which softmax ignores), softmax(log p / T);
@@ -84,6 +85,39 @@ def class_probabilities(kind: str, raw, temperature: float = 1.0) -> np.ndarray:
     if kind == "coral":
         return coral_with_temperature(raw.reshape(len(raw), -1), temperature)
     raise ValueError(f"unknown head kind {kind!r}; known: {KINDS}")
+
+
+# -- the decided class's own calibration ------------------------------------------------------------
+def recalibrate_decided(probs, decided, decided_spec: dict[str, Any] | None) -> np.ndarray:
+    """Class probabilities (n, K) with the decided class's probability recalibrated, when the head's spec
+    carries a `decided` block: P(the decision is right) = sigmoid(coef * logit(p_decided) + offsets[decided]),
+    the other classes scaled so that each row still sums to 1.
+
+    For a head whose class is decided by another head (the knee's grade comes from its regression head, and
+    is not the CORAL distribution's top grade for about a quarter of knees), a temperature cannot calibrate
+    the confidence shown for that grade: it moves every threshold together, and the decided grade's
+    probability says little about whether the regression was right. The per-class offsets let the
+    calibration differ by decided grade (the regression is right more often on KL 0 than on KL 1).
+    """
+    probs = np.array(probs, dtype=np.float64, copy=True).reshape(len(np.atleast_1d(decided)), -1)
+    if not decided_spec:
+        return probs
+    decided = np.asarray(decided, dtype=np.int64).reshape(-1)
+    rows = np.arange(len(decided))
+    p_decided = probs[rows, decided]
+    offsets = np.asarray(decided_spec["offsets"], dtype=np.float64)
+    target = _sigmoid(float(decided_spec["coef"]) * _logit(p_decided) + offsets[decided])
+    rest = np.clip(1.0 - p_decided, EPS, None)
+    scaled = probs * ((1.0 - target) / rest)[:, None]
+    scaled[rows, decided] = target
+    return scaled
+
+
+def calibrated_probabilities(kind: str, raw, decided, spec: dict[str, Any] | None) -> np.ndarray:
+    """(n, classes) probabilities as the app shows them: the head's temperature (1 without a spec) and,
+    where the spec has one, the decided class's recalibration."""
+    t = _check(spec["temperature"]) if spec else 1.0
+    return recalibrate_decided(class_probabilities(kind, raw, t), decided, (spec or {}).get("decided"))
 
 
 # -- the registry's calibration block ------------------------------------------------------------

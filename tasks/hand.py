@@ -26,8 +26,8 @@ from imaging.overlay import boxes_overlay, heatmap_overlay
 from model_loader import LoadedModel
 from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
                         timed_model)
-from tasks.calibration import (calibration_record, coral_with_temperature, sigmoid_with_temperature,
-                               temperature_of)
+from tasks.calibration import (calibrated_probabilities, calibration_record, head_spec,
+                               sigmoid_with_temperature, temperature_of)
 from tasks.metrics import coral_rank
 from tasks.ood import OodVerdict, run_checked, withheld_reason
 
@@ -452,12 +452,15 @@ class HandTask(TaskBase):
             peak = np.asarray(out["peak"]).reshape(-1)
             # Decided on the raw heads (a temperature moves no threshold at 0.5), shown calibrated.
             peak_shown = sigmoid_with_temperature(peak, temperature_of(model.entry, "peak"))
-            guss_shown = coral_with_temperature(out["guss"], temperature_of(model.entry, "guss"))
             for i, d in enumerate(to_score):
                 score = scores[d["name"]] = decode_scores(peak[i], out["guss"][i], out["plate"][i], out["space"][i])
                 score["peak_probability"] = round(float(peak_shown[i]), 4)
-                score["guss_probability"] = (round(float(guss_shown[i, score["stage2_guss"] // GUSS_STEP]), 4)
-                                             if score["stage"] == 2 else None)   # P(this stage-2 GUSS)
+                # P(this stage-2 GUSS): the CORAL rank decides it, not the distribution's top class, so its
+                # probability is recalibrated where the registry says so (tasks.calibration).
+                decided = score["stage2_guss"] // GUSS_STEP
+                guss_shown = calibrated_probabilities("coral", out["guss"][i:i + 1], [decided],
+                                                      head_spec(model.entry, "guss"))[0]
+                score["guss_probability"] = round(float(guss_shown[decided]), 4) if score["stage"] == 2 else None
             sign = np.where(peak >= PEAK_THRESHOLD, 1.0, -1.0).astype(np.float32)
             cams = batch_grad_cams(model.gradcam_model(),
                                 x, [lambda o: o["peak"][:, 0] * sign,          # stage 1: the decided class

@@ -33,7 +33,7 @@ from imaging.overlay import heatmap_overlay
 from model_loader import LoadedModel, sha256_of
 from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
                         timed_model)
-from tasks.calibration import calibration_record, coral_with_temperature, temperature_of
+from tasks.calibration import calibrated_probabilities, calibration_record, head_spec
 from tasks.knee_catalogue import load_catalogue
 from tasks.metrics import coral_expected, coral_rank
 from tasks.ood import run_checked, withheld_reason
@@ -265,9 +265,10 @@ class KneeTask(TaskBase):
         p_gt = np.asarray(out["kl_coral"]).mean(axis=0)
         grade_arr, cont_arr = decide([value], p_gt[None], head)
         grade, cont = int(grade_arr[0]), float(cont_arr[0])
-        # The decision reads the raw heads (as validated); the probabilities shown are calibrated. The CORAL
+        # The decision reads the raw heads (as validated); the probabilities shown are calibrated, the decided
+        # grade's own probability recalibrated where the registry says so (tasks.calibration). The CORAL
         # expected grade stays raw too: the "mean" decision head is built from it.
-        probs = coral_with_temperature(p_gt[None], temperature_of(model.entry, "kl_coral"), N_GRADES - 1)[0]
+        probs = calibrated_probabilities("coral", p_gt[None], [grade], head_spec(model.entry, "kl_coral"))[0]
 
         target, target_text = gradcam_target(head, grade)
         cam = grad_cams(model.gradcam_model(), pair[canon:canon + 1], [target])[0]
