@@ -49,7 +49,10 @@ models: $(STAMP)
 		--init $(KNEE_WORK)/m2_stage1/knee-kl-grader.ckpt.keras
 	$(PY) -m training.knee --stage export --members $(KNEE_WORK)/m0_stage2 $(KNEE_WORK)/m1_stage2 $(KNEE_WORK)/m2_stage2 \
 		--out models
+	$(PY) -m training.knee.ood --out models
 	$(PY) -m training.spine --out models
+	$(PY) -m training.spine.ood --out models
+	$(PY) -m training.recogniser --out models
 	$(PY) -m training.calibration --out models
 
 benchmarks: $(STAMP)
@@ -61,3 +64,4 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/knee_phenotype_seeds.py
 	$(PY) benchmarks/knee_speed.py
 	$(PY) benchmarks/spine_figures.py
+	$(PY) benchmarks/trust_figures.py
