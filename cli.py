@@ -18,10 +18,14 @@ from web.security import password_problem
 def register(app: Flask) -> None:
     @app.cli.command("prepare")
     def prepare() -> None:
-        """Create or migrate the database, mark runs interrupted by a previous stop as failed, remove their files."""
+        """Create or migrate the database, mark runs interrupted by a previous stop as failed, remove their files.
+
+        Safe beside a live server: only runs pending longer than any worker may run one are swept, and only
+        files older than that are removed, so an analysis in flight is left alone."""
         upgrade()
-        swept = sweep_interrupted_runs()
-        removed = remove_orphan_files(results_dir())
+        stale_after = int(app.config["RUN_STALE_AFTER_S"])
+        swept = sweep_interrupted_runs(stale_after, results_dir())
+        removed = remove_orphan_files(results_dir(), older_than_s=stale_after)
         click.echo(f"database ready; {swept} interrupted run(s) marked failed; {removed} orphan file set(s) removed")
 
     @app.cli.command("backup")

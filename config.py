@@ -43,6 +43,11 @@ class Config:
     LOGIN_LIMITS_PER_ADDRESS = "20 per minute;100 per hour"
     SIGNUP_LIMITS_PER_ADDRESS = "10 per hour"
     RATELIMIT_STORAGE_URI = "memory://"     # per process; redis://host:6379 shares counts between workers
+    # A worker busy longer than this is killed by gunicorn (gunicorn.conf.py reads the same setting); a run
+    # still pending RUN_STALE_AFTER_S after it began has lost its worker and is marked failed.
+    WORKER_TIMEOUT_S = 120
+    RUN_STALE_AFTER_S = WORKER_TIMEOUT_S + 60
+    SWEEP_EVERY_S = 60
 
 
 # How a yes/no value is written in the environment or a request.
@@ -51,13 +56,16 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 def load_environment(app: Flask) -> None:
-    for key in ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "RUNS_PER_PAGE", "PROXY_FIX_HOPS"):
+    for key in ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "RUNS_PER_PAGE", "PROXY_FIX_HOPS", "WORKER_TIMEOUT_S",
+                "RUN_STALE_AFTER_S", "SWEEP_EVERY_S"):
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = int(os.environ[f"JOINTSCAN_{key}"])
     for key in ("MODELS_DIR", "ENV_NAME", "RESULTS_DIR", "RATELIMIT_STORAGE_URI", "LOGIN_LIMITS_PER_ACCOUNT",
                 "LOGIN_LIMITS_PER_ADDRESS", "SIGNUP_LIMITS_PER_ADDRESS"):
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = os.environ[f"JOINTSCAN_{key}"]
+    if "JOINTSCAN_WORKER_TIMEOUT_S" in os.environ and "JOINTSCAN_RUN_STALE_AFTER_S" not in os.environ:
+        app.config["RUN_STALE_AFTER_S"] = app.config["WORKER_TIMEOUT_S"] + 60
     if os.environ.get("JOINTSCAN_SESSION_COOKIE_SECURE", "").lower() in TRUE_WORDS:
         app.config["SESSION_COOKIE_SECURE"] = app.config["REMEMBER_COOKIE_SECURE"] = True
     if "JOINTSCAN_SIGNUP_OPEN" in os.environ:

@@ -167,6 +167,16 @@ class Run(db.Model):
     def shared(self) -> bool:
         return self.shared_at is not None
 
+    @classmethod
+    def settle(cls, run_id: int, status: RunStatus, **values) -> bool:
+        """Move a run from `pending` to `status` (done or failed) in the current transaction, as a
+        compare-and-set: True when this call made the change, False when the run had already left
+        `pending` (a sweep marked it failed, say). So a run is settled once: never both done and failed."""
+        result = db.session.execute(db.update(cls).where(cls.id == run_id, cls.status == RunStatus.PENDING)
+                                    .values(status=status, finished_at=utcnow(), **values)
+                                    .execution_options(synchronize_session=False))
+        return result.rowcount == 1
+
 
 class ModelResult(db.Model):
     __tablename__ = "model_results"

@@ -140,12 +140,22 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         output = task.run(image, by_role, options)
         t_pred = time.perf_counter()
         _store(run, image, output, {**output.summary, **checks}, {e.id: e for e in entries}, staging, results_dir)
-        run.status, run.finished_at = RunStatus.DONE, utcnow()
-        run.timings = {"check_ms": check_ms, "decode_ms": _ms(t0, t_decoded), "load_ms": _ms(t_decoded, t_ready),
-                       "predict_ms": _ms(t_ready, t_pred),
-                       "store_ms": _ms(t_pred, time.perf_counter()), "total_ms": _ms(t0, time.perf_counter())}
+        db.session.flush()
+        timings = {"check_ms": check_ms, "decode_ms": _ms(t0, t_decoded), "load_ms": _ms(t_decoded, t_ready),
+                   "predict_ms": _ms(t_ready, t_pred),
+                   "store_ms": _ms(t_pred, time.perf_counter()), "total_ms": _ms(t0, time.perf_counter())}
+        if not Run.settle(run.id, RunStatus.DONE, timings=timings):
+            raise RunSettled(run.public_id)
         db.session.commit()
         return run
+    except RunSettled:
+        # A sweep marked the run failed while it ran (it outlived the worker time-out): that verdict stands,
+        # and what this call stored goes with the rolled-back transaction and the removed folder.
+        db.session.rollback()
+        shutil.rmtree(results_dir / run.public_id, ignore_errors=True)
+        log.error("run %s finished after it was marked failed; its results were discarded", run.public_id)
+        raise PredictionError("The analysis took longer than the server allows and was stopped. Nothing was kept.",
+                              500, run.public_id) from None
     except Exception as exc:
         db.session.rollback()
         shutil.rmtree(staging, ignore_errors=True)
@@ -220,14 +230,16 @@ def _write_png(path: Path, img) -> str:
     return path.name
 
 
+class RunSettled(Exception):
+    """The run left `pending` before this process could settle it."""
+
+
 def _mark_failed(run_id: int, reason: str) -> None:
     try:
-        run = db.session.get(Run, run_id)
-        if run is not None:
-            run.status, run.error, run.finished_at = RunStatus.FAILED, reason, utcnow()
-            run.results.clear()
-            db.session.commit()
-    except Exception:  # the database itself is failing; the start-up sweep will mark it later
+        if Run.settle(run_id, RunStatus.FAILED, error=reason):   # unless a sweep settled it first
+            db.session.execute(db.delete(ModelResult).where(ModelResult.run_id == run_id))
+        db.session.commit()
+    except Exception:  # the database itself is failing; the sweep will mark it later
         db.session.rollback()
         log.exception("could not mark run %s failed", run_id)
 
@@ -246,15 +258,27 @@ def _ms(a: float, b: float) -> float:
     return round((b - a) * 1000, 1)
 
 
-def sweep_interrupted_runs(older_than_s: int = 0) -> int:
-    """Mark runs left `pending` by a dead worker as failed; returns how many. Called at start-up."""
+INTERRUPTED = "the analysis was interrupted (the server process running it stopped). Nothing was kept."
+
+
+def sweep_interrupted_runs(older_than_s: int, results_dir: Path | None = None) -> int:
+    """Mark failed the runs still `pending` after `older_than_s` seconds, longer than any worker may run
+    one (the worker time-out, which kills a worker stuck longer): their worker died. Returns how many.
+
+    Each is settled by compare-and-set, so a run that finishes meanwhile keeps its `done`; the folder
+    a dead worker may have renamed into place is removed. Safe beside a live server, which runs it
+    periodically (web/__init__.py), and at start-up (`flask prepare`).
+    """
     cutoff = utcnow() - timedelta(seconds=older_than_s)
-    stale = Run.query.filter(Run.status == RunStatus.PENDING, Run.created_at <= cutoff).all()
-    for run in stale:
-        run.status, run.finished_at = RunStatus.FAILED, utcnow()
-        run.error = "the analysis was interrupted (the server stopped while it ran). Nothing was kept."
+    stale = db.session.execute(db.select(Run.id, Run.public_id).where(Run.status == RunStatus.PENDING,
+                                                                      Run.created_at <= cutoff)).all()
+    swept = [public_id for run_id, public_id in stale if Run.settle(run_id, RunStatus.FAILED, error=INTERRUPTED)]
     db.session.commit()
-    return len(stale)
+    for public_id in swept:
+        if results_dir is not None:
+            shutil.rmtree(results_dir / public_id, ignore_errors=True)
+        log.warning("run %s marked failed: its worker stopped", public_id)
+    return len(swept)
 
 
 __all__ = ["Analysis", "Limits", "PredictionError", "analyze", "choose_models", "clean_options",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 from flask import current_app
@@ -29,17 +30,19 @@ def results_dir() -> Path:
     return Path(current_app.config["RESULTS_DIR"])
 
 
-def remove_orphan_files(root: Path) -> int:
+def remove_orphan_files(root: Path, older_than_s: float = 0) -> int:
     """Remove result folders no finished run owns: staging folders left by a killed worker and the
-    folders of runs that are not `done` (or no longer exist). Returns how many were removed."""
+    folders of runs that are not `done` (or no longer exist), when last changed more than `older_than_s`
+    seconds ago (a live server's analysis in flight writes its staging folder now). Returns how many."""
     if not root.is_dir():
         return 0
+    cutoff = time.time() - older_than_s
     done = {pid for (pid,) in db.session.execute(db.select(Run.public_id).filter_by(status=RunStatus.DONE))}
     removed = 0
     for path in root.iterdir():
         orphan = path.name.startswith(STAGING_PREFIX) or (
             RUN_FOLDER.fullmatch(path.name) is not None and path.name not in done)
-        if orphan and path.is_dir():
+        if orphan and path.is_dir() and path.stat().st_mtime <= cutoff:
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     return removed

@@ -23,7 +23,8 @@ def test_upgrade_from_empty_matches_models(tmp_path, monkeypatch):
 
 def test_prepare_command_migrates_and_sweeps(tmp_path, monkeypatch):
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite'}"})
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite'}",
+                      "RUN_STALE_AFTER_S": 0})      # start-up after a stop: nothing is in flight
     runner = app.test_cli_runner()
     assert runner.invoke(args=["prepare"]).exit_code == 0
     with app.app_context():

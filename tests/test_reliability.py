@@ -141,7 +141,8 @@ def test_worker_killed_mid_prediction_is_swept_at_start_up_with_its_files(tmp_pa
     staging folder; `flask prepare` (start-up) marks the run failed and removes the folder."""
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path / "instance"))
     config = {"TESTING": True, "SECRET_KEY": "kill-test", "RESULTS_DIR": str(tmp_path / "results"),
-              "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'w.sqlite'}", "MODELS_DIR": str(tiny_models_dir)}
+              "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'w.sqlite'}", "MODELS_DIR": str(tiny_models_dir),
+              "RUN_STALE_AFTER_S": 0}
     app = create_app(config)
     runner = app.test_cli_runner()
     assert runner.invoke(args=["prepare"]).exit_code == 0
@@ -183,7 +184,7 @@ def test_start_up_sweep_keeps_finished_runs_and_removes_what_dead_workers_left(t
     the first ones and keeps the finished run's files."""
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'k.sqlite'}",
-                      "RESULTS_DIR": str(tmp_path / "results")})
+                      "RESULTS_DIR": str(tmp_path / "results"), "RUN_STALE_AFTER_S": 0})
     runner = app.test_cli_runner()
     assert runner.invoke(args=["prepare"]).exit_code == 0
     results = Path(app.config["RESULTS_DIR"])
@@ -206,10 +207,80 @@ def test_start_up_sweep_keeps_finished_runs_and_removes_what_dead_workers_left(t
 
     result = runner.invoke(args=["prepare"])
     assert result.exit_code == 0, result.output
-    assert "1 interrupted" in result.output and "2 orphan" in result.output
+    # The sweep removes the folder renamed into place; the staging folder is an orphan.
+    assert "1 interrupted" in result.output and "1 orphan" in result.output
     with app.app_context():
         assert db.session.get(Run, 2).status == "failed"
         assert "interrupted" in Run.query.filter_by(public_id=killed_id).one().error
         assert Run.query.filter_by(public_id=done_id).one().status == "done"
     assert sorted(p.name for p in results.iterdir()) == [done_id]
     assert (results / done_id / "input.png").exists()
+
+
+def _pending_run(app, username: str = "sweeper") -> str:
+    user_id = create_user(app, username)
+    with app.app_context():
+        run = Run(user_id=user_id, task="sacroiliac", status="pending")
+        db.session.add(run)
+        db.session.commit()
+        return run.public_id
+
+
+def test_a_live_server_sweeps_runs_whose_worker_died(make_app):
+    """No restart needed: a request (any) sweeps runs pending longer than a worker may run one."""
+    app = make_app(RUN_STALE_AFTER_S=0, SWEEP_EVERY_S=0)
+    public_id = _pending_run(app)
+    assert app.test_client().get("/healthz").status_code == 200
+    with app.app_context():
+        run = Run.query.filter_by(public_id=public_id).one()
+        assert run.status == "failed" and "interrupted" in run.error and run.finished_at is not None
+
+
+def test_prepare_beside_a_live_server_leaves_runs_in_flight_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
+    # The default settings: a run pending for less than the worker time-out may still be running.
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'live.sqlite'}",
+                      "RESULTS_DIR": str(tmp_path / "results")})
+    assert app.test_cli_runner().invoke(args=["prepare"]).exit_code == 0
+    public_id = _pending_run(app)
+    staging = Path(app.config["RESULTS_DIR"]) / f".staging-{public_id}-abc123"
+    staging.mkdir(parents=True)
+    result = app.test_cli_runner().invoke(args=["prepare"])
+    assert result.exit_code == 0 and "0 interrupted" in result.output and "0 orphan" in result.output
+    assert staging.is_dir()
+    with app.app_context():
+        assert Run.query.filter_by(public_id=public_id).one().status == "pending"
+
+
+def test_a_run_is_settled_once(make_app):
+    app = make_app()
+    public_id = _pending_run(app)
+    with app.app_context():
+        run_id = Run.query.filter_by(public_id=public_id).one().id
+        assert Run.settle(run_id, database.RunStatus.FAILED, error="first")
+        assert not Run.settle(run_id, database.RunStatus.DONE)
+        db.session.commit()
+        run = db.session.get(Run, run_id)
+        assert run.status == "failed" and run.error == "first"
+
+
+def test_a_run_swept_while_it_ran_stays_failed_and_keeps_nothing(app, alice, scan_png, monkeypatch):
+    """The sweep (another process, say) marks the run failed while the models run: the analysis ends with a
+    clear error, the run stays failed once, and its results and images are discarded."""
+    from predict import sweep_interrupted_runs
+    from tasks.sacroiliac import SacroiliacTask
+
+    real_run = SacroiliacTask.run
+
+    def run_then_be_swept(self, *args, **kwargs):
+        output = real_run(self, *args, **kwargs)
+        sweep_interrupted_runs(0)
+        return output
+
+    monkeypatch.setattr(SacroiliacTask, "run", run_then_be_swept)
+    response = upload(alice, scan_png)
+    with app.app_context():
+        run = Run.query.one()
+        assert response.headers["Location"].endswith(f"/runs/{run.public_id}")      # the failed run's page
+        assert run.status == "failed" and "interrupted" in run.error and not run.results
+    assert [p for p in result_files(app) if p.is_file()] == []

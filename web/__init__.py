@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import Flask
 
 from web import (account, admin, api, auth, errors, filters, hand_timeline, history, knee_catalogue, login,
-                 models_page, reviews, scans, security)
+                 models_page, reviews, scans, security, upkeep)
 
 
 def init_app(app: Flask) -> None:
@@ -28,3 +28,4 @@ def init_app(app: Flask) -> None:
     errors.init_app(app)
     filters.register_template_helpers(app)
     security.install_response_headers(app)
+    upkeep.init_app(app)
