@@ -28,4 +28,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD curl -fsS http://127.0.0.1:8000/healthz || exit 1
 
 # Migrate the database and sweep interrupted runs, then serve.
-CMD ["sh", "-c", "flask prepare && exec gunicorn --bind 0.0.0.0:8000 --workers ${WORKERS:-2} --timeout 120 --access-logfile - wsgi:app"]
+# gunicorn.conf.py: threaded workers, the worker time-out the app shares. In docker-compose.yml nginx faces
+# the clients and this port is reachable from the internal network only.
+CMD ["sh", "-c", "flask prepare && HOST=0.0.0.0 PORT=8000 exec gunicorn -c gunicorn.conf.py wsgi:app"]

@@ -13,6 +13,7 @@ import web
 from config import Config, load_environment, secret_key, weak_secret_key
 from database import db, migrate
 from model_loader import ModelRegistry
+from web.slow_clients import BufferedBody
 
 csrf = CSRFProtect()
 
@@ -45,6 +46,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["jointscan.registry"] = ModelRegistry(app.config["MODELS_DIR"])
 
     web.init_app(app)
+    # Outermost: the body is read in full, at a minimum rate, before anything else runs (web/slow_clients.py).
+    app.wsgi_app = BufferedBody(app.wsgi_app, max_bytes=app.config["MAX_CONTENT_LENGTH"],
+                                min_rate=float(app.config["BODY_MIN_RATE"]), grace_s=float(app.config["BODY_GRACE_S"]))
 
     @app.get("/healthz")
     def healthz():

@@ -43,6 +43,15 @@ class Config:
     LOGIN_LIMITS_PER_ADDRESS = "20 per minute;100 per hour"
     SIGNUP_LIMITS_PER_ADDRESS = "10 per hour"
     RATELIMIT_STORAGE_URI = "memory://"     # per process; redis://host:6379 shares counts between workers
+    # Analyses (pages and API together), per user and per client address; 429 with Retry-After above.
+    ANALYSIS_LIMITS_PER_USER = "20 per minute;600 per day"
+    ANALYSIS_LIMITS_PER_ADDRESS = "40 per minute;2000 per day"
+    STORAGE_QUOTA_BYTES = 5 * 2**30         # stored results per user unless an admin sets another quota
+    MIN_FREE_DISK_BYTES = 512 * 2**20       # below this free space, analyses are refused before anything is written
+    # A request body must arrive at this average rate (bytes/s) after a grace period; else 408
+    # (web/slow_clients.py). 20 kB/s: a 64 MB scan in under an hour.
+    BODY_MIN_RATE = 20_000
+    BODY_GRACE_S = 10
     # A worker busy longer than this is killed by gunicorn (gunicorn.conf.py reads the same setting); a run
     # still pending RUN_STALE_AFTER_S after it began has lost its worker and is marked failed.
     WORKER_TIMEOUT_S = 120
@@ -57,11 +66,13 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 def load_environment(app: Flask) -> None:
     for key in ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "RUNS_PER_PAGE", "PROXY_FIX_HOPS", "WORKER_TIMEOUT_S",
-                "RUN_STALE_AFTER_S", "SWEEP_EVERY_S"):
+                "RUN_STALE_AFTER_S", "SWEEP_EVERY_S", "STORAGE_QUOTA_BYTES", "MIN_FREE_DISK_BYTES", "BODY_MIN_RATE",
+                "BODY_GRACE_S"):
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = int(os.environ[f"JOINTSCAN_{key}"])
     for key in ("MODELS_DIR", "ENV_NAME", "RESULTS_DIR", "RATELIMIT_STORAGE_URI", "LOGIN_LIMITS_PER_ACCOUNT",
-                "LOGIN_LIMITS_PER_ADDRESS", "SIGNUP_LIMITS_PER_ADDRESS"):
+                "LOGIN_LIMITS_PER_ADDRESS", "SIGNUP_LIMITS_PER_ADDRESS", "ANALYSIS_LIMITS_PER_USER",
+                "ANALYSIS_LIMITS_PER_ADDRESS"):
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = os.environ[f"JOINTSCAN_{key}"]
     if "JOINTSCAN_WORKER_TIMEOUT_S" in os.environ and "JOINTSCAN_RUN_STALE_AFTER_S" not in os.environ:

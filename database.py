@@ -74,6 +74,8 @@ class User(UserMixin, db.Model):
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     disabled = db.Column(db.Boolean, nullable=False, default=False, server_default="0")
     password_changed_at = db.Column(db.DateTime)
+    # Bytes of stored results this user may keep; None: the instance default (STORAGE_QUOTA_BYTES).
+    storage_quota_bytes = db.Column(db.BigInteger)
 
     runs = db.relationship("Run", back_populates="user", lazy="dynamic")
     tokens = db.relationship("ApiToken", back_populates="user", lazy="dynamic")
@@ -157,6 +159,7 @@ class Run(db.Model):
     timings = db.Column(JSON, default=dict)         # decode_ms, predict_ms, store_ms, total_ms
     # Shared with the reviewers' pool by its owner (None: not shared). Reviewers never see the owner.
     shared_at = db.Column(db.DateTime, index=True)
+    stored_bytes = db.Column(db.BigInteger, nullable=False, default=0, server_default="0")  # its files on disk
 
     user = db.relationship("User", back_populates="runs")
     results = db.relationship("ModelResult", back_populates="run", cascade="all, delete-orphan",
@@ -166,6 +169,13 @@ class Run(db.Model):
     @property
     def shared(self) -> bool:
         return self.shared_at is not None
+
+    @classmethod
+    def stored_by(cls, user_id: int) -> int:
+        """Bytes of result files the user's finished runs keep (what the storage quota counts)."""
+        total = db.session.execute(db.select(db.func.coalesce(db.func.sum(cls.stored_bytes), 0))
+                                   .where(cls.user_id == user_id, cls.status == RunStatus.DONE)).scalar_one()
+        return int(total)
 
     @classmethod
     def settle(cls, run_id: int, status: RunStatus, **values) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from database import ModelResult, Run, RunStatus, User, db, disabled_model_ids, utcnow
-from imaging.io import DecodedImage, ImageReadError, read_image
+from imaging.io import DecodedImage, ImageReadError, fit_pixels, read_image
+
 from imaging.overlay import encode_png, grey_to_rgb
 from model_loader import ModelEntry, ModelRegistry, ModelUnavailable
 from tasks import TaskInputError, TaskOutput, all_tasks, get_task
@@ -26,6 +28,10 @@ from tasks.recognition import REFUSE_AT, Recognition, recognise, recogniser_entr
 log = logging.getLogger("jointscan.predict")
 # A run's images are written under RESULTS_DIR/<STAGING_PREFIX><public id>-<random>/ and renamed into place.
 STAGING_PREFIX = ".staging-"
+# Analyses one process runs at once (the others wait): a threaded server has many more threads than the
+# CPU and memory can give to concurrent model runs, which each use every core already.
+ANALYSES_AT_ONCE = 2
+_ANALYSES = threading.BoundedSemaphore(ANALYSES_AT_ONCE)
 
 
 class PredictionError(Exception):
@@ -44,6 +50,8 @@ class PredictionError(Exception):
 class Limits:
     max_bytes: int = 64 * 2**20
     max_pixels: int = 40_000_000
+    min_free_disk_bytes: int = 0                 # refuse analyses when the results disk has less free space
+    storage_quota_bytes: int | None = None       # a user's stored results, unless their account sets another
 
 
 @dataclass
@@ -110,7 +118,9 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
     task = get_task(request.task)
     if task is None:
         raise PredictionError(f"Unknown task '{request.task}'.", 400)
-    image = read_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
+    _check_free_space(results_dir, limits.min_free_disk_bytes)
+    _check_quota(user, limits.storage_quota_bytes)
+    image = fit_pixels(read_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels), task.max_pixels)
     try:
         task.check_input(image)
     except TaskInputError as exc:
@@ -137,7 +147,8 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         by_role: dict[str, list] = {}
         for lm in loaded:
             by_role.setdefault(lm.entry.role, []).append(lm)
-        output = task.run(image, by_role, options)
+        with _ANALYSES:
+            output = task.run(image, by_role, options)
         t_pred = time.perf_counter()
         _store(run, image, output, {**output.summary, **checks}, {e.id: e for e in entries}, staging, results_dir)
         db.session.flush()
@@ -165,6 +176,40 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
         log.error("run %s failed: %s", run.public_id, type(exc).__name__, exc_info=not isinstance(exc, OSError))
         _mark_failed(run.id, reason)
         raise PredictionError(f"The analysis failed: {reason}", 500, run.public_id) from exc
+
+
+def _check_free_space(results_dir: Path, floor: int) -> None:
+    """Refuse before anything is written when the results disk is nearly full (507: the server's storage)."""
+    if floor <= 0:
+        return
+    free = shutil.disk_usage(results_dir).free
+    if free < floor:
+        log.error("refusing an analysis: %d bytes free under %s, the floor is %d", free, results_dir, floor)
+        raise PredictionError("The server is nearly out of disk space, so no analysis can be stored now. "
+                              "Nothing was kept; please tell an administrator.", 507)
+
+
+def _check_quota(user: User, default_quota: int | None) -> None:
+    """Refuse a user whose stored results already fill their quota (a run begun under it is kept whole)."""
+    quota = user.storage_quota_bytes if user.storage_quota_bytes is not None else default_quota
+    if quota is None:
+        return
+    used = Run.stored_by(user.id)
+    if used >= quota:
+        raise PredictionError(f"Your storage quota is full: your runs keep {format_bytes(used)} of the "
+                              f"{format_bytes(quota)} you may keep. An administrator can raise the quota.", 403)
+
+
+def format_bytes(n: Any) -> str:
+    """A size for people, in powers of 1024 as the limits are set: 512 B, 12.0 KiB, 340.5 MiB, 1.2 GiB."""
+    if n is None:
+        return "n/a"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def recognise_image(registry: ModelRegistry, image: DecodedImage) -> tuple[Recognition | None, str | None]:
@@ -222,6 +267,7 @@ def _store(run: Run, image: DecodedImage, output: TaskOutput, summary: dict[str,
         run.results.append(ModelResult(position=position, model_id=entry.id, model_version=entry.version,
                                        model_sha256=entry.sha256, role=mo.role, result=mo.result,
                                        images=files, elapsed_ms=round(mo.elapsed_ms, 1)))
+    run.stored_bytes = sum(f.stat().st_size for f in staging.iterdir())
     staging.rename(results_dir / run.public_id)   # one atomic step: all images or none
 
 

@@ -20,9 +20,12 @@ RUN_FOLDER = re.compile(r"[0-9a-f]{32}")   # a run's public id
 
 
 def upload_limits() -> Limits:
-    """The file-size and pixel-count limits for one scan (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS)."""
+    """The limits for one scan: file size and pixel count (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS), the disk's
+    free-space floor (MIN_FREE_DISK_BYTES) and the default storage quota (STORAGE_QUOTA_BYTES)."""
     cfg = current_app.config
-    return Limits(max_bytes=cfg["MAX_UPLOAD_BYTES"], max_pixels=cfg["MAX_IMAGE_PIXELS"])
+    return Limits(max_bytes=cfg["MAX_UPLOAD_BYTES"], max_pixels=cfg["MAX_IMAGE_PIXELS"],
+                  min_free_disk_bytes=int(cfg["MIN_FREE_DISK_BYTES"]),
+                  storage_quota_bytes=int(cfg["STORAGE_QUOTA_BYTES"]))
 
 
 def results_dir() -> Path:

@@ -18,7 +18,7 @@ from imaging.sniff import check_min_size, sniff_type
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageReadError", "DecodedImage", "read_image"]
+__all__ = ["ImageReadError", "DecodedImage", "fit_pixels", "read_image"]
 
 _GENERIC = "The file could not be read as an image: it may be corrupt or truncated."
 _UNSUPPORTED = "Unsupported file type: upload a PNG, JPEG or DICOM image."
@@ -76,3 +76,26 @@ def read_image(data: bytes, *, max_bytes: int = 64 * 2**20, max_pixels: int = 40
     pixels = np.nan_to_num(pixels.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0)
     pixels = np.ascontiguousarray(np.clip(pixels, 0.0, 1.0))
     return DecodedImage(pixels=pixels, kind=kind, modality=modality, meta=meta)
+
+
+def fit_pixels(image: DecodedImage, max_pixels: int) -> DecodedImage:
+    """The image shrunk (area averaging, aspect kept) to at most `max_pixels` pixels, else as it is.
+
+    A task's models read a few hundred pixels a side; a 36-megapixel upload would only cost seconds
+    of CPU and tens of megabytes of overlays. The original size is kept in `meta["downscaled_from"]`
+    and a pixel spacing is scaled with the pixels, so measurements in mm stay true.
+    """
+    h, w = image.pixels.shape
+    if h * w <= max_pixels:
+        return image
+    import cv2
+
+    scale = (max_pixels / (h * w)) ** 0.5
+    nh, nw = max(1, int(h * scale)), max(1, int(w * scale))
+    pixels = cv2.resize(image.pixels, (nw, nh), interpolation=cv2.INTER_AREA)
+    meta = dict(image.meta, downscaled_from=[w, h])
+    spacing = meta.get("pixel_spacing_mm")
+    if isinstance(spacing, (list, tuple)) and len(spacing) == 2:
+        meta["pixel_spacing_mm"] = [round(float(spacing[0]) * h / nh, 6), round(float(spacing[1]) * w / nw, 6)]
+    return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32), kind=image.kind,
+                        modality=image.modality, meta=meta)

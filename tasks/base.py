@@ -234,6 +234,9 @@ class TaskBase:
     single_image: ClassVar[str] = "image"    # what one image is, for the wrong-shape message ("MRI slice")
     # The image recogniser's kind (tasks/recognition.KINDS) this task reads; None: it reads anything.
     recognised_as: ClassVar[str | None] = None
+    # Larger uploads are shrunk to this many pixels before anything else (predict.analyze): the models
+    # read a few hundred pixels a side, the overlays are stored at the upload's size.
+    max_pixels: ClassVar[int] = 4_000_000
 
     @property
     def result_template(self) -> str:

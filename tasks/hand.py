@@ -299,6 +299,7 @@ class HandTask(TaskBase):
                                                            for joint in JOINT_NAMES})
     agreement_fields = {"guss_agree": "guss"}
     min_side = 128
+    max_pixels = 12_000_000     # a whole-hand radiograph at full detector resolution (3000 x 4000 px)
 
     def check_input(self, image: DecodedImage) -> None:
         super().check_input(image)

@@ -99,6 +99,10 @@ def make_app(tmp_path, monkeypatch, tiny_models_dir, shared_registry):
             "MODELS_DIR": str(tiny_models_dir),
             "RESULTS_DIR": str(tmp_path / f"results{n}"),
             "RUNS_PER_PAGE": 20,
+            # Tests upload far faster than people: the analysis limits and the disk floor are tested on their own.
+            "ANALYSIS_LIMITS_PER_USER": "10000 per minute",
+            "ANALYSIS_LIMITS_PER_ADDRESS": "10000 per minute",
+            "MIN_FREE_DISK_BYTES": 0,
         }
         config.update(overrides)
         app = create_app(config)

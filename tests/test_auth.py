@@ -125,6 +125,7 @@ def _csrf_recipes(w, scan_png):
                                                                "password": NEW_PASSWORD, "confirm": NEW_PASSWORD}, 302),
         "admin.change_role": ("adam", f"/admin/users/{w['tara']}/role", lambda: {"role": "reviewer"}, 302),
         "admin.set_user_state": ("adam", f"/admin/users/{w['tara']}/disable", dict, 302),
+        "admin.set_quota": ("adam", f"/admin/users/{w['tara']}/quota", lambda: {"quota_mb": "100"}, 302),
         "admin.set_model_state": ("adam", f"/admin/models/{CLS_REF}/disable", dict, 302),
         "api.analyze_scan": ("ivy", "/api/v1/analyze", lambda: _scan_form(scan_png, "file"), 201),
         # No recogniser in the tiny registry: with the token the request gets past CSRF to a 503.

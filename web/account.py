@@ -1,13 +1,13 @@
 """The account page: password change, log out everywhere, API tokens (create, list, revoke)."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length, ValidationError
 
-from database import ApiToken, db, utcnow
+from database import ApiToken, Run, db, utcnow
 from web.audit import record
 from web.auth import log_out_everywhere, repeat_password_field, start_session
 from web.security import MAX_PASSWORD, PasswordPolicy
@@ -48,7 +48,11 @@ def _page(form: TokenForm | None = None, new_token: str | None = None, status: i
           password_form: PasswordForm | None = None):
     tokens = current_user.tokens.order_by(ApiToken.created_at.desc(), ApiToken.id.desc()).all()
     g.no_store = True   # the page may show a fresh token once: never cache it
+    own = current_user.storage_quota_bytes
+    storage = {"used": Run.stored_by(current_user.id), "default": own is None,
+               "quota": own if own is not None else int(current_app.config["STORAGE_QUOTA_BYTES"])}
     return render_template("account.html", form=form or TokenForm(formdata=None), revoke_form=RevokeForm(),
+                           storage=storage,
                            tokens=tokens, new_token=new_token,
                            password_form=password_form or PasswordForm(formdata=None),
                            everywhere_form=EverywhereForm(formdata=None)), status

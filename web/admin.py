@@ -16,7 +16,7 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, SelectField, StringField, SubmitField
 from wtforms.validators import DataRequired
 
-from database import (AUDIT_ACTIONS, AUDIT_OUTCOMES, ROLES, AuditEvent, ModelState, Run, User, db,
+from database import (AUDIT_ACTIONS, AUDIT_OUTCOMES, ROLES, AuditEvent, ModelState, Run, RunStatus, User, db,
                       disabled_model_ids, utcnow)
 from model_loader import current_registry
 from tasks import all_tasks
@@ -39,6 +39,14 @@ class ButtonForm(FlaskForm):
 class RoleForm(FlaskForm):
     role = SelectField("Role", choices=[(r, r.capitalize()) for r in ROLES])
     submit = SubmitField("Change role")
+
+
+class QuotaForm(FlaskForm):
+    quota_mb = StringField("Storage quota (MB)")      # empty: the instance default
+    submit = SubmitField("Set")
+
+
+MAX_QUOTA_MB = 10**8          # 100 TB: anything larger is a typo
 
 
 class NewUserForm(FlaskForm):
@@ -91,8 +99,12 @@ def toggle_signup():
 def _users_page(new_form: NewUserForm, status: int = 200):
     users = User.query.order_by(User.username).all()
     run_counts = dict(db.session.execute(db.select(Run.user_id, db.func.count(Run.id)).group_by(Run.user_id)).all())
+    stored = dict(db.session.execute(db.select(Run.user_id, db.func.sum(Run.stored_bytes))
+                                     .where(Run.status == RunStatus.DONE).group_by(Run.user_id)).all())
     return render_template("admin/users.html", users=users, new_form=new_form, button=ButtonForm(),
-                           role_form=RoleForm(formdata=None), run_counts=run_counts, roles=ROLES), status
+                           role_form=RoleForm(formdata=None), run_counts=run_counts, roles=ROLES,
+                           stored={k: int(v or 0) for k, v in stored.items()},
+                           default_quota=int(current_app.config["STORAGE_QUOTA_BYTES"])), status
 
 
 @bp.get("/users")
@@ -159,6 +171,25 @@ def set_user_state(user_id: int, action: str):
             user.end_all_sessions()  # signed out everywhere at once; tokens are refused while disabled
         _save_user_change(user, f"{action}d {user.username}",
                           f"{user.username} is {'disabled' if disable else 'enabled'}.")
+    return redirect(url_for("admin.users"))
+
+
+@bp.post("/users/<int:user_id>/quota")
+@role_required("admin")
+def set_quota(user_id: int):
+    """A user's storage quota in MB; empty: back to the instance default (STORAGE_QUOTA_BYTES)."""
+    user = _target(user_id)
+    form = QuotaForm()
+    if not form.validate_on_submit():
+        abort(400)
+    raw = (form.quota_mb.data or "").strip()
+    if raw and not (raw.isdigit() and int(raw) <= MAX_QUOTA_MB):
+        flash(f"A quota is a whole number of MB up to {MAX_QUOTA_MB:,}, or empty for the default.", "error")
+        return redirect(url_for("admin.users"))
+    user.storage_quota_bytes = int(raw) * 2**20 if raw else None
+    shown = f"{raw} MB" if raw else "the default"
+    _save_user_change(user, f"storage quota of {user.username}: {shown}",
+                      f"The storage quota of {user.username} is now {shown}.")
     return redirect(url_for("admin.users"))
 
 

@@ -26,6 +26,7 @@ from web.audit import audit_upload_failure, model_versions_of, record, run_resou
 from web.errors import is_api_request, json_error
 from web.filters import image_url, model_problem
 from web.login import login_manager
+from web.security import analysis_retry_after, too_many_analyses
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -188,6 +189,9 @@ def analyze_scan(user):
         return problem
     if user.role != "clinician":
         return json_error(403, "Only clinician accounts can analyse scans.")
+    retry_after = analysis_retry_after(user.id)
+    if retry_after is not None:
+        return json_error(429, too_many_analyses(retry_after), {"Retry-After": str(retry_after)})
     upload = request.files.get("file")        # a body over MAX_CONTENT_LENGTH raises 413 here
     if upload is None:
         return json_error(400, "Send the scan as the multipart form field 'file'.")
@@ -234,6 +238,9 @@ def recognise_scan(user):
         return problem
     if user.role != "clinician":
         return json_error(403, "Only clinician accounts can analyse scans.")
+    retry_after = analysis_retry_after(user.id)
+    if retry_after is not None:
+        return json_error(429, too_many_analyses(retry_after), {"Retry-After": str(retry_after)})
     upload = request.files.get("file")        # a body over MAX_CONTENT_LENGTH raises 413 here
     if upload is None:
         return json_error(400, "Send the scan as the multipart form field 'file'.")

@@ -9,6 +9,7 @@ from flask import Flask, url_for
 
 from database import ModelResult, Run, RunStatus
 from model_loader import ModelRegistry, current_registry
+from predict import format_bytes
 from tasks import all_tasks, get_task
 from web.settings import signup_open
 
@@ -64,17 +65,6 @@ def fmt_percent(value: Any, digits: int = 0) -> str:
         return f"{float(value) * 100:.{digits}f}%"
     except (TypeError, ValueError):
         return "n/a"
-
-
-def fmt_bytes(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 def fmt_number(value: Any) -> str:
@@ -151,7 +141,7 @@ def register_template_helpers(app: Flask) -> None:
     app.add_template_filter(capfirst, "capfirst")
     app.add_template_filter(fmt_dt, "datetime")
     app.add_template_filter(fmt_percent, "percent")
-    app.add_template_filter(fmt_bytes, "filesize")
+    app.add_template_filter(format_bytes, "filesize")
     app.add_template_filter(fmt_number, "number")
     app.add_template_filter(fmt_ms, "ms")
     app.add_template_filter(short_sha, "short_sha")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request,
+from flask import (Blueprint, abort, current_app, flash, jsonify, make_response, redirect, render_template, request,
                    send_from_directory, url_for)
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
@@ -26,7 +26,7 @@ from web.audit import audit_upload_failure, model_versions_of, record, run_resou
 from web.errors import error_text, handle_http_error
 from web.filters import fmt_mib, group_results, model_problem, result_context
 from web.reviews import ShareForm, review_rows, review_summary
-from web.security import role_required
+from web.security import analysis_retry_after, role_required, too_many_analyses
 
 bp = Blueprint("scans", __name__)
 DICE_AGREEMENT = 0.8     # below this the comparison page marks the segmenters' masks as disagreeing
@@ -118,6 +118,11 @@ def upload():
                  if (entry := reg.get(mid)) is not None and entry.task == task_name]
     if not model_ids:
         return _render_upload(form, error="Choose at least one model for each step of the task.", status=400)
+    retry_after = analysis_retry_after(current_user.id)
+    if retry_after is not None:
+        response = make_response(_render_upload(form, error=too_many_analyses(retry_after), status=429))
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     task = get_task(task_name)
     options = {spec.name: request.form.get(option_field(task_name, spec.name), "")
                for spec in task.options}

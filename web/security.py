@@ -16,13 +16,16 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
+import time
 from pathlib import Path
 
 from flask import Flask, abort, current_app, g, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from limits import parse_many
 from flask_login import current_user
 from werkzeug.middleware.proxy_fix import ProxyFix
 from wtforms.validators import ValidationError
@@ -132,6 +135,35 @@ def address_limits() -> str:
 
 def signup_limits() -> str:
     return current_app.config["SIGNUP_LIMITS_PER_ADDRESS"]
+
+
+# -- analyses per user and per address ---------------------------------------------
+def analysis_retry_after(user_id: int) -> int | None:
+    """Count one analysis for the user and the client address; None when it is within both limits
+    (ANALYSIS_LIMITS_PER_USER, ANALYSIS_LIMITS_PER_ADDRESS), else the seconds until it would be.
+
+    Checked in the views, after authentication (a bearer token names its user only then), on the
+    limiter's own storage, so the counts are those every worker shares when the limiter's are.
+    """
+    strategy = current_app.extensions["jointscan.limiter"].limiter
+    keyed = [(item, f"user:{user_id}") for item in parse_many(current_app.config["ANALYSIS_LIMITS_PER_USER"])]
+    keyed += [(item, f"address:{get_remote_address()}")
+              for item in parse_many(current_app.config["ANALYSIS_LIMITS_PER_ADDRESS"])]
+    waits = []
+    for item, key in keyed:
+        if not strategy.test(item, "analysis", key):
+            reset = strategy.get_window_stats(item, "analysis", key).reset_time
+            waits.append(max(1, math.ceil(reset - time.time())))
+    if waits:
+        return max(waits)
+    for item, key in keyed:
+        strategy.hit(item, "analysis", key)
+    return None
+
+
+def too_many_analyses(retry_after: int) -> str:
+    return (f"Too many analyses in a short time: try again in {retry_after} s. The limits keep the server "
+            "responsive for everyone.")
 
 
 # -- cookies over HTTPS ---------------------------------------------------------------

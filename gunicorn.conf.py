@@ -1,0 +1,31 @@
+"""gunicorn settings for every set-up (`make run`, the Docker image): `gunicorn -c gunicorn.conf.py wsgi:app`.
+
+Threaded workers (gthread): a request waiting for its client (a slow upload, a kept-alive connection) holds
+one of THREADS threads, not a whole worker, and a connection that sends nothing is parked by gunicorn's
+poller. The body itself is read by web/slow_clients.py at a minimum rate, so a slowly dribbled body frees
+its thread after the grace period (10 s); behind nginx (docker-compose.yml) bodies arrive buffered and
+one address holds at most 20 connections. The worker time-out
+is the app's too (JOINTSCAN_WORKER_TIMEOUT_S): a run pending longer than it plus a minute has lost its
+worker and is swept (web/upkeep.py).
+"""
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WORKERS", "2"))
+worker_class = "gthread"
+# More threads than slow clients are likely: a connection lands on whichever worker accepts it first, so
+# one worker's threads must outnumber them. Analyses themselves run at most two at a time per process
+# (predict.ANALYSES_AT_ONCE); the other threads serve pages, images and /healthz.
+threads = int(os.environ.get("THREADS", "32"))
+worker_connections = threads + 16
+timeout = int(os.environ.get("JOINTSCAN_WORKER_TIMEOUT_S", "120"))
+graceful_timeout = 30
+keepalive = 5
+# Header limits (gunicorn's defaults, stated): a request line or header over them is refused with 400.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+# X-Forwarded-* are never gunicorn's to trust: the app trusts exactly JOINTSCAN_PROXY_FIX_HOPS proxies
+# itself (web/security.py), so gunicorn must not turn a client's X-Forwarded-Proto into https.
+forwarded_allow_ips = ""
+accesslog = "-"
