@@ -52,8 +52,9 @@ class Config:
     # (web/slow_clients.py). 20 kB/s: a 64 MB scan in under an hour.
     BODY_MIN_RATE = 20_000
     BODY_GRACE_S = 10
-    # A worker busy longer than this is killed by gunicorn (gunicorn.conf.py reads the same setting); a run
-    # still pending RUN_STALE_AFTER_S after it began has lost its worker and is marked failed.
+    # gunicorn restarts a worker whose main loop is stuck this long (gunicorn.conf.py reads the same setting).
+    # An analysis may take RUN_STALE_AFTER_S: a run still pending then has lost its worker or ran too long,
+    # and is marked failed (web/upkeep.py); a result that arrives later is discarded.
     WORKER_TIMEOUT_S = 120
     RUN_STALE_AFTER_S = WORKER_TIMEOUT_S + 60
     SWEEP_EVERY_S = 60

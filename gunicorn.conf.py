@@ -5,8 +5,9 @@ one of THREADS threads, not a whole worker, and a connection that sends nothing 
 poller. The body itself is read by web/slow_clients.py at a minimum rate, so a slowly dribbled body frees
 its thread after the grace period (10 s); behind nginx (docker-compose.yml) bodies arrive buffered and
 one address holds at most 20 connections. The worker time-out
-is the app's too (JOINTSCAN_WORKER_TIMEOUT_S): a run pending longer than it plus a minute has lost its
-worker and is swept (web/upkeep.py).
+(JOINTSCAN_WORKER_TIMEOUT_S) restarts a worker whose main loop hangs; a threaded worker's requests are not
+bounded by it, so the app bounds an analysis itself: a run still pending RUN_STALE_AFTER_S after it began
+(the time-out plus a minute by default) is marked failed by a sweep (web/upkeep.py).
 """
 import os
 

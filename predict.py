@@ -304,16 +304,18 @@ def _ms(a: float, b: float) -> float:
     return round((b - a) * 1000, 1)
 
 
-INTERRUPTED = "the analysis was interrupted (the server process running it stopped). Nothing was kept."
+INTERRUPTED = ("the analysis was interrupted: it did not finish within the time the server allows (its server "
+               "process stopped, or it ran too long). Nothing was kept.")
 
 
 def sweep_interrupted_runs(older_than_s: int, results_dir: Path | None = None) -> int:
-    """Mark failed the runs still `pending` after `older_than_s` seconds, longer than any worker may run
-    one (the worker time-out, which kills a worker stuck longer): their worker died. Returns how many.
+    """Mark failed the runs still `pending` after `older_than_s` seconds (RUN_STALE_AFTER_S, the time an
+    analysis may take): their worker died, or they ran too long. Returns how many.
 
-    Each is settled by compare-and-set, so a run that finishes meanwhile keeps its `done`; the folder
-    a dead worker may have renamed into place is removed. Safe beside a live server, which runs it
-    periodically (web/__init__.py), and at start-up (`flask prepare`).
+    Each is settled by compare-and-set, so a run that finished first keeps its `done`, and one that finishes
+    after it was swept finds itself settled and discards its result (`analyze`); the folder a dead worker
+    may have renamed into place is removed. Safe beside a live server, which runs it periodically
+    (web/upkeep.py), and at start-up (`flask prepare`).
     """
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     stale = db.session.execute(db.select(Run.id, Run.public_id).where(Run.status == RunStatus.PENDING,

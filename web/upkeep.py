@@ -2,9 +2,9 @@
 
 A worker killed mid-analysis (out of memory, the worker time-out, `kill -9`) leaves its run `pending`.
 Every SWEEP_EVERY_S seconds, the first request a process serves sweeps the runs pending for longer than
-RUN_STALE_AFTER_S (longer than any worker is allowed to run one: the worker time-out plus a margin), by
-compare-and-set (predict.sweep_interrupted_runs), so it never touches a run that is still running or
-that finished meanwhile. Each process sweeps on its own clock; two sweeps at once settle each run once.
+RUN_STALE_AFTER_S (the time an analysis may take: the worker time-out plus a margin), by compare-and-set
+(predict.sweep_interrupted_runs): a run that finished first keeps its result, one still running when
+swept discards its late result. Each process sweeps on its own clock; two sweeps at once settle each run once.
 """
 from __future__ import annotations
 
