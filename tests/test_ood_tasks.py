@@ -3,10 +3,12 @@ hand detector and scorers read their training-data check (tasks.ood) from the re
 own kind of image and withhold on noise, other anatomy and (the hand scorers) a child's hand."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -125,3 +127,25 @@ def test_a_childs_hand_gets_boxes_but_no_score(tmp_path):
         out, detector, scorer = hand_run(registry, read_image(path.read_bytes()))
         assert scorer["n_scored"] == 0 and scorer["guss_total"] is None, path.name
         assert "detections" in out.models[0].images      # the boxes are still shown
+
+
+def test_the_result_page_says_what_was_withheld_and_why(make_app):
+    """A clinician who analyses noise anyway as a knee and as a spine sees 'Withheld' and the reason, and the
+    history's headline says so: no grade, no mask."""
+    from tests.conftest import create_user, login
+
+    app = make_app(MODELS_DIR=str(MODELS))
+    create_user(app, "curious")
+    client = app.test_client()
+    assert login(client, "curious").status_code == 302
+    ok, png = cv2.imencode(".png", (np.random.default_rng(9).random((320, 256)) * 255).astype(np.uint8))
+    for task, reason in (("knee", "Osteoarthritis Initiative"), ("spine", "SPIDER")):
+        models = [e.id for e in ModelRegistry(MODELS).entries(task) if e.default]
+        response = client.post("/upload", data={"task": task, "scan": (io.BytesIO(png.tobytes()), "noise.png"),
+                                                "model_ids": models, "analyse_anyway": "y"},
+                               content_type="multipart/form-data")
+        assert response.status_code == 302, response.get_data(as_text=True)[:500]
+        page = client.get(response.headers["Location"]).get_data(as_text=True)
+        assert "Withheld" in page and reason in page and "analysed anyway" in page.lower()
+    history = client.get("/history").get_data(as_text=True)
+    assert "KL grade withheld" in history and "Segmentation withheld" in history
