@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from imaging.errors import ImageReadError
+from imaging.errors import ImageReadError, size_text
 from imaging.raster import read_raster
 from imaging.sniff import check_min_size, sniff_type
 
@@ -47,9 +47,7 @@ def read_image(data: bytes, *, max_bytes: int = 64 * 2**20, max_pixels: int = 40
     if not data:
         raise ImageReadError("The file is empty.", 400)
     if len(data) > max_bytes:
-        raise ImageReadError(
-            f"The file is too large ({len(data) / 2**20:.3g} MB); the limit is {max_bytes / 2**20:.3g} MB.", 413
-        )
+        raise ImageReadError(f"The file is too large: {size_text(len(data))}; the limit is {size_text(max_bytes)}.", 413)
     kind = sniff_type(data)
     if kind is None:
         raise ImageReadError(_UNSUPPORTED, 415)

@@ -39,7 +39,7 @@ from pydicom.pixels import apply_modality_lut
 
 # imaging.dicom also keeps header values out of the log (pydicom's validation messages are off).
 from imaging.dicom import first_float, optional_value
-from imaging.errors import ImageReadError
+from imaging.errors import ImageReadError, size_text
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -417,7 +417,8 @@ def zip_members(data: bytes, limits: StudyLimits = StudyLimits()) -> list[tuple[
             raise ImageReadError("The zip is encrypted; send it without a password.", 400)
     announced = sum(i.file_size for i in files)
     if announced > limits.max_bytes:
-        raise ImageReadError(f"The zip inflates to {announced:,} bytes; the limit is {limits.max_bytes:,}.", 413)
+        raise ImageReadError(f"The zip inflates to {size_text(announced)}; the limit is {size_text(limits.max_bytes)}.",
+                             413)
     members, total = [], 0
     for info in files:
         base = posixpath.basename(info.filename)
@@ -430,7 +431,7 @@ def zip_members(data: bytes, limits: StudyLimits = StudyLimits()) -> list[tuple[
             raise ImageReadError("The zip holds a member that inflates far beyond its size; it was refused.", 413)
         total += len(blob)
         if total > limits.max_bytes:
-            raise ImageReadError(f"The zip inflates beyond the limit of {limits.max_bytes:,} bytes.", 413)
+            raise ImageReadError(f"The zip inflates beyond the limit of {size_text(limits.max_bytes)}.", 413)
         if blob[:4] == ZIP_MAGIC:
             raise ImageReadError("The zip holds another zip; send the files of the series directly.", 400)
         members.append((blob, base))
@@ -457,7 +458,7 @@ def read_study(files: Sequence[bytes], limits: StudyLimits = StudyLimits(),
         raise ImageReadError("No file was uploaded.", 400)
     total = sum(len(f) for f in files)
     if total > limits.max_bytes:
-        raise ImageReadError(f"The upload is {total:,} bytes; the limit is {limits.max_bytes:,}.", 413)
+        raise ImageReadError(f"The upload is {size_text(total)}; the limit is {size_text(limits.max_bytes)}.", 413)
     if len(files) > limits.max_files:
         raise ImageReadError(f"The upload holds {len(files)} files; the limit is {limits.max_files}.", 413)
     names = list(names) if names is not None else [None] * len(files)

@@ -26,6 +26,7 @@ from pydicom.uid import (
 )
 
 import imaging.raster as raster
+from imaging.errors import size_text
 from imaging.io import DecodedImage, ImageReadError, read_image
 from imaging.sniff import sniff_type
 from database import db
@@ -289,6 +290,17 @@ def test_byte_and_pixel_limits():
     rejects(data, 413, max_bytes=len(data) - 1)
     rejects(data, 413, max_pixels=64 * 64 - 1)
     assert read_image(data, max_bytes=len(data), max_pixels=64 * 64).width == 64
+
+
+def test_size_messages_give_exact_sizes():
+    assert size_text(68_369_408) == "65.2 MiB (68,369,408 bytes)"
+    assert size_text(64 * 2**20) == "64.0 MiB (67,108,864 bytes)"
+    assert size_text(3 * 2**30) == "3.0 GiB (3,221,225,472 bytes)"
+    assert size_text(20_480) == "20.0 KiB (20,480 bytes)" and size_text(512) == "512 bytes"
+    # one byte over the limit reads differently from the limit (it read "64 MB; the limit is 64 MB")
+    err = rejects(bytes(64 * 2**20 + 1), 413)
+    assert err.message == ("The file is too large: 64.0 MiB (67,108,865 bytes); "
+                           "the limit is 64.0 MiB (67,108,864 bytes).")
 
 
 def test_too_small_is_400():

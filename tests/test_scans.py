@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 import predict
 from database import ModelResult, Run, db
+from imaging.errors import size_text
 from tasks import sacroiliac
 from tests.conftest import (ALL_MODELS, CLS_OURS, SEG_OURS, create_user, dicom_bytes, image_urls, login,
                             result_files, run_id_from, upload)
@@ -126,11 +127,17 @@ def test_upload_over_the_size_limit(make_app, scan_png):
     login(client, "alice")
     response = upload(client, scan_png)             # over MAX_UPLOAD_BYTES, inside the request envelope
     assert response.status_code == 413
-    assert b"The scan was not analysed." in response.data
+    html = response.get_data(as_text=True)
+    assert "The scan was not analysed." in html
+    limit = app.config["MAX_UPLOAD_BYTES"]
+    assert f"{size_text(len(scan_png))}; the limit is {size_text(limit)}." in html     # exact, never "64 MB ... 64 MB"
+    assert f"up to {size_text(limit)}" in client.get("/upload").get_data(as_text=True)
     big = scan_png + b"\0" * (app.config["MAX_CONTENT_LENGTH"] + 10)
     response = upload(client, big)                  # over MAX_CONTENT_LENGTH: refused before reading
     assert response.status_code == 413
-    assert b"larger than the server accepts" in response.data
+    html = response.get_data(as_text=True)
+    assert "larger than the server accepts" in html and f"the limit is {size_text(limit)} per file." in html
+    assert " bytes) with the form)" in html
     _assert_nothing_stored(app)
 
 
