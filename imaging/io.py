@@ -28,8 +28,8 @@ _UNSUPPORTED = "Unsupported file type: upload a PNG, JPEG or DICOM image."
 class DecodedImage:
     pixels: np.ndarray  # float32 (H, W) in [0, 1], bright = dense/bone on radiographs
     kind: str  # "png" | "jpeg" | "dicom"
-    modality: str | None = None  # DICOM Modality, None for PNG/JPEG
-    meta: dict[str, Any] = field(default_factory=dict)  # non-identifying, JSON-safe
+    modality: str | None = None  # DICOM Modality as a defined term; None for PNG/JPEG or an unknown one
+    meta: dict[str, Any] = field(default_factory=dict)  # coded facts only (imaging.dicom_terms), JSON-safe
 
     @property
     def height(self) -> int:
@@ -65,7 +65,8 @@ def read_image(data: bytes, *, max_bytes: int = 64 * 2**20, max_pixels: int = 40
     except MemoryError as exc:
         raise ImageReadError("The image is too large to decode.", 413) from exc
     except Exception as exc:  # any decoder bug or corrupt stream becomes a clean 400
-        logger.info("decode of %s upload failed: %r", kind, exc)
+        # The exception's type only: its text may quote a header value (a name, an ID).
+        logger.info("decode of %s upload failed: %s", kind, type(exc).__name__)
         raise ImageReadError(_GENERIC, 400) from exc
 
     if pixels.ndim != 2:

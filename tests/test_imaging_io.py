@@ -26,11 +26,12 @@ from pydicom.uid import (
 )
 
 import imaging.raster as raster
+from imaging.dicom_terms import CODED_KEYS
 from imaging.errors import size_text
 from imaging.io import DecodedImage, ImageReadError, read_image
 from imaging.sniff import sniff_type
 from database import db
-from tests.conftest import dicom_dataset, result_files, upload
+from tests.conftest import IDENTIFYING_TEXT, dicom_dataset, leaked_text, result_files, upload
 from tests.data_gate import data_dir, need, real_data
 
 # pydicom warns (rightly) about the odd values in real and fuzzed files; the
@@ -374,26 +375,43 @@ def test_dicom_without_pixel_data_rejected():
     assert "no image" in err.message and "Basic Text SR" in err.message
 
 
-def test_dicom_meta_has_no_patient_identifiers():
-    data = make_dicom(
-        ramp(),
-        PatientName="Doe^Jane",
-        PatientID="12345",
-        PatientBirthDate="19700101",
-        AccessionNumber="ACC998877",
-        InstitutionName="St Elsewhere Hospital",
-        ReferringPhysicianName="House^Gregory",
-        StudyDate="20240102",
-        SeriesDescription="Jane hand PA",  # free text that repeats the name: dropped
-        BodyPartExamined="HAND",
-    )
+def test_dicom_meta_keeps_only_the_coded_vocabulary():
+    data = make_dicom(ramp(), center=2000, width=4000, PixelSpacing=[0.2, 0.25], **IDENTIFYING_TEXT)
     img = read_image(data)
-    text = repr(img.meta) + json.dumps(img.meta)
-    for secret in ("Doe", "Jane", "12345", "19700101", "ACC998877", "Elsewhere", "House", "Gregory", "20240102"):
-        assert secret not in text
-    assert img.meta["body_part"] == "HAND" and "series_description" not in img.meta
-    clean = read_image(make_dicom(ramp(), PatientName="Doe^Jane", SeriesDescription="Hand PA"))
-    assert clean.meta["series_description"] == "Hand PA"
+    stored = json.dumps(img.meta)
+    assert not leaked_text(stored), stored
+    # free text in the coded elements is dropped, not kept "after cleaning"
+    for key in ("body_part", "view_position", "laterality", "series_description", "burned_in_annotation"):
+        assert key not in img.meta
+    assert img.meta["window"]["function"] == "LINEAR"           # an unknown VOI LUT function is read as LINEAR
+    assert "image_type" not in img.meta                          # DERIVED then text: not the defined pair
+    assert img.meta["modality"] == img.modality == "CR" and img.meta["photometric"] == "MONOCHROME2"
+    assert img.meta["pixel_spacing_mm"] == [0.2, 0.25] and img.meta["bits_stored"] == 12
+    assert set(img.meta) - CODED_KEYS <= {"rows", "cols", "frames", "frame_index", "transfer_syntax",
+                                          "transfer_syntax_name", "compressed", "sop_class", "window", "inverted",
+                                          "rescale"}
+
+
+@pytest.mark.parametrize("elements, expected", [
+    ({"BodyPartExamined": "HAND", "ViewPosition": "PA", "ImageType": ["ORIGINAL", "PRIMARY", "Maria"],
+      "BurnedInAnnotation": "NO"},
+     {"body_part": "HAND", "view_position": "PA", "image_type": ["ORIGINAL", "PRIMARY"], "burned_in_annotation": "NO"}),
+    ({"BodyPartExamined": "l spine"}, {"body_part": "LSPINE"}),
+    ({"BodyPartExamined": "Knee of Maria"}, {"body_part": None}),
+    ({"Modality": "Gonzalez"}, {"modality": "OT"}),                   # other: still refused by the MRI tasks
+    ({"Modality": "MR", "SeriesDescription": "cor T1 tse Gonzalez"}, {"modality": "MR", "sequence": "T1"}),
+    ({"Modality": "MR", "SeriesDescription": "CORO  Stir_FIL_1"}, {"sequence": "STIR"}),
+    ({"Modality": "MR", "ScanningSequence": ["SE", "IR"], "InversionTime": 140, "SeriesDescription": "Maria"},
+     {"sequence": "STIR"}),
+    ({"Modality": "MR", "EchoTime": 90, "RepetitionTime": 4000, "SeriesDescription": "Maria Gonzalez"},
+     {"sequence": "T2"}),
+    ({"Modality": "MR", "SeriesDescription": "Maria Gonzalez"}, {"sequence": None}),
+])
+def test_dicom_coded_facts_come_from_the_vocabulary(elements, expected):
+    img = read_image(make_dicom(ramp(), **elements))
+    for key, value in expected.items():
+        assert img.meta.get(key) == value, (key, img.meta.get(key))
+    assert not leaked_text(json.dumps(img.meta))
 
 
 def test_dicom_multiframe_takes_middle_frame():
@@ -486,15 +504,16 @@ def test_real_files_decode_or_reject_cleanly(path):
     assert not leaked, f"identifying values in the stored metadata: {leaked}"
 
 
-# Elements that identify a patient, a clinician, a place or a study (values, not names, are checked).
-# Series and study descriptions are protocol text kept on purpose (the sequence is read from them).
+# Elements that identify a patient, a clinician, a place or a study, and the free text that may (values,
+# not names, are checked): descriptions and protocol names are matched for the sequence, never kept.
 IDENTIFYING_KEYWORDS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientAddress", "OtherPatientIDs",
     "OtherPatientNames", "PatientTelephoneNumbers", "InstitutionName", "InstitutionAddress",
     "InstitutionalDepartmentName", "ReferringPhysicianName", "PerformingPhysicianName",
     "NameOfPhysiciansReadingStudy", "OperatorsName", "RequestingPhysician", "AccessionNumber", "StudyID",
     "StationName", "DeviceSerialNumber", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-    "FrameOfReferenceUID", "StudyDate", "AcquisitionDateTime",
+    "FrameOfReferenceUID", "StudyDate", "AcquisitionDateTime", "SeriesDescription", "StudyDescription",
+    "ProtocolName", "ImageComments",
 )
 
 

@@ -15,8 +15,8 @@ import pytest
 from pydicom.uid import MRImageStorage
 
 from imaging.errors import ImageReadError
-from imaging.volume import (Reorientation, StudyLimits, read_nifti, read_study, reorientation_for, sequence_kind,
-                            zip_members)
+from imaging.dicom_terms import CODED_KEYS, sequence_kind
+from imaging.volume import Reorientation, StudyLimits, read_nifti, read_study, reorientation_for, zip_members
 from tests.conftest import dicom_dataset
 from tests.data_gate import data_dir, real_data
 
@@ -190,8 +190,8 @@ def test_no_identifier_or_free_text_is_kept():
     text = repr(study.volumes[0].meta).lower()
     for value in ("gonzalez", "maria", "5544", "elsewhere", "1970", "stir_fil"):
         assert value not in text
-    assert set(study.volumes[0].meta) <= {"format", "modality", "photometric", "bits_stored", "slices", "rows",
-                                          "cols", "spacing_mm", "plane"}
+    assert set(study.volumes[0].meta) - CODED_KEYS <= {"format", "slices", "rows", "cols", "spacing_mm", "plane"}
+    assert study.volumes[0].meta["sequence"] == "STIR" and study.volumes[0].meta["modality"] == "MR"
 
 
 def test_sequence_kind_from_coded_parameters():
