@@ -2,8 +2,8 @@
 
 Handles the modality LUT and VOI window (also from enhanced multi-frame functional groups),
 MONOCHROME1 inversion, colour and palette images, compressed transfer syntaxes (a clear 415 when
-no codec is installed), and returns only the coded facts of imaging.dicom_terms, never free text
-from the header.
+no codec is installed), deflated datasets (inflated once, within the upload's byte limit), and
+returns only the coded facts of imaging.dicom_terms, never free text from the header.
 """
 from __future__ import annotations
 
@@ -17,25 +17,27 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import get_frame
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian)
 
 from imaging.dicom_terms import VOI_LUT_FUNCTIONS, coded_facts, first_float, optional_value, positive_int, term
-from imaging.errors import ImageReadError
+from imaging.errors import ImageReadError, size_text
 from imaging.sniff import check_min_size, check_pixels, j2k_size, jpeg_size
-
-_DEFLATED_TS = b"1.2.840.10008.1.2.1.99"
 
 # pydicom's value validation logs the offending value ("Invalid value for VR UI: '1.2.840...'"): a
 # study UID or a name would reach the server log. Uploads are checked by this module, not by pydicom.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
-def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str | None, dict[str, Any]]:
-    _check_deflate_bomb(data, max_pixels)
+def read_dicom(data: bytes, max_pixels: int, max_bytes: int) -> tuple[np.ndarray, str | None, dict[str, Any]]:
+    """`max_bytes` also bounds a deflated dataset once inflated: its undeflated twin would have to fit it."""
+    stream, deflated = dicom_stream(data, max_bytes)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        ds = pydicom.dcmread(stream, force=True)
     except Exception as exc:
         raise ImageReadError("The DICOM file could not be parsed: it may be corrupt or truncated.", 400) from exc
+    finally:
+        stream.close()   # the inflated copy: pydicom holds what it read
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         _raise_no_image(ds)
@@ -69,7 +71,7 @@ def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str | None, di
 
     # Decoding follows the header as written; what is stored is its coded term (imaging.dicom_terms).
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    meta = _dicom_meta(ds, ts, frames, index)
+    meta = _dicom_meta(ds, DeflatedExplicitVRLittleEndian if deflated else ts, frames, index)
     if (raw.ndim == 3 and raw.shape[-1] in (3, 4)) or photometric == "PALETTE COLOR":
         pixels = _colour_to_grey(raw, ds, photometric)
         meta["window"] = {"source": "colour"}
@@ -82,6 +84,83 @@ def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str | None, di
             pixels = 1.0 - pixels
         meta["inverted"] = photometric == "MONOCHROME1"
     return pixels, meta.get("modality"), meta
+
+
+# -- deflated datasets -------------------------------------------------------------------------
+_DEFLATED_UID = str(DeflatedExplicitVRLittleEndian).encode()
+_EXPLICIT_UID = str(ExplicitVRLittleEndian).encode() + b"\x00"   # UI values are padded to an even length
+_EXPLICIT_TS_ELEMENT = struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", len(_EXPLICIT_UID)) + _EXPLICIT_UID
+_META_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_GROUP_LENGTH_TAG, _TRANSFER_SYNTAX_TAG = 0x00020000, 0x00020010
+_INFLATE_STEP = 256 * 2**10
+
+
+def dicom_stream(data: bytes, max_inflated: int) -> tuple[io.BytesIO, bool]:
+    """The file for pydicom to read, and whether its dataset was deflated.
+
+    pydicom inflates a Deflated Explicit VR Little Endian dataset in one unbounded call, so a 390 kB
+    upload could take 320 MB (twice, with a size check that inflated it first). Here it is inflated
+    once, in steps, and refused as soon as the file grows past `max_inflated`; the file pydicom gets is
+    the same dataset as Explicit VR Little Endian (its file meta says so), so pydicom never inflates it.
+    """
+    found = _file_meta(data)
+    if found is None or found[2] != _DEFLATED_UID:
+        if _DEFLATED_UID in data[:4096]:   # deflated, but not by a file meta this reader understands
+            raise ImageReadError("The deflated DICOM file has no readable file meta header.", 400)
+        return io.BytesIO(data), False
+    meta_start, meta_end, _ts, elements = found
+    group = b"".join(_EXPLICIT_TS_ELEMENT if tag == _TRANSFER_SYNTAX_TAG else raw
+                     for tag, raw in elements if tag != _GROUP_LENGTH_TAG)
+    out = io.BytesIO()
+    out.write(data[:meta_start])
+    out.write(struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(group)) + group)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        for offset in range(meta_end, len(data), _INFLATE_STEP):
+            pending = data[offset:offset + _INFLATE_STEP]
+            while not inflater.eof:
+                piece = inflater.decompress(pending, _INFLATE_STEP)   # at most one step of output at a time
+                if out.tell() + len(piece) > max_inflated:
+                    raise ImageReadError(f"The deflated DICOM file inflates to more than {size_text(max_inflated)}, "
+                                         "the limit for an upload.", 413)
+                out.write(piece)
+                pending = inflater.unconsumed_tail
+                if not piece and not pending:
+                    break
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        raise ImageReadError("The deflated DICOM data is corrupt.", 400) from exc
+    if not inflater.eof:
+        raise ImageReadError("The deflated DICOM data is truncated.", 400)
+    out.seek(0)
+    return out, True
+
+
+def _file_meta(data: bytes) -> tuple[int, int, bytes | None, list[tuple[int, bytes]]] | None:
+    """(start, end, transfer syntax UID, elements as (tag, encoded bytes)) of the file meta group, which
+    Part 10 files write as explicit VR little endian; None when the file has none that reads so."""
+    start = pos = 132 if data[128:132] == b"DICM" else 0
+    elements: list[tuple[int, bytes]] = []
+    ts = None
+    while pos + 8 <= len(data) and data[pos:pos + 2] == b"\x02\x00":
+        group, element = struct.unpack_from("<HH", data, pos)
+        if data[pos + 4:pos + 6] in _META_LONG_VRS:
+            if pos + 12 > len(data):
+                return None
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            end = pos + 12 + length
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            end = pos + 8 + length
+        if end > len(data):
+            return None
+        tag = (group << 16) | element
+        if tag == _TRANSFER_SYNTAX_TAG:
+            ts = data[end - length:end].rstrip(b"\x00 ")
+        elements.append((tag, data[pos:end]))
+        pos = end
+    return (start, pos, ts, elements) if elements else None
 
 
 def _raise_no_image(ds: Any) -> None:
@@ -106,27 +185,6 @@ def _ensure_transfer_syntax(ds: Any) -> None:
     ds.file_meta.TransferSyntaxUID = (
         ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
     )
-
-
-def _check_deflate_bomb(data: bytes, max_pixels: int) -> None:
-    """pydicom inflates a Deflated Explicit VR dataset in one unbounded call;
-    inflate it ourselves first with a cap so a zip bomb costs bounded memory."""
-    if _DEFLATED_TS not in data[:4096]:
-        return
-    start = 132 if data[128:132] == b"DICM" else 0
-    # (0002,0000) File Meta Information Group Length, explicit VR UL: 12 bytes then the meta group.
-    if data[start : start + 6] != b"\x02\x00\x00\x00UL":
-        raise ImageReadError("The deflated DICOM file has no readable file meta header.", 400)
-    (group_len,) = struct.unpack_from("<I", data, start + 8)
-    body = data[start + 12 + group_len :]
-    cap = max_pixels * 8 + 16 * 2**20  # room for the biggest allowed frame stack plus the header
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        inflater.decompress(body, cap)
-    except zlib.error as exc:
-        raise ImageReadError("The deflated DICOM data is corrupt.", 400) from exc
-    if inflater.unconsumed_tail:
-        raise ImageReadError("The deflated DICOM data expands beyond the size limit.", 413)
 
 
 def _check_encapsulated_frame(pixel_data: bytes, index: int, frames: int, ts: Any, max_pixels: int) -> None:

@@ -57,7 +57,7 @@ def read_image(data: bytes, *, max_bytes: int = 64 * 2**20, max_pixels: int = 40
             # not PNG/JPEG readers, the task modules or the training data loaders.
             from imaging.dicom import read_dicom
 
-            pixels, modality, meta = read_dicom(data, max_pixels)
+            pixels, modality, meta = read_dicom(data, max_pixels, max_bytes)
         else:
             pixels, modality, meta = read_raster(data, kind, max_pixels)
     except ImageReadError:

@@ -37,7 +37,7 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 
 # imaging.dicom also keeps header values out of the log (pydicom's validation messages are off).
-import imaging.dicom  # noqa: F401
+from imaging.dicom import dicom_stream
 from imaging.dicom_terms import coded_facts, first_float, optional_value, sequence_from_text, sequence_kind
 from imaging.errors import ImageReadError, size_text
 
@@ -273,7 +273,7 @@ def read_dicom_series(files: Iterable[bytes], limits: StudyLimits = StudyLimits(
     """DICOM files of one study (one or more series) as a study, one volume per series."""
     by_series: dict[str, list[_Slice]] = {}
     for data in files:
-        ds = _parse(data)
+        ds = _parse(data, limits)
         if ds is None:
             continue
         uid = str(optional_value(ds, "SeriesInstanceUID") or "") or "unknown"
@@ -289,10 +289,11 @@ def read_dicom_series(files: Iterable[bytes], limits: StudyLimits = StudyLimits(
     return Study(volumes, "dicom")
 
 
-def _parse(data: bytes) -> Any | None:
+def _parse(data: bytes, limits: StudyLimits) -> Any | None:
     """A DICOM dataset without its pixel data decoded; None for a DICOMDIR or a file without pixels."""
+    stream, _deflated = dicom_stream(data, limits.max_bytes)   # a deflated file is inflated once, bounded
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        ds = pydicom.dcmread(stream, force=True)
     except Exception as exc:
         raise ImageReadError("A file of the series could not be parsed as DICOM: it may be corrupt.", 400) from exc
     if "DirectoryRecordSequence" in ds:

@@ -8,6 +8,7 @@ import os
 import re
 import struct
 import time
+import tracemalloc
 import zlib
 
 import cv2
@@ -26,6 +27,7 @@ from pydicom.uid import (
 )
 
 import imaging.raster as raster
+from imaging.dicom import dicom_stream
 from imaging.dicom_terms import CODED_KEYS
 from imaging.errors import size_text
 from imaging.io import DecodedImage, ImageReadError, read_image
@@ -464,16 +466,79 @@ def test_corrupt_j2k_names_the_codec():
     assert caught.value.status == 400
 
 
-def test_deflated_dicom_and_deflate_bomb():
-    img = read_image(make_dicom(ramp(), transfer_syntax=DeflatedExplicitVRLittleEndian))
-    assert img.pixels.std() > 0.1
-    ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp())))
-    ds.PixelData = bytes(24 * 2**20)  # 24 MB of zeros deflates to ~25 kB
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+def _deflated_and_twin() -> tuple[bytes, bytes]:
+    """A small deflated DICOM and the same file written as Explicit VR Little Endian."""
+    deflated = make_dicom(smooth(64, 80) * 4000, transfer_syntax=DeflatedExplicitVRLittleEndian)
+    ds = pydicom.dcmread(io.BytesIO(deflated))
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    assert len(buf.getvalue()) < 200_000
-    rejects(buf.getvalue(), 413, max_pixels=64 * 64)
+    return deflated, buf.getvalue()
+
+
+def test_deflated_dicom_is_inflated_once_into_its_undeflated_twin(monkeypatch):
+    deflated, twin = _deflated_and_twin()
+    assert len(deflated) < len(twin)
+    stream, was_deflated = dicom_stream(deflated, len(twin))
+    assert was_deflated and stream.getvalue() == twin           # what pydicom reads: the twin, byte for byte
+    ref = read_image(twin)
+
+    def no_second_inflation(*args, **kwargs):                   # pydicom's own, unbounded, inflation
+        raise AssertionError("the dataset was inflated again")
+
+    monkeypatch.setattr(zlib, "decompress", no_second_inflation)
+    img = read_image(deflated)
+    np.testing.assert_array_equal(img.pixels, ref.pixels)
+    assert img.meta["transfer_syntax"] == DeflatedExplicitVRLittleEndian
+    assert {k: v for k, v in img.meta.items() if not k.startswith(("transfer_syntax", "compressed"))} == \
+        {k: v for k, v in ref.meta.items() if not k.startswith(("transfer_syntax", "compressed"))}
+
+
+def test_deflated_dicom_has_the_byte_limit_of_its_twin():
+    deflated, twin = _deflated_and_twin()
+    assert read_image(deflated, max_bytes=len(twin)).width == 80
+    for data in (twin, deflated):                               # one byte less: both are too large
+        err = rejects(data, 413, max_bytes=len(twin) - 1)
+        assert f"{len(twin) - 1:,} bytes" in err.message
+
+
+def test_corrupt_or_truncated_deflated_dicom_is_400():
+    deflated, _twin = _deflated_and_twin()
+    meta_end = 132 + 12 + struct.unpack_from("<I", deflated, 140)[0]
+    rejects(deflated[: meta_end + 40], 400)                     # truncated stream
+    rejects(deflated[:meta_end] + b"\xff" * 200 + deflated[meta_end + 200 :], 400)   # invalid deflate codes
+
+
+def deflate_bomb(inflated_mb: int) -> bytes:
+    """A deflated DICOM whose dataset inflates to `inflated_mb` MiB of zero pixels, built a MiB at a time."""
+    small = make_dicom(ramp(), transfer_syntax=DeflatedExplicitVRLittleEndian)
+    meta_end = 132 + 12 + struct.unpack_from("<I", small, 140)[0]
+    plain = make_dicom(ramp())
+    header = plain[plain.index(b"\x08\x00", 132 + 12 + struct.unpack_from("<I", plain, 140)[0]):
+                   plain.index(b"\xe0\x7f\x10\x00")]          # the dataset's elements up to PixelData
+    pixel_bytes = inflated_mb * 2**20
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [deflater.compress(header + b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<I", pixel_bytes))]
+    zeros = bytes(2**20)
+    parts += [deflater.compress(zeros) for _ in range(inflated_mb)]
+    parts.append(deflater.flush())
+    return small[:meta_end] + b"".join(parts)
+
+
+def test_deflate_bomb_is_refused_while_inflating_near_the_limit():
+    """The reported bomb: under 400 kB that inflates to 320 MB. Refused (413) with the limit in the message,
+    after inflating no more than the upload limit plus one step."""
+    bomb = deflate_bomb(320)
+    assert len(bomb) < 400_000
+    limit = 64 * 2**20
+    tracemalloc.start()
+    try:
+        err = rejects(bomb, 413, max_bytes=limit)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "64.0 MiB (67,108,864 bytes)" in err.message and "inflates" in err.message
+    assert peak < limit * 1.2, f"peak {peak / 2**20:.0f} MiB while refusing"
 
 
 # --------------------------------------------------------------------------- real files
