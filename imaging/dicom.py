@@ -2,12 +2,12 @@
 
 Handles the modality LUT and VOI window (also from enhanced multi-frame functional groups),
 MONOCHROME1 inversion, colour and palette images, compressed transfer syntaxes (a clear 415 when
-no codec is installed), and returns only whitelisted, non-identifying metadata.
+no codec is installed), deflated datasets (inflated once, within the upload's byte limit), and
+returns only the coded facts of imaging.dicom_terms, never free text from the header.
 """
 from __future__ import annotations
 
 import io
-import re
 import struct
 import zlib
 from typing import Any
@@ -16,26 +16,28 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import get_frame
-from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian)
 
-from imaging.errors import ImageReadError
+from imaging.dicom_terms import VOI_LUT_FUNCTIONS, coded_facts, first_float, optional_value, positive_int, term
+from imaging.errors import ImageReadError, size_text
 from imaging.sniff import check_min_size, check_pixels, j2k_size, jpeg_size
-
-_DEFLATED_TS = b"1.2.840.10008.1.2.1.99"
 
 # pydicom's value validation logs the offending value ("Invalid value for VR UI: '1.2.840...'"): a
 # study UID or a name would reach the server log. Uploads are checked by this module, not by pydicom.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
-def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str | None, dict[str, Any]]:
-    _check_deflate_bomb(data, max_pixels)
+def read_dicom(data: bytes, max_pixels: int, max_bytes: int) -> tuple[np.ndarray, str | None, dict[str, Any]]:
+    """`max_bytes` also bounds a deflated dataset once inflated: its undeflated twin would have to fit it."""
+    stream, deflated = dicom_stream(data, max_bytes)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        ds = pydicom.dcmread(stream, force=True)
     except Exception as exc:
         raise ImageReadError("The DICOM file could not be parsed: it may be corrupt or truncated.", 400) from exc
+    finally:
+        stream.close()   # the inflated copy: pydicom holds what it read
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         _raise_no_image(ds)
@@ -43,7 +45,7 @@ def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str | None, di
         rows, cols = int(ds.Rows), int(ds.Columns)
     except Exception as exc:
         raise ImageReadError("The DICOM header is incomplete: it gives no image size (Rows/Columns).", 400) from exc
-    frames = _int_or(optional_value(ds, "NumberOfFrames"), 1)
+    frames = positive_int(optional_value(ds, "NumberOfFrames"), 1)
     check_pixels(cols, rows, max_pixels, frames)  # before touching pixel data
     check_min_size(cols, rows)
 
@@ -67,8 +69,9 @@ def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str | None, di
             raise ImageReadError(f"Could not decode the compressed DICOM pixel data ({family}).", 400) from exc
         raise ImageReadError("The DICOM pixel data could not be read: it may be corrupt or truncated.", 400) from exc
 
+    # Decoding follows the header as written; what is stored is its coded term (imaging.dicom_terms).
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    meta = _dicom_meta(ds, ts, frames, index, photometric)
+    meta = _dicom_meta(ds, DeflatedExplicitVRLittleEndian if deflated else ts, frames, index)
     if (raw.ndim == 3 and raw.shape[-1] in (3, 4)) or photometric == "PALETTE COLOR":
         pixels = _colour_to_grey(raw, ds, photometric)
         meta["window"] = {"source": "colour"}
@@ -80,8 +83,84 @@ def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str | None, di
         if photometric == "MONOCHROME1":  # stored with white = low values; invert after windowing
             pixels = 1.0 - pixels
         meta["inverted"] = photometric == "MONOCHROME1"
-    modality = ds.get("Modality")
-    return pixels, (str(modality).strip() or None) if modality else None, meta
+    return pixels, meta.get("modality"), meta
+
+
+# -- deflated datasets -------------------------------------------------------------------------
+_DEFLATED_UID = str(DeflatedExplicitVRLittleEndian).encode()
+_EXPLICIT_UID = str(ExplicitVRLittleEndian).encode() + b"\x00"   # UI values are padded to an even length
+_EXPLICIT_TS_ELEMENT = struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", len(_EXPLICIT_UID)) + _EXPLICIT_UID
+_META_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_GROUP_LENGTH_TAG, _TRANSFER_SYNTAX_TAG = 0x00020000, 0x00020010
+_INFLATE_STEP = 256 * 2**10
+
+
+def dicom_stream(data: bytes, max_inflated: int) -> tuple[io.BytesIO, bool]:
+    """The file for pydicom to read, and whether its dataset was deflated.
+
+    pydicom inflates a Deflated Explicit VR Little Endian dataset in one unbounded call, so a 390 kB
+    upload could take 320 MB (twice, with a size check that inflated it first). Here it is inflated
+    once, in steps, and refused as soon as the file grows past `max_inflated`; the file pydicom gets is
+    the same dataset as Explicit VR Little Endian (its file meta says so), so pydicom never inflates it.
+    """
+    found = _file_meta(data)
+    if found is None or found[2] != _DEFLATED_UID:
+        if _DEFLATED_UID in data[:4096]:   # deflated, but not by a file meta this reader understands
+            raise ImageReadError("The deflated DICOM file has no readable file meta header.", 400)
+        return io.BytesIO(data), False
+    meta_start, meta_end, _ts, elements = found
+    group = b"".join(_EXPLICIT_TS_ELEMENT if tag == _TRANSFER_SYNTAX_TAG else raw
+                     for tag, raw in elements if tag != _GROUP_LENGTH_TAG)
+    out = io.BytesIO()
+    out.write(data[:meta_start])
+    out.write(struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(group)) + group)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        for offset in range(meta_end, len(data), _INFLATE_STEP):
+            pending = data[offset:offset + _INFLATE_STEP]
+            while not inflater.eof:
+                piece = inflater.decompress(pending, _INFLATE_STEP)   # at most one step of output at a time
+                if out.tell() + len(piece) > max_inflated:
+                    raise ImageReadError(f"The deflated DICOM file inflates to more than {size_text(max_inflated)}, "
+                                         "the limit for an upload.", 413)
+                out.write(piece)
+                pending = inflater.unconsumed_tail
+                if not piece and not pending:
+                    break
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        raise ImageReadError("The deflated DICOM data is corrupt.", 400) from exc
+    if not inflater.eof:
+        raise ImageReadError("The deflated DICOM data is truncated.", 400)
+    out.seek(0)
+    return out, True
+
+
+def _file_meta(data: bytes) -> tuple[int, int, bytes | None, list[tuple[int, bytes]]] | None:
+    """(start, end, transfer syntax UID, elements as (tag, encoded bytes)) of the file meta group, which
+    Part 10 files write as explicit VR little endian; None when the file has none that reads so."""
+    start = pos = 132 if data[128:132] == b"DICM" else 0
+    elements: list[tuple[int, bytes]] = []
+    ts = None
+    while pos + 8 <= len(data) and data[pos:pos + 2] == b"\x02\x00":
+        group, element = struct.unpack_from("<HH", data, pos)
+        if data[pos + 4:pos + 6] in _META_LONG_VRS:
+            if pos + 12 > len(data):
+                return None
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            end = pos + 12 + length
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            end = pos + 8 + length
+        if end > len(data):
+            return None
+        tag = (group << 16) | element
+        if tag == _TRANSFER_SYNTAX_TAG:
+            ts = data[end - length:end].rstrip(b"\x00 ")
+        elements.append((tag, data[pos:end]))
+        pos = end
+    return (start, pos, ts, elements) if elements else None
 
 
 def _raise_no_image(ds: Any) -> None:
@@ -106,27 +185,6 @@ def _ensure_transfer_syntax(ds: Any) -> None:
     ds.file_meta.TransferSyntaxUID = (
         ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
     )
-
-
-def _check_deflate_bomb(data: bytes, max_pixels: int) -> None:
-    """pydicom inflates a Deflated Explicit VR dataset in one unbounded call;
-    inflate it ourselves first with a cap so a zip bomb costs bounded memory."""
-    if _DEFLATED_TS not in data[:4096]:
-        return
-    start = 132 if data[128:132] == b"DICM" else 0
-    # (0002,0000) File Meta Information Group Length, explicit VR UL: 12 bytes then the meta group.
-    if data[start : start + 6] != b"\x02\x00\x00\x00UL":
-        raise ImageReadError("The deflated DICOM file has no readable file meta header.", 400)
-    (group_len,) = struct.unpack_from("<I", data, start + 8)
-    body = data[start + 12 + group_len :]
-    cap = max_pixels * 8 + 16 * 2**20  # room for the biggest allowed frame stack plus the header
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        inflater.decompress(body, cap)
-    except zlib.error as exc:
-        raise ImageReadError("The deflated DICOM data is corrupt.", 400) from exc
-    if inflater.unconsumed_tail:
-        raise ImageReadError("The deflated DICOM data expands beyond the size limit.", 413)
 
 
 def _check_encapsulated_frame(pixel_data: bytes, index: int, frames: int, ts: Any, max_pixels: int) -> None:
@@ -159,28 +217,6 @@ def _codec_family(ts: Any) -> str:
     if "RLE" in name:
         return "RLE"
     return name
-
-
-def _int_or(value: Any, default: int) -> int:
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        return default
-    return out if out > 0 else default
-
-
-def first_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
-        if len(value) == 0:
-            return None
-        value = value[0]
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if np.isfinite(out) else None
 
 
 def _functional(ds: Any, index: int, sequence: str, attr: str) -> Any:
@@ -216,7 +252,8 @@ def _monochrome_display(raw: np.ndarray, ds: Any, index: int) -> tuple[np.ndarra
     center = first_float(_functional(ds, index, "FrameVOILUTSequence", "WindowCenter"))
     width = first_float(_functional(ds, index, "FrameVOILUTSequence", "WindowWidth"))
     if center is not None and width is not None and width > 0:
-        function = str(optional_value(ds, "VOILUTFunction") or "LINEAR").strip().upper()
+        # A function that is not a defined term is read as LINEAR, and stored as such.
+        function = term(optional_value(ds, "VOILUTFunction"), VOI_LUT_FUNCTIONS) or "LINEAR"
         out = _apply_window(values, center, width, function)
         if np.ptp(out) > 0 or np.ptp(values) == 0:
             return out, {"source": "header", "center": center, "width": width, "function": function}
@@ -264,7 +301,7 @@ def _colour_to_grey(raw: np.ndarray, ds: Any, photometric: str) -> np.ndarray:
         raw = apply_color_lut(raw, ds)
         full = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else float(raw.max() or 1)
     else:
-        bits = _int_or(ds.get("BitsStored"), 8)
+        bits = positive_int(ds.get("BitsStored"), 8)
         full = float(2**bits - 1)
     rgb = raw[..., :3].astype(np.float32)
     # pydicom already converts YBR to RGB; ITU-R BT.601 luma weights as in OpenCV.
@@ -272,94 +309,21 @@ def _colour_to_grey(raw: np.ndarray, ds: Any, photometric: str) -> np.ndarray:
     return np.clip(grey / full, 0.0, 1.0)
 
 
-_PERSON_KEYS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "IssuerOfPatientID")
-
-
-def _identifying_tokens(ds: Any) -> set[str]:
-    """Words from every person-name element and patient identifier, so free text
-    we pass on (series description) can be dropped if it repeats any of them."""
-    tokens: set[str] = set()
-    try:
-        for elem in ds.iterall():
-            if elem.VR == "PN" or elem.keyword in _PERSON_KEYS:
-                values = elem.value if isinstance(elem.value, (list, tuple, MultiValue)) else [elem.value]
-                for value in values:
-                    for token in re.split(r"[\^=\s,]+", str(value)):
-                        if len(token) >= 2:
-                            tokens.add(token.lower())
-    except Exception:
-        tokens.add("\x00unreadable")  # be safe: free text will be dropped
-    return tokens
-
-
-def optional_value(ds: Any, keyword: str) -> Any:
-    """An optional element's value, or None when absent or unreadable: metadata
-    is a nicety and a malformed optional tag must not reject the image."""
-    try:
-        return ds.get(keyword)
-    except Exception:
-        return None
-
-
-def _safe_text(ds: Any, keyword: str, tokens: set[str]) -> str | None:
-    value = optional_value(ds, keyword)
-    if value is None:
-        return None
-    text = str(value).strip()[:128]
-    if not text or "^" in text:
-        return None
-    lowered = text.lower()
-    words = set(re.split(r"[^0-9a-z]+", lowered))
-    if "\x00unreadable" in tokens or any(t in words or (len(t) >= 4 and t in lowered) for t in tokens):
-        return None
-    return text
-
-
-def _dicom_meta(ds: Any, ts: Any, frames: int, index: int, photometric: str) -> dict[str, Any]:
-    """Whitelisted, non-identifying facts only; never names, IDs, dates or places."""
-    tokens = _identifying_tokens(ds)
+def _dicom_meta(ds: Any, ts: Any, frames: int, index: int) -> dict[str, Any]:
+    """The header's coded facts (imaging.dicom_terms) and what the decoder itself established; never
+    names, IDs, dates, places or any other text from the header."""
     meta: dict[str, Any] = {
-        "photometric": photometric,
-        "rows": _int_or(optional_value(ds, "Rows"), 0),
-        "cols": _int_or(optional_value(ds, "Columns"), 0),
-        "bits_allocated": _int_or(optional_value(ds, "BitsAllocated"), 0),
-        "bits_stored": _int_or(optional_value(ds, "BitsStored"), 0),
-        "samples_per_pixel": _int_or(optional_value(ds, "SamplesPerPixel"), 1),
+        **coded_facts(ds),
+        "rows": positive_int(optional_value(ds, "Rows"), 0),
+        "cols": positive_int(optional_value(ds, "Columns"), 0),
         "frames": frames,
         "frame_index": index,
-        "transfer_syntax": str(ts),
-        "transfer_syntax_name": ts.name,
-        "compressed": bool(ts.is_compressed),
     }
-    sop = optional_value(ds, "SOPClassUID")
-    if sop:
-        meta["sop_class"] = UID(str(sop)).name
-    for key, keyword in (
-        ("modality", "Modality"),
-        ("body_part", "BodyPartExamined"),
-        ("view_position", "ViewPosition"),
-        ("laterality", "ImageLaterality"),
-        ("series_description", "SeriesDescription"),
-    ):
-        text = _safe_text(ds, keyword, tokens)
-        if text:
-            meta[key] = text
-    image_type = optional_value(ds, "ImageType")
-    if image_type:
-        # e.g. DERIVED/SECONDARY: a screen capture that may carry burnt-in text.
-        values = [image_type] if isinstance(image_type, str) else list(image_type)
-        meta["image_type"] = [str(v)[:16] for v in values][:8]
-    burned = _safe_text(ds, "BurnedInAnnotation", tokens)
-    if burned:
-        meta["burned_in_annotation"] = burned
-    spacing = optional_value(ds, "PixelSpacing") or optional_value(ds, "ImagerPixelSpacing")
-    if hasattr(spacing, "__len__") and not isinstance(spacing, (str, bytes)) and len(spacing) == 2:
-        row_mm, col_mm = first_float(spacing[0]), first_float(spacing[1])
-        if row_mm and col_mm:
-            meta["pixel_spacing_mm"] = [row_mm, col_mm]
-    thickness = first_float(optional_value(ds, "SliceThickness"))
-    if thickness is not None:
-        meta["slice_thickness_mm"] = thickness
+    if ts.is_transfer_syntax:   # a UID from the standard's registry, not whatever the header holds
+        meta.update(transfer_syntax=str(ts), transfer_syntax_name=ts.name, compressed=bool(ts.is_compressed))
+    sop = UID(str(optional_value(ds, "SOPClassUID") or ""))
+    if sop and sop.name != str(sop):
+        meta["sop_class"] = sop.name
     slope, intercept = first_float(optional_value(ds, "RescaleSlope")), first_float(optional_value(ds, "RescaleIntercept"))
     if slope is not None or intercept is not None:
         meta["rescale"] = {"slope": 1.0 if slope is None else slope, "intercept": intercept or 0.0}

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from imaging.errors import ImageReadError
+from imaging.errors import ImageReadError, size_text
 from imaging.raster import read_raster
 from imaging.sniff import check_min_size, sniff_type
 
@@ -28,8 +28,8 @@ _UNSUPPORTED = "Unsupported file type: upload a PNG, JPEG or DICOM image."
 class DecodedImage:
     pixels: np.ndarray  # float32 (H, W) in [0, 1], bright = dense/bone on radiographs
     kind: str  # "png" | "jpeg" | "dicom"
-    modality: str | None = None  # DICOM Modality, None for PNG/JPEG
-    meta: dict[str, Any] = field(default_factory=dict)  # non-identifying, JSON-safe
+    modality: str | None = None  # DICOM Modality as a defined term; None for PNG/JPEG or an unknown one
+    meta: dict[str, Any] = field(default_factory=dict)  # coded facts only (imaging.dicom_terms), JSON-safe
 
     @property
     def height(self) -> int:
@@ -47,9 +47,7 @@ def read_image(data: bytes, *, max_bytes: int = 64 * 2**20, max_pixels: int = 40
     if not data:
         raise ImageReadError("The file is empty.", 400)
     if len(data) > max_bytes:
-        raise ImageReadError(
-            f"The file is too large ({len(data) / 2**20:.3g} MB); the limit is {max_bytes / 2**20:.3g} MB.", 413
-        )
+        raise ImageReadError(f"The file is too large: {size_text(len(data))}; the limit is {size_text(max_bytes)}.", 413)
     kind = sniff_type(data)
     if kind is None:
         raise ImageReadError(_UNSUPPORTED, 415)
@@ -59,7 +57,7 @@ def read_image(data: bytes, *, max_bytes: int = 64 * 2**20, max_pixels: int = 40
             # not PNG/JPEG readers, the task modules or the training data loaders.
             from imaging.dicom import read_dicom
 
-            pixels, modality, meta = read_dicom(data, max_pixels)
+            pixels, modality, meta = read_dicom(data, max_pixels, max_bytes)
         else:
             pixels, modality, meta = read_raster(data, kind, max_pixels)
     except ImageReadError:
@@ -67,7 +65,8 @@ def read_image(data: bytes, *, max_bytes: int = 64 * 2**20, max_pixels: int = 40
     except MemoryError as exc:
         raise ImageReadError("The image is too large to decode.", 413) from exc
     except Exception as exc:  # any decoder bug or corrupt stream becomes a clean 400
-        logger.info("decode of %s upload failed: %r", kind, exc)
+        # The exception's type only: its text may quote a header value (a name, an ID).
+        logger.info("decode of %s upload failed: %s", kind, type(exc).__name__)
         raise ImageReadError(_GENERIC, 400) from exc
 
     if pixels.ndim != 2:

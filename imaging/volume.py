@@ -15,7 +15,7 @@ protocol. Where the rule of the nearest plane is applied to such an oblique plan
 axial rules agree as long as the in-plane vertical axis points superior and anterior together.
 
 Every limit (bytes, files, slices, voxels, inflated sizes) is checked before pixel data is decoded,
-and no identifier or free text is kept: only a fixed vocabulary of coded facts.
+and no identifier or free text is kept: only the fixed vocabulary of coded facts of imaging.dicom_terms.
 
 nibabel reads NIfTI and pydicom reads DICOM; what is written here is what they do not do: the study
 assembly (grouping, ordering and checking slices), safe zip reading, and the canonical orientation.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import gzip
 import io
 import posixpath
-import re
 import stat
 import zipfile
 import zlib
@@ -38,8 +37,9 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 
 # imaging.dicom also keeps header values out of the log (pydicom's validation messages are off).
-from imaging.dicom import first_float, optional_value
-from imaging.errors import ImageReadError
+from imaging.dicom import dicom_stream
+from imaging.dicom_terms import coded_facts, first_float, optional_value, sequence_from_text, sequence_kind
+from imaging.errors import ImageReadError, size_text
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -252,32 +252,6 @@ def _nifti_bytes_expected(header: bytes, limits: StudyLimits) -> int:
 
 
 # -- DICOM series ------------------------------------------------------------------
-SEQUENCE_KINDS = ("STIR", "T1", "T2")
-
-
-def sequence_kind(ds: Any) -> str | None:
-    """STIR, T1 or T2 from coded acquisition parameters (the text fields are only matched, never kept)."""
-    raw = optional_value(ds, "ScanningSequence") or []
-    scanning = {str(v).upper() for v in ([raw] if isinstance(raw, str) else raw)}
-    inversion = first_float(optional_value(ds, "InversionTime"))
-    words = " ".join(str(optional_value(ds, k) or "")
-                     for k in ("SequenceName", "SeriesDescription", "ProtocolName")).lower()
-    if ("IR" in scanning and inversion is not None and 80 <= inversion <= 300) or "stir" in words or "tir" in words:
-        return "STIR"
-    if "t1" in words:
-        return "T1"
-    if "t2" in words:
-        return "T2"
-    echo = first_float(optional_value(ds, "EchoTime"))
-    repetition = first_float(optional_value(ds, "RepetitionTime"))
-    if echo is not None and repetition is not None and "IR" not in scanning:
-        if echo < 30 and repetition < 1000:
-            return "T1"
-        if echo > 60 and repetition > 1500:
-            return "T2"
-    return None
-
-
 def _floats(value: Any, n: int) -> np.ndarray | None:
     try:
         out = np.array([float(v) for v in value], dtype=float)
@@ -299,7 +273,7 @@ def read_dicom_series(files: Iterable[bytes], limits: StudyLimits = StudyLimits(
     """DICOM files of one study (one or more series) as a study, one volume per series."""
     by_series: dict[str, list[_Slice]] = {}
     for data in files:
-        ds = _parse(data)
+        ds = _parse(data, limits)
         if ds is None:
             continue
         uid = str(optional_value(ds, "SeriesInstanceUID") or "") or "unknown"
@@ -315,10 +289,11 @@ def read_dicom_series(files: Iterable[bytes], limits: StudyLimits = StudyLimits(
     return Study(volumes, "dicom")
 
 
-def _parse(data: bytes) -> Any | None:
+def _parse(data: bytes, limits: StudyLimits) -> Any | None:
     """A DICOM dataset without its pixel data decoded; None for a DICOMDIR or a file without pixels."""
+    stream, _deflated = dicom_stream(data, limits.max_bytes)   # a deflated file is inflated once, bounded
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        ds = pydicom.dcmread(stream, force=True)
     except Exception as exc:
         raise ImageReadError("A file of the series could not be parsed as DICOM: it may be corrupt.", 400) from exc
     if "DirectoryRecordSequence" in ds:
@@ -384,10 +359,8 @@ def _series_volume(slices: list[_Slice], limits: StudyLimits) -> Volume:
     affine[:3, 1] = lps_to_ras @ col_dir * first.spacing[0]       # down a column: the row index
     affine[:3, 2] = lps_to_ras @ normal * step
     affine[:3, 3] = lps_to_ras @ slices[0].position
-    meta = {"format": "dicom", "modality": str(optional_value(first.ds, "Modality") or "").strip()[:4] or None,
-            "photometric": str(optional_value(first.ds, "PhotometricInterpretation") or "").strip()[:16] or None,
-            "bits_stored": int(optional_value(first.ds, "BitsStored") or 0)}
-    photometric = meta["photometric"] or ""
+    meta = {"format": "dicom", **coded_facts(first.ds)}
+    photometric = meta.get("photometric")
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ImageReadError("Only grey (monochrome) DICOM series can be read as volumes.", 415)
     if photometric == "MONOCHROME1":
@@ -417,7 +390,8 @@ def zip_members(data: bytes, limits: StudyLimits = StudyLimits()) -> list[tuple[
             raise ImageReadError("The zip is encrypted; send it without a password.", 400)
     announced = sum(i.file_size for i in files)
     if announced > limits.max_bytes:
-        raise ImageReadError(f"The zip inflates to {announced:,} bytes; the limit is {limits.max_bytes:,}.", 413)
+        raise ImageReadError(f"The zip inflates to {size_text(announced)}; the limit is {size_text(limits.max_bytes)}.",
+                             413)
     members, total = [], 0
     for info in files:
         base = posixpath.basename(info.filename)
@@ -430,34 +404,23 @@ def zip_members(data: bytes, limits: StudyLimits = StudyLimits()) -> list[tuple[
             raise ImageReadError("The zip holds a member that inflates far beyond its size; it was refused.", 413)
         total += len(blob)
         if total > limits.max_bytes:
-            raise ImageReadError(f"The zip inflates beyond the limit of {limits.max_bytes:,} bytes.", 413)
+            raise ImageReadError(f"The zip inflates beyond the limit of {size_text(limits.max_bytes)}.", 413)
         if blob[:4] == ZIP_MAGIC:
             raise ImageReadError("The zip holds another zip; send the files of the series directly.", 400)
         members.append((blob, base))
     return members
 
 
-def sequence_from_name(name: str | None) -> str | None:
-    """STIR / T1 / T2 from a file name such as "1007_STIR.nii.gz" (matched only; the name is never kept)."""
-    words = set(re.split(r"[^a-z0-9]+", (name or "").lower()))
-    if "stir" in words:
-        return "STIR"
-    if words & {"t1", "t1w"}:
-        return "T1"
-    if words & {"t2", "t2w"}:
-        return "T2"
-    return None
-
-
 def read_study(files: Sequence[bytes], limits: StudyLimits = StudyLimits(),
                names: Sequence[str | None] | None = None) -> Study:
     """One upload of a study: a NIfTI volume (or one per sequence), DICOM files, or one zip of them.
-    `names` (the uploaded file names) only tell which NIfTI volume is which sequence."""
+    `names` (the uploaded file names) only tell which NIfTI volume is which sequence ("1007_STIR.nii.gz"): they
+    are matched against a closed list of tokens and never kept."""
     if not files:
         raise ImageReadError("No file was uploaded.", 400)
     total = sum(len(f) for f in files)
     if total > limits.max_bytes:
-        raise ImageReadError(f"The upload is {total:,} bytes; the limit is {limits.max_bytes:,}.", 413)
+        raise ImageReadError(f"The upload is {size_text(total)}; the limit is {size_text(limits.max_bytes)}.", 413)
     if len(files) > limits.max_files:
         raise ImageReadError(f"The upload holds {len(files)} files; the limit is {limits.max_files}.", 413)
     names = list(names) if names is not None else [None] * len(files)
@@ -478,7 +441,7 @@ def read_study(files: Sequence[bytes], limits: StudyLimits = StudyLimits(),
 def _nifti_study(blobs: list[tuple[bytes, str | None]], limits: StudyLimits) -> Study:
     if len(blobs) > limits.max_series:
         raise ImageReadError(f"The upload holds {len(blobs)} volumes; the limit is {limits.max_series}.", 413)
-    volumes = [read_nifti(b, limits, sequence_from_name(n)).volumes[0] for b, n in blobs]
+    volumes = [read_nifti(b, limits, sequence_from_text(n)).volumes[0] for b, n in blobs]
     kinds = [v.sequence for v in volumes if v.sequence]
     if len(kinds) != len(set(kinds)):
         raise ImageReadError("The upload holds two volumes of the same sequence.", 400)

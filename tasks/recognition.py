@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from imaging.dicom_terms import body_part_words
 from imaging.normalize import percentile_scale
 from model_loader import LoadedModel, ModelRegistry, ModelUnavailable
 
@@ -74,14 +75,15 @@ class Recognition:
     probabilities: dict[str, float]
     model_id: str
     model_version: str
-    body_part: str | None = None       # from a DICOM header, when it names one
+    body_part: str | None = None       # the DICOM header's coded body part (imaging.dicom_terms), when it has one
 
     @property
     def label(self) -> str:
-        """What the upload looks like, in words ("a chest radiograph")."""
+        """What the upload looks like, in words ("a chest radiograph", "an ankle radiograph")."""
         noun = _BODY_PART_KINDS.get(self.kind)
-        if noun and self.body_part:
-            return f"a {self.body_part.lower()} {noun}"
+        words = body_part_words(self.body_part)
+        if noun and words:
+            return f"{'an' if words[0] in 'aeiou' else 'a'} {words} {noun}"
         return KIND_LABELS[self.kind]
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,7 +107,7 @@ def recognise(model: LoadedModel, image01: np.ndarray, meta: dict[str, Any] | No
     best = int(probs.argmax())
     body_part = (meta or {}).get("body_part")
     return Recognition(KINDS[best], float(probs[best]), dict(zip(KINDS, map(float, probs))),
-                       model.entry.id, model.entry.version, str(body_part) if body_part else None)
+                       model.entry.id, model.entry.version, body_part if body_part_words(body_part) else None)
 
 
 def refusal(task: Any, recognition: Recognition) -> str | None:

@@ -200,7 +200,8 @@ def dicom_dataset(sop_class: str, transfer_syntax: str | None = None):
     return ds
 
 
-def dicom_bytes(modality: str = "MR", patient_name: str = "Doe^Jane", seed: int = 7) -> bytes:
+def dicom_bytes(modality: str = "MR", patient_name: str = "Doe^Jane", seed: int = 7, **elements) -> bytes:
+    """An MR (or `modality`) slice of a phantom with a patient in its header; `elements` set or override others."""
     pixels = phantom_image(seed).astype(np.uint16) * 16        # 12-bit range
     ds = dicom_dataset(MRImageStorage)
     ds.Modality = modality
@@ -213,9 +214,37 @@ def dicom_bytes(modality: str = "MR", patient_name: str = "Doe^Jane", seed: int 
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = pixels.tobytes()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+# A patient's names, birth date and record number, written into every text element a header may carry
+# (coded elements included: a BodyPartExamined or an ImageType value can be typed by hand too).
+PERSON = ("Gonzalez", "Maria", "19580317", "1958-03-17", "88130427")
+FREE_TEXT = "Knee Maria Gonzalez 1958-03-17 MRN 88130427"
+IDENTIFYING_TEXT = {
+    "PatientName": "Gonzalez^Maria", "PatientID": "MRN88130427", "PatientBirthDate": "19580317",
+    "OtherPatientIDs": "88130427", "AccessionNumber": "88130427", "StudyID": "88130427",
+    "SeriesDescription": FREE_TEXT, "StudyDescription": FREE_TEXT, "ProtocolName": FREE_TEXT,
+    "PerformedProcedureStepDescription": FREE_TEXT, "RequestedProcedureDescription": FREE_TEXT,
+    "ImageComments": FREE_TEXT, "AdmittingDiagnosesDescription": FREE_TEXT, "DerivationDescription": FREE_TEXT,
+    "BodyPartExamined": "Maria Gonzalez 1958", "ViewPosition": "Gonzalez 88130427",
+    "ImageLaterality": "M", "Laterality": "Gonzalez", "PatientSex": "Maria", "BurnedInAnnotation": "Maria",
+    "ImageType": ["DERIVED", "Maria Gonzalez", "88130427"], "SequenceName": "Gonzalez88130427",
+    "VOILUTFunction": "MARIA_GONZALEZ", "InstitutionName": "Gonzalez Clinic 88130427",
+    "InstitutionAddress": FREE_TEXT, "StationName": "GONZALEZ88130427", "ReferringPhysicianName": "Gonzalez^Maria",
+    "PerformingPhysicianName": "Gonzalez^Maria", "OperatorsName": "Gonzalez^Maria", "Manufacturer": FREE_TEXT,
+    "ManufacturerModelName": FREE_TEXT, "DeviceSerialNumber": "88130427", "SoftwareVersions": FREE_TEXT,
+}
+
+
+def leaked_text(text: str | bytes) -> list[str]:
+    """The parts of PERSON found in `text` (any case)."""
+    lowered = text.lower() if isinstance(text, str) else text.decode("latin-1").lower()
+    return [p for p in PERSON if p.lower() in lowered]
 
 
 def upload(client, data: bytes, filename: str = "scan.png", model_ids=None, task: str = TASK, **extra):

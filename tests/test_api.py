@@ -7,6 +7,7 @@ import re
 import pytest
 
 from database import ApiToken, Run, User, db, utcnow
+from imaging.errors import size_text
 from tasks import sacroiliac
 from tests.conftest import ALL_MODELS, CLS_OURS, CLS_REF, SEG_OURS, SEG_REF, create_user, csrf_from, login
 
@@ -183,9 +184,12 @@ def test_too_large_is_413_json(make_app, scan_png):
     app = make_app(MAX_UPLOAD_BYTES=len(scan_png) // 2)
     token = issue_token(app, create_user(app, "alice"))
     client = app.test_client()
-    assert_error(analyze(client, scan_png, bearer(token)), 413)                    # over MAX_UPLOAD_BYTES
+    message = assert_error(analyze(client, scan_png, bearer(token)), 413)          # over MAX_UPLOAD_BYTES
+    limit = app.config["MAX_UPLOAD_BYTES"]
+    assert message == f"The file is too large: {size_text(len(scan_png))}; the limit is {size_text(limit)}."
     big = scan_png + b"\0" * (app.config["MAX_CONTENT_LENGTH"] + 10)
-    assert_error(analyze(client, big, bearer(token)), 413)                         # over MAX_CONTENT_LENGTH
+    message = assert_error(analyze(client, big, bearer(token)), 413)               # over MAX_CONTENT_LENGTH
+    assert f"the limit is {size_text(limit)} per file." in message
 
 
 @pytest.mark.parametrize("damage", ["delete", "change"])

@@ -8,6 +8,7 @@ import os
 import re
 import struct
 import time
+import tracemalloc
 import zlib
 
 import cv2
@@ -26,10 +27,13 @@ from pydicom.uid import (
 )
 
 import imaging.raster as raster
+from imaging.dicom import dicom_stream
+from imaging.dicom_terms import CODED_KEYS
+from imaging.errors import size_text
 from imaging.io import DecodedImage, ImageReadError, read_image
 from imaging.sniff import sniff_type
 from database import db
-from tests.conftest import dicom_dataset, result_files, upload
+from tests.conftest import IDENTIFYING_TEXT, dicom_dataset, leaked_text, result_files, upload
 from tests.data_gate import data_dir, need, real_data
 
 # pydicom warns (rightly) about the odd values in real and fuzzed files; the
@@ -291,6 +295,17 @@ def test_byte_and_pixel_limits():
     assert read_image(data, max_bytes=len(data), max_pixels=64 * 64).width == 64
 
 
+def test_size_messages_give_exact_sizes():
+    assert size_text(68_369_408) == "65.2 MiB (68,369,408 bytes)"
+    assert size_text(64 * 2**20) == "64.0 MiB (67,108,864 bytes)"
+    assert size_text(3 * 2**30) == "3.0 GiB (3,221,225,472 bytes)"
+    assert size_text(20_480) == "20.0 KiB (20,480 bytes)" and size_text(512) == "512 bytes"
+    # one byte over the limit reads differently from the limit (it read "64 MB; the limit is 64 MB")
+    err = rejects(bytes(64 * 2**20 + 1), 413)
+    assert err.message == ("The file is too large: 64.0 MiB (67,108,865 bytes); "
+                           "the limit is 64.0 MiB (67,108,864 bytes).")
+
+
 def test_too_small_is_400():
     err = rejects(png_bytes(np.zeros((31, 200), np.uint8)), 400)
     assert "too small" in err.message
@@ -362,26 +377,43 @@ def test_dicom_without_pixel_data_rejected():
     assert "no image" in err.message and "Basic Text SR" in err.message
 
 
-def test_dicom_meta_has_no_patient_identifiers():
-    data = make_dicom(
-        ramp(),
-        PatientName="Doe^Jane",
-        PatientID="12345",
-        PatientBirthDate="19700101",
-        AccessionNumber="ACC998877",
-        InstitutionName="St Elsewhere Hospital",
-        ReferringPhysicianName="House^Gregory",
-        StudyDate="20240102",
-        SeriesDescription="Jane hand PA",  # free text that repeats the name: dropped
-        BodyPartExamined="HAND",
-    )
+def test_dicom_meta_keeps_only_the_coded_vocabulary():
+    data = make_dicom(ramp(), center=2000, width=4000, PixelSpacing=[0.2, 0.25], **IDENTIFYING_TEXT)
     img = read_image(data)
-    text = repr(img.meta) + json.dumps(img.meta)
-    for secret in ("Doe", "Jane", "12345", "19700101", "ACC998877", "Elsewhere", "House", "Gregory", "20240102"):
-        assert secret not in text
-    assert img.meta["body_part"] == "HAND" and "series_description" not in img.meta
-    clean = read_image(make_dicom(ramp(), PatientName="Doe^Jane", SeriesDescription="Hand PA"))
-    assert clean.meta["series_description"] == "Hand PA"
+    stored = json.dumps(img.meta)
+    assert not leaked_text(stored), stored
+    # free text in the coded elements is dropped, not kept "after cleaning"
+    for key in ("body_part", "view_position", "laterality", "series_description", "burned_in_annotation"):
+        assert key not in img.meta
+    assert img.meta["window"]["function"] == "LINEAR"           # an unknown VOI LUT function is read as LINEAR
+    assert "image_type" not in img.meta                          # DERIVED then text: not the defined pair
+    assert img.meta["modality"] == img.modality == "CR" and img.meta["photometric"] == "MONOCHROME2"
+    assert img.meta["pixel_spacing_mm"] == [0.2, 0.25] and img.meta["bits_stored"] == 12
+    assert set(img.meta) - CODED_KEYS <= {"rows", "cols", "frames", "frame_index", "transfer_syntax",
+                                          "transfer_syntax_name", "compressed", "sop_class", "window", "inverted",
+                                          "rescale"}
+
+
+@pytest.mark.parametrize("elements, expected", [
+    ({"BodyPartExamined": "HAND", "ViewPosition": "PA", "ImageType": ["ORIGINAL", "PRIMARY", "Maria"],
+      "BurnedInAnnotation": "NO"},
+     {"body_part": "HAND", "view_position": "PA", "image_type": ["ORIGINAL", "PRIMARY"], "burned_in_annotation": "NO"}),
+    ({"BodyPartExamined": "l spine"}, {"body_part": "LSPINE"}),
+    ({"BodyPartExamined": "Knee of Maria"}, {"body_part": None}),
+    ({"Modality": "Gonzalez"}, {"modality": "OT"}),                   # other: still refused by the MRI tasks
+    ({"Modality": "MR", "SeriesDescription": "cor T1 tse Gonzalez"}, {"modality": "MR", "sequence": "T1"}),
+    ({"Modality": "MR", "SeriesDescription": "CORO  Stir_FIL_1"}, {"sequence": "STIR"}),
+    ({"Modality": "MR", "ScanningSequence": ["SE", "IR"], "InversionTime": 140, "SeriesDescription": "Maria"},
+     {"sequence": "STIR"}),
+    ({"Modality": "MR", "EchoTime": 90, "RepetitionTime": 4000, "SeriesDescription": "Maria Gonzalez"},
+     {"sequence": "T2"}),
+    ({"Modality": "MR", "SeriesDescription": "Maria Gonzalez"}, {"sequence": None}),
+])
+def test_dicom_coded_facts_come_from_the_vocabulary(elements, expected):
+    img = read_image(make_dicom(ramp(), **elements))
+    for key, value in expected.items():
+        assert img.meta.get(key) == value, (key, img.meta.get(key))
+    assert not leaked_text(json.dumps(img.meta))
 
 
 def test_dicom_multiframe_takes_middle_frame():
@@ -434,16 +466,79 @@ def test_corrupt_j2k_names_the_codec():
     assert caught.value.status == 400
 
 
-def test_deflated_dicom_and_deflate_bomb():
-    img = read_image(make_dicom(ramp(), transfer_syntax=DeflatedExplicitVRLittleEndian))
-    assert img.pixels.std() > 0.1
-    ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp())))
-    ds.PixelData = bytes(24 * 2**20)  # 24 MB of zeros deflates to ~25 kB
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+def _deflated_and_twin() -> tuple[bytes, bytes]:
+    """A small deflated DICOM and the same file written as Explicit VR Little Endian."""
+    deflated = make_dicom(smooth(64, 80) * 4000, transfer_syntax=DeflatedExplicitVRLittleEndian)
+    ds = pydicom.dcmread(io.BytesIO(deflated))
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    assert len(buf.getvalue()) < 200_000
-    rejects(buf.getvalue(), 413, max_pixels=64 * 64)
+    return deflated, buf.getvalue()
+
+
+def test_deflated_dicom_is_inflated_once_into_its_undeflated_twin(monkeypatch):
+    deflated, twin = _deflated_and_twin()
+    assert len(deflated) < len(twin)
+    stream, was_deflated = dicom_stream(deflated, len(twin))
+    assert was_deflated and stream.getvalue() == twin           # what pydicom reads: the twin, byte for byte
+    ref = read_image(twin)
+
+    def no_second_inflation(*args, **kwargs):                   # pydicom's own, unbounded, inflation
+        raise AssertionError("the dataset was inflated again")
+
+    monkeypatch.setattr(zlib, "decompress", no_second_inflation)
+    img = read_image(deflated)
+    np.testing.assert_array_equal(img.pixels, ref.pixels)
+    assert img.meta["transfer_syntax"] == DeflatedExplicitVRLittleEndian
+    assert {k: v for k, v in img.meta.items() if not k.startswith(("transfer_syntax", "compressed"))} == \
+        {k: v for k, v in ref.meta.items() if not k.startswith(("transfer_syntax", "compressed"))}
+
+
+def test_deflated_dicom_has_the_byte_limit_of_its_twin():
+    deflated, twin = _deflated_and_twin()
+    assert read_image(deflated, max_bytes=len(twin)).width == 80
+    for data in (twin, deflated):                               # one byte less: both are too large
+        err = rejects(data, 413, max_bytes=len(twin) - 1)
+        assert f"{len(twin) - 1:,} bytes" in err.message
+
+
+def test_corrupt_or_truncated_deflated_dicom_is_400():
+    deflated, _twin = _deflated_and_twin()
+    meta_end = 132 + 12 + struct.unpack_from("<I", deflated, 140)[0]
+    rejects(deflated[: meta_end + 40], 400)                     # truncated stream
+    rejects(deflated[:meta_end] + b"\xff" * 200 + deflated[meta_end + 200 :], 400)   # invalid deflate codes
+
+
+def deflate_bomb(inflated_mb: int) -> bytes:
+    """A deflated DICOM whose dataset inflates to `inflated_mb` MiB of zero pixels, built a MiB at a time."""
+    small = make_dicom(ramp(), transfer_syntax=DeflatedExplicitVRLittleEndian)
+    meta_end = 132 + 12 + struct.unpack_from("<I", small, 140)[0]
+    plain = make_dicom(ramp())
+    header = plain[plain.index(b"\x08\x00", 132 + 12 + struct.unpack_from("<I", plain, 140)[0]):
+                   plain.index(b"\xe0\x7f\x10\x00")]          # the dataset's elements up to PixelData
+    pixel_bytes = inflated_mb * 2**20
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [deflater.compress(header + b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<I", pixel_bytes))]
+    zeros = bytes(2**20)
+    parts += [deflater.compress(zeros) for _ in range(inflated_mb)]
+    parts.append(deflater.flush())
+    return small[:meta_end] + b"".join(parts)
+
+
+def test_deflate_bomb_is_refused_while_inflating_near_the_limit():
+    """The reported bomb: under 400 kB that inflates to 320 MB. Refused (413) with the limit in the message,
+    after inflating no more than the upload limit plus one step."""
+    bomb = deflate_bomb(320)
+    assert len(bomb) < 400_000
+    limit = 64 * 2**20
+    tracemalloc.start()
+    try:
+        err = rejects(bomb, 413, max_bytes=limit)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "64.0 MiB (67,108,864 bytes)" in err.message and "inflates" in err.message
+    assert peak < limit * 1.2, f"peak {peak / 2**20:.0f} MiB while refusing"
 
 
 # --------------------------------------------------------------------------- real files
@@ -474,15 +569,16 @@ def test_real_files_decode_or_reject_cleanly(path):
     assert not leaked, f"identifying values in the stored metadata: {leaked}"
 
 
-# Elements that identify a patient, a clinician, a place or a study (values, not names, are checked).
-# Series and study descriptions are protocol text kept on purpose (the sequence is read from them).
+# Elements that identify a patient, a clinician, a place or a study, and the free text that may (values,
+# not names, are checked): descriptions and protocol names are matched for the sequence, never kept.
 IDENTIFYING_KEYWORDS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientAddress", "OtherPatientIDs",
     "OtherPatientNames", "PatientTelephoneNumbers", "InstitutionName", "InstitutionAddress",
     "InstitutionalDepartmentName", "ReferringPhysicianName", "PerformingPhysicianName",
     "NameOfPhysiciansReadingStudy", "OperatorsName", "RequestingPhysician", "AccessionNumber", "StudyID",
     "StationName", "DeviceSerialNumber", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-    "FrameOfReferenceUID", "StudyDate", "AcquisitionDateTime",
+    "FrameOfReferenceUID", "StudyDate", "AcquisitionDateTime", "SeriesDescription", "StudyDescription",
+    "ProtocolName", "ImageComments",
 )
 
 

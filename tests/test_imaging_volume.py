@@ -6,17 +6,18 @@ import io
 import os
 import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import MRImageStorage
+from pydicom.uid import DeflatedExplicitVRLittleEndian, MRImageStorage
 
 from imaging.errors import ImageReadError
-from imaging.volume import (Reorientation, StudyLimits, read_nifti, read_study, reorientation_for, sequence_kind,
-                            zip_members)
+from imaging.dicom_terms import CODED_KEYS, sequence_kind
+from imaging.volume import Reorientation, StudyLimits, read_nifti, read_study, reorientation_for, zip_members
 from tests.conftest import dicom_dataset
 from tests.data_gate import data_dir, real_data
 
@@ -190,8 +191,27 @@ def test_no_identifier_or_free_text_is_kept():
     text = repr(study.volumes[0].meta).lower()
     for value in ("gonzalez", "maria", "5544", "elsewhere", "1970", "stir_fil"):
         assert value not in text
-    assert set(study.volumes[0].meta) <= {"format", "modality", "photometric", "bits_stored", "slices", "rows",
-                                          "cols", "spacing_mm", "plane"}
+    assert set(study.volumes[0].meta) - CODED_KEYS <= {"format", "slices", "rows", "cols", "spacing_mm", "plane"}
+    assert study.volumes[0].meta["sequence"] == "STIR" and study.volumes[0].meta["modality"] == "MR"
+
+
+def _deflated(blob: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(blob))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_deflated_slices_are_inflated_once_within_the_study_limit(monkeypatch):
+    files = [dicom_slice(k) for k in range(3)]
+    deflated = [_deflated(f) for f in files]
+    plain = read_study(files).volumes[0]
+    monkeypatch.setattr(zlib, "decompress", lambda *a, **k: pytest.fail("pydicom inflated a dataset again"))
+    np.testing.assert_array_equal(read_study(deflated).volumes[0].voxels, plain.voxels)
+    with pytest.raises(ImageReadError) as err:                   # a file that inflates past the study's byte limit
+        read_study(deflated[:1], StudyLimits(max_bytes=len(files[0]) - 1))
+    assert err.value.status == 413 and "inflates to more than" in err.value.message
 
 
 def test_sequence_kind_from_coded_parameters():

@@ -19,8 +19,9 @@ from database import AuditEvent, Run
 from model_loader import ModelRegistry
 from predict import Limits, PredictionError, recognise_upload
 from tasks import all_tasks, get_task
-from tasks.recognition import KINDS, RECOGNITION, Recognition, letterbox, recogniser_input, refusal
-from tests.conftest import create_user, csrf_from, login, result_files
+from tasks.recognition import (INPUT_SIZE, KINDS, RECOGNITION, Recognition, letterbox, recognise, recogniser_input,
+                               refusal)
+from tests.conftest import create_user, csrf_from, dicom_bytes, login, result_files
 from tests.data_gate import data_dir, real_data
 
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -58,6 +59,34 @@ def test_refusal_names_what_the_upload_looks_like_and_what_the_task_reads():
     assert refusal(knee, recognition("other_radiograph", 0.45)) is None
     # a body part only names the 'other' kinds: a knee recognised as a knee is not 'a chest knee'
     assert recognition("knee_radiograph", 0.9, body_part="CHEST").label == "a knee radiograph"
+
+
+class _FixedRecogniser:
+    """A stand-in model that always answers `kind`."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.entry = type("Entry", (), {"input_shape": [INPUT_SIZE, INPUT_SIZE, 1], "id": "rec", "version": "0"})()
+
+    def __call__(self, batch):
+        return np.array([[0.9 if k == self.kind else 0.1 / (len(KINDS) - 1) for k in KINDS]])
+
+
+def test_the_label_names_the_dicom_headers_coded_body_part_only():
+    from imaging.io import read_image
+
+    assert recognition("other_radiograph", 0.9, body_part="LSPINE").label == "a lumbar spine radiograph"
+    assert recognition("other_radiograph", 0.9, body_part="ANKLE").label == "an ankle radiograph"
+    assert recognition("other_mri_ct", 0.9, body_part="KNEE").label == "a knee image"
+    assert recognition("other_radiograph", 0.9, body_part="Maria Gonzalez").label == "a radiograph of another body part"
+    model = _FixedRecogniser("other_radiograph")
+    for written, coded, label in (("CHEST", "CHEST", "a chest radiograph"), ("c spine", "CSPINE",
+                                  "a cervical spine radiograph"),
+                                  ("Maria Gonzalez", None, "a radiograph of another body part")):
+        image = read_image(dicom_bytes("CR", BodyPartExamined=written))
+        found = recognise(model, image.pixels, image.meta)
+        assert (found.body_part, found.label) == (coded, label)
+        assert found.as_dict()["label"] == label
 
 
 def test_every_task_names_the_kind_it_reads():

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import errno
+import io
+import logging
 import re
 import sqlite3
 import struct
@@ -12,10 +14,12 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 import predict
-from database import ModelResult, Run, db
+from database import ApiToken, ModelResult, Run, User, db
+from imaging.dicom_terms import CODED_KEYS
+from imaging.errors import size_text
 from tasks import sacroiliac
-from tests.conftest import (ALL_MODELS, CLS_OURS, SEG_OURS, create_user, dicom_bytes, image_urls, login,
-                            result_files, run_id_from, upload)
+from tests.conftest import (ALL_MODELS, CLS_OURS, IDENTIFYING_TEXT, SEG_OURS, create_user, dicom_bytes, image_urls,
+                            leaked_text, login, result_files, run_id_from, upload)
 
 def _runs(app):
     with app.app_context():
@@ -88,6 +92,47 @@ def test_dicom_upload_never_shows_or_stores_the_patient_name(app, alice):
         assert "Doe" not in dump and "Jane" not in dump and "JD-0042" not in dump
 
 
+def test_no_text_from_a_dicom_header_reaches_the_database_files_or_log(app, alice, caplog, recwarn):
+    """Names, a birth date and a record number in every text element of the header (coded ones included),
+    uploaded on the page and through the API: none of them is in the database file, any stored file, the
+    log or a warning, and the run's input metadata holds only coded facts."""
+    data = dicom_bytes("MR", **IDENTIFYING_TEXT)
+    with app.app_context():
+        row, token = ApiToken.issue(db.session.get(User, create_user(app, "api-user")), "script")
+        db.session.add(row)
+        db.session.commit()
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    recwarn.clear()
+    page_run = run_id_from(upload(alice, data, "Gonzalez_Maria_88130427.dcm"))
+    api = app.test_client().post("/api/v1/analyze", headers={"Authorization": f"Bearer {token}"},
+                                 data={"task": "sacroiliac", "file": (io.BytesIO(data), "scan.dcm")},
+                                 content_type="multipart/form-data")
+    assert api.status_code == 201, api.data[:300]
+    shown = [alice.get(f"/runs/{page_run}").data, alice.get(f"/runs/{page_run}/export.json").data, api.data]
+    assert not any(leaked_text(body) for body in shown)
+
+    with app.app_context():
+        runs = Run.query.order_by(Run.id).all()
+        assert [r.input_kind for r in runs] == ["dicom", "dicom"] and runs[0].public_id == page_run
+        for run in runs:
+            assert run.input_meta["modality"] == "MR"
+            assert not {"body_part", "view_position", "sequence"} & set(run.input_meta)    # they held free text
+            assert set(run.input_meta) - CODED_KEYS <= {"width", "height", "rows", "cols", "frames", "frame_index",
+                                                        "transfer_syntax", "transfer_syntax_name", "compressed",
+                                                        "sop_class", "window", "inverted", "rescale"}
+        db.session.remove()
+        db.engine.dispose()                          # every write is in the files now
+    database = Path(app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"))
+    db_files = sorted(database.parent.glob(database.name + "*"))
+    stored = [p for p in result_files(app) if p.is_file()]
+    assert db_files and len(stored) >= 2
+    for path in db_files + stored:
+        assert not leaked_text(path.read_bytes()), path.name
+    assert not leaked_text(caplog.text), caplog.text
+    assert not leaked_text(" ".join(str(w.message) for w in recwarn))
+
+
 def test_cr_dicom_is_refused_for_the_mri_task(app, alice):
     response = upload(alice, dicom_bytes("CR"), "chest.dcm")
     assert response.status_code == 400
@@ -126,11 +171,17 @@ def test_upload_over_the_size_limit(make_app, scan_png):
     login(client, "alice")
     response = upload(client, scan_png)             # over MAX_UPLOAD_BYTES, inside the request envelope
     assert response.status_code == 413
-    assert b"The scan was not analysed." in response.data
+    html = response.get_data(as_text=True)
+    assert "The scan was not analysed." in html
+    limit = app.config["MAX_UPLOAD_BYTES"]
+    assert f"{size_text(len(scan_png))}; the limit is {size_text(limit)}." in html     # exact, never "64 MB ... 64 MB"
+    assert f"up to {size_text(limit)}" in client.get("/upload").get_data(as_text=True)
     big = scan_png + b"\0" * (app.config["MAX_CONTENT_LENGTH"] + 10)
     response = upload(client, big)                  # over MAX_CONTENT_LENGTH: refused before reading
     assert response.status_code == 413
-    assert b"larger than the server accepts" in response.data
+    html = response.get_data(as_text=True)
+    assert "larger than the server accepts" in html and f"the limit is {size_text(limit)} per file." in html
+    assert " bytes) with the form)" in html
     _assert_nothing_stored(app)
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 from flask import Flask
 
 from web import (account, admin, api, auth, errors, filters, hand_timeline, history, knee_catalogue, login,
-                 models_page, reviews, scans, security, upkeep)
+                 models_page, params, reviews, scans, security, upkeep)
 
 
 def init_app(app: Flask) -> None:
+    params.init_app(app)
     login.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(account.bp)

@@ -106,7 +106,7 @@ def create_token():
     return _page(TokenForm(formdata=None), new_token=plain)
 
 
-@bp.post("/tokens/<int:token_id>/revoke")
+@bp.post("/tokens/<id:token_id>/revoke")
 @login_required
 def revoke_token(token_id: int):
     form = RevokeForm()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -22,6 +22,7 @@ from model_loader import current_registry
 from tasks import all_tasks
 from web.access import no_store
 from web.audit import record
+from web.params import as_id, day_arg, page_arg
 from web.auth import NEW_USERNAME_VALIDATORS, repeat_password_field
 from web.security import PasswordPolicy, role_required
 from web.settings import set_signup_open, signup_open
@@ -134,7 +135,7 @@ def _target(user_id: int) -> User:
     return user
 
 
-@bp.post("/users/<int:user_id>/role")
+@bp.post("/users/<id:user_id>/role")
 @role_required("admin")
 def change_role(user_id: int):
     user = _target(user_id)
@@ -154,7 +155,7 @@ def change_role(user_id: int):
     return redirect(url_for("admin.users"))
 
 
-@bp.post("/users/<int:user_id>/<any(disable, enable):action>")
+@bp.post("/users/<id:user_id>/<any(disable, enable):action>")
 @role_required("admin")
 def set_user_state(user_id: int, action: str):
     user = _target(user_id)
@@ -174,7 +175,7 @@ def set_user_state(user_id: int, action: str):
     return redirect(url_for("admin.users"))
 
 
-@bp.post("/users/<int:user_id>/quota")
+@bp.post("/users/<id:user_id>/quota")
 @role_required("admin")
 def set_quota(user_id: int):
     """A user's storage quota in MB; empty: back to the instance default (STORAGE_QUOTA_BYTES)."""
@@ -236,15 +237,6 @@ def set_model_state(model_id: str, action: str):
 
 
 # -- the audit trail ---------------------------------------------------------------------------------
-def _parse_day(raw: str | None) -> date | None:
-    if not raw:
-        return None
-    try:
-        return date.fromisoformat(raw.strip())
-    except ValueError:
-        return None
-
-
 def audit_filters() -> tuple[dict, list[str]]:
     """The filters from the query string, cleaned, and the problems found with them."""
     args = request.args
@@ -254,29 +246,27 @@ def audit_filters() -> tuple[dict, list[str]]:
                "outcome": args.get("outcome") if args.get("outcome") in AUDIT_OUTCOMES else "",
                "since": "", "until": ""}
     for key in ("since", "until"):
-        raw = (args.get(key) or "").strip()
-        if raw and _parse_day(raw) is None:
-            problems.append(f"“{key}” must be a date like 2026-01-31; it was ignored.")
-        elif raw:
-            filters[key] = raw
+        day, problem = day_arg(key)
+        if problem:
+            problems.append(problem)
+        filters[key] = day.isoformat() if day else ""
     return filters, problems
 
 
 def audit_query(filters: dict):
     query = db.select(AuditEvent)
     if filters["user"]:
-        user = filters["user"]
-        query = query.where(AuditEvent.username == user if not user.isdigit()
-                            else db.or_(AuditEvent.user_id == int(user), AuditEvent.username == user))
+        user, user_id = filters["user"], as_id(filters["user"])
+        query = query.where(AuditEvent.username == user if user_id is None
+                            else db.or_(AuditEvent.user_id == user_id, AuditEvent.username == user))
     if filters["action"]:
         query = query.where(AuditEvent.action == filters["action"])
     if filters["outcome"]:
         query = query.where(AuditEvent.outcome == filters["outcome"])
     if filters["since"]:
-        query = query.where(AuditEvent.created_at >= datetime.combine(_parse_day(filters["since"]), time.min))
-    if filters["until"]:   # inclusive: the whole day
-        query = query.where(AuditEvent.created_at < datetime.combine(_parse_day(filters["until"]) + timedelta(days=1),
-                                                                      time.min))
+        query = query.where(AuditEvent.created_at >= datetime.combine(date.fromisoformat(filters["since"]), time.min))
+    if filters["until"]:   # inclusive: the whole day, up to its last instant (there is no day after 9999-12-31)
+        query = query.where(AuditEvent.created_at <= datetime.combine(date.fromisoformat(filters["until"]), time.max))
     return query.order_by(AuditEvent.id.desc())
 
 
@@ -285,8 +275,7 @@ def audit_query(filters: dict):
 @no_store
 def audit():
     filters, problems = audit_filters()
-    page = request.args.get("page", 1, type=int)
-    pagination = db.paginate(audit_query(filters), page=max(page, 1), per_page=50, error_out=False)
+    pagination = db.paginate(audit_query(filters), page=page_arg(), per_page=50, error_out=False)
     return render_template("admin/audit.html", pagination=pagination, events=pagination.items, filters=filters,
                            problems=problems, actions=AUDIT_ACTIONS, outcomes=AUDIT_OUTCOMES,
                            query_args={k: v for k, v in filters.items() if v})

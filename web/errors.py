@@ -9,8 +9,8 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from database import User, db
+from imaging.errors import size_text
 from web.audit import record
-from web.filters import fmt_mib
 
 ERROR_TEXT = {
     400: ("Bad request", "The request could not be understood. Go back, reload the page and try again."),
@@ -45,7 +45,10 @@ def error_text(exc: HTTPException) -> tuple[str, str]:
     title, text = ERROR_TEXT.get(status, (exc.name, exc.description or ""))
     if status == 413:
         limit = g.get("max_upload")
-        text = "The upload is larger than the server accepts" + (f" ({limit})." if limit else ".")
+        sent = request.content_length
+        text = ("The upload is larger than the server accepts"
+                + (f" ({size_text(sent)} with the form)" if sent else "")
+                + (f"; the limit is {limit} per file." if limit else "."))
     return title, text
 
 
@@ -96,4 +99,4 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _limits_for_messages():
-        g.max_upload = fmt_mib(app.config["MAX_UPLOAD_BYTES"])
+        g.max_upload = size_text(app.config["MAX_UPLOAD_BYTES"])

@@ -41,11 +41,6 @@ def field_label(task: Any, key: str) -> str:
     return (getattr(task, "field_labels", None) or {}).get(key) or humanize(key)
 
 
-def fmt_mib(n_bytes: int) -> str:
-    mib = n_bytes / 2**20
-    return f"{mib:.0f} MiB" if abs(mib - round(mib)) < 0.05 else f"{mib:.1f} MiB"
-
-
 def capfirst(text: Any) -> str:
     text = str(text or "")
     return text[:1].upper() + text[1:]

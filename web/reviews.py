@@ -27,6 +27,7 @@ from tasks.metrics import quadratic_weighted_kappa
 from web.access import no_store, owned_run_or_404, reviewable_run_or_404
 from web.audit import model_versions_of, record, run_resource
 from web.filters import result_context
+from web.params import page_arg
 from web.security import role_required
 
 bp = Blueprint("reviews", __name__)
@@ -160,7 +161,6 @@ def _grade_choices(scale) -> list[tuple[str, str]]:
 @role_required("reviewer")
 @no_store
 def queue():
-    page = request.args.get("page", 1, type=int)
     mine = db.select(Review.run_id).filter_by(reviewer_id=current_user.id)
     show = request.args.get("show", "todo")
     query = db.select(Run).where(Run.shared_at.isnot(None), Run.status == RunStatus.DONE,
@@ -170,7 +170,7 @@ def queue():
     elif show == "done":
         query = query.where(Run.id.in_(mine))
     query = query.order_by(Run.shared_at.desc(), Run.id.desc())
-    pagination = db.paginate(query, page=max(page, 1), per_page=current_app.config["RUNS_PER_PAGE"],
+    pagination = db.paginate(query, page=page_arg(), per_page=current_app.config["RUNS_PER_PAGE"],
                              error_out=False, max_per_page=200)
     my_reviews = {r.run_id: r for r in Review.query.filter_by(reviewer_id=current_user.id)
                   .filter(Review.run_id.in_([r.id for r in pagination.items])).all()} if pagination.items else {}

@@ -16,6 +16,7 @@ from flask_wtf.file import FileField, FileRequired
 from wtforms import BooleanField, SelectField, SelectMultipleField, SubmitField
 
 from database import RunStatus, disabled_model_ids
+from imaging.errors import size_text
 from model_loader import current_registry
 from predict import Analysis, ImageReadError, PredictionError, analyze
 from storage import results_dir, upload_limits
@@ -24,7 +25,7 @@ from web.access import no_store, owned_run_or_404, run_image_files, visible_run_
 from web.api import authenticated, iso_utc, run_json
 from web.audit import audit_upload_failure, model_versions_of, record, run_resource, upload_detail
 from web.errors import error_text, handle_http_error
-from web.filters import fmt_mib, group_results, model_problem, result_context
+from web.filters import group_results, model_problem, result_context
 from web.reviews import ShareForm, review_rows, review_summary
 from web.security import analysis_retry_after, role_required, too_many_analyses
 
@@ -85,7 +86,7 @@ def _render_upload(form: UploadForm, error: str | None = None, status: int = 200
     checked = set(form.model_ids.data or []) if posted else _default_ids(groups)
     return render_template("scans/upload.html", form=form, groups=groups, checked=checked, error=error,
                            option_field=option_field, submitted=request.form if posted else {}, refused=refused,
-                           max_upload=fmt_mib(current_app.config["MAX_UPLOAD_BYTES"])), status
+                           max_upload=size_text(current_app.config["MAX_UPLOAD_BYTES"])), status
 
 
 def render_upload_error(message: str, status: int):

@@ -10,6 +10,7 @@ import keras
 
 from imaging.layers import custom_objects
 from training.export import metrics_table, register_model, save_for_shipping, write_model_card
+from training.quantize import quantize_convolutions
 from training.spine.data import patient_sort_key
 from training.spine.evaluate import evaluate
 from training.spine.model import ModelSpec
@@ -30,8 +31,8 @@ def export_one(spec: ModelSpec, model, out_dir: Path, *, val_rows, val_patients,
                budget_min: float | None = None,
                log=print) -> dict[str, Any]:
     """save_for_shipping -> reload -> evaluate the shipped file -> register_model (card written later)."""
-
-
+    if spec.int8_convolutions:
+        model = quantize_convolutions(model)
     path = save_for_shipping(model, out_dir / f"{spec.id}.keras")
     shipped = keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     t0 = time.perf_counter()
@@ -59,12 +60,12 @@ def export_one(spec: ModelSpec, model, out_dir: Path, *, val_rows, val_patients,
                                                epoch_min=wall_s / 60 / max(epochs, 1))
                        if spec.budget_note and budget_min else None),
             "budget_min": budget_min,
-            "precision": "trained in mixed bfloat16, shipped and evaluated in float32 (weights stored float16)",
+            "precision": "trained in mixed bfloat16, shipped and evaluated in float32 (weights stored float16"
+                         + (", convolution kernels int8 per output channel)" if spec.int8_convolutions else ")"),
             "final_train_loss": history.get("loss", [None])[-1],
             "final_val_loss": history.get("val_loss", [None])[-1],
         },
-        "metrics": {**metrics, "evaluated_on": "validation patients, shipped float16-stored file, "
-                                               "dataset resolution (256x320)"},
+        "metrics": {**metrics, "evaluated_on": "validation patients, the shipped file, dataset resolution (256x320)"},
         "card": f"cards/{spec.id}.md",
         "description": spec.description,
     }

@@ -34,6 +34,7 @@ class ModelSpec:
     description: str
     budget_min: float | None = None      # wall-clock training budget; None: exactly `epochs`
     budget_note: str = ""
+    int8_convolutions: bool = False      # ship the convolution kernels int8 (training.quantize)
 
 
 SPECS: dict[str, ModelSpec] = {
@@ -55,6 +56,7 @@ SPECS: dict[str, ModelSpec] = {
         reference=True, default=False, budget_min=13,
         description="The plain U-Net reference (~7.7 M parameters), trained on the same patient split for "
                     "comparison with the Attention U-Net.",
+        int8_convolutions=True,          # 7.7 M weights: 15 MB stored float16, under 8 MB with int8 kernels
         budget_note="Fixed compute budget: {budget:.0f} minutes of training wall time on 2 shared CPU cores, "
                     "at {h}x{w} (half the dataset's resolution); that fitted {epochs} epochs (about "
                     "{epoch_min:.1f} minutes per epoch for this 7.7 M-parameter network). Its figures say what "
