@@ -42,7 +42,9 @@ class Config:
     LOGIN_LIMITS_PER_ACCOUNT = "5 per minute;20 per hour"
     LOGIN_LIMITS_PER_ADDRESS = "20 per minute;100 per hour"
     SIGNUP_LIMITS_PER_ADDRESS = "10 per hour"
-    RATELIMIT_STORAGE_URI = "memory://"     # per process; redis://host:6379 shares counts between workers
+    # Empty: a SQLite file in the instance folder, shared by the workers of this instance
+    # (web/ratelimit_sqlite.py); redis://host:6379 shares the counts between hosts as well.
+    RATELIMIT_STORAGE_URI = ""
 
 
 # How a yes/no value is written in the environment or a request.

@@ -47,6 +47,48 @@ def test_failed_logins_per_address_are_throttled(make_app):
     assert response.status_code == 302                       # another address is not affected
 
 
+ATTACKER, OWNER = {"REMOTE_ADDR": "203.0.113.66"}, {"REMOTE_ADDR": "198.51.100.7"}
+
+
+def _post_login(client, address: dict, password: str, username: str = "boss"):
+    return client.post("/login", data={"username": username, "password": password}, environ_base=address)
+
+
+def test_a_locked_account_still_lets_its_owner_in_from_a_clean_address(make_app):
+    """Guessing from one address cannot lock the administrator out; the guesser stays throttled."""
+    app = make_app(LOGIN_LIMITS_PER_ACCOUNT="3 per minute", LOGIN_LIMITS_PER_ADDRESS="50 per minute")
+    create_user(app, "boss", role="admin")
+    attacker = app.test_client()
+    assert [_post_login(attacker, ATTACKER, "guess number one").status_code for _ in range(3)] == [401] * 3
+    locked = _post_login(attacker, ATTACKER, "guess number four")
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+    assert _post_login(attacker, ATTACKER, PASSWORD).status_code == 429     # not even the right one
+
+    owner = app.test_client()
+    response = _post_login(owner, OWNER, PASSWORD)
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/"
+    assert owner.get("/admin/", environ_base=OWNER).status_code == 200
+    assert _post_login(app.test_client(), ATTACKER, "guess number five").status_code == 429
+
+
+def test_a_locked_account_still_stops_every_address_that_fails(make_app):
+    """No unlimited guessing from many addresses: every failure counts against the account, and once it
+    is locked an address gets one checked guess at most before it is refused too."""
+    app = make_app(LOGIN_LIMITS_PER_ACCOUNT="3 per minute", LOGIN_LIMITS_PER_ADDRESS="50 per minute")
+    create_user(app, "boss", role="admin")
+    spread = [{"REMOTE_ADDR": f"203.0.113.{n}"} for n in range(1, 4)]
+    for address in spread:                      # one failure each, far below the per-address limit
+        assert _post_login(app.test_client(), address, "a wrong password").status_code == 401
+    for address in spread:                      # the account's limit stops each of them now
+        assert _post_login(app.test_client(), address, "another wrong one").status_code == 429
+        assert _post_login(app.test_client(), address, PASSWORD).status_code == 429
+    fresh = {"REMOTE_ADDR": "203.0.113.99"}
+    assert _post_login(app.test_client(), fresh, "a fresh wrong guess").status_code == 401
+    assert _post_login(app.test_client(), fresh, "and one more guess").status_code == 429
+    with app.app_context():
+        assert AuditEvent.query.filter_by(action="login_failed", outcome="throttled").count() == 7
+
+
 def test_default_limits_throttle_after_five_failures(app):
     create_user(app, "dave")
     client = app.test_client()
