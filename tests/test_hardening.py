@@ -189,6 +189,71 @@ def test_log_out_everywhere(app, alice):
     assert second.get("/history").status_code == 302
 
 
+def _token_for(app, username: str) -> str:
+    with app.app_context():
+        row, plain = ApiToken.issue(User.query.filter_by(username=username).one(), "script")
+        db.session.add(row)
+        db.session.commit()
+    assert _tasks_status(app, plain) == 200
+    return plain
+
+
+def _tasks_status(app, token: str) -> int:
+    return app.test_client().get("/api/v1/tasks", headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+def _revoked_rows(app, username: str) -> list[ApiToken]:
+    with app.app_context():
+        user = User.query.filter_by(username=username).one()
+        return [t for t in user.tokens if t.revoked_at is not None]
+
+
+def test_password_change_revokes_api_tokens(app, alice):
+    page = alice.get("/account/").get_data(as_text=True)
+    assert "revokes all your API tokens" in page                   # said before the user confirms
+    old, older = _token_for(app, "alice"), _token_for(app, "alice")
+    response = alice.post("/account/password", data={"current": PASSWORD, "new": "tulip marble fjord 42",
+                                                      "confirm": "tulip marble fjord 42"}, follow_redirects=True)
+    assert b"your 2 API token(s) are revoked" in response.data
+    assert _tasks_status(app, old) == _tasks_status(app, older) == 401
+    assert len(_revoked_rows(app, "alice")) == 2                   # kept, for the audit trail
+    with app.app_context():
+        event = AuditEvent.query.filter_by(action="token_revoke").one()
+        assert event.detail == "2 API token(s) revoked: password change" and event.username == "alice"
+    assert alice.post("/account/tokens", data={"name": "new", "password": "tulip marble fjord 42"}).status_code == 200
+
+
+def test_log_out_everywhere_revokes_api_tokens_and_a_plain_logout_does_not(app, alice):
+    kept = _token_for(app, "alice")
+    assert alice.post("/logout").status_code == 302                # this browser only: scripts keep working
+    assert _tasks_status(app, kept) == 200
+    login(alice, "alice")
+    assert "revokes all your API tokens" in alice.get("/account/").get_data(as_text=True)
+    assert alice.post("/account/logout-everywhere").status_code == 302
+    assert _tasks_status(app, kept) == 401
+    with app.app_context():
+        assert AuditEvent.query.filter_by(action="token_revoke").one().detail.endswith("log out everywhere")
+
+
+def test_disabling_revokes_api_tokens_so_enabling_revives_none(app, alice):
+    create_user(app, "boss", role="admin")
+    boss = app.test_client()
+    login(boss, "boss")
+    assert "revokes its API tokens" in boss.get("/admin/users").get_data(as_text=True)
+    token = _token_for(app, "alice")
+    with app.app_context():
+        alice_id = User.query.filter_by(username="alice").one().id
+    assert boss.post(f"/admin/users/{alice_id}/disable").status_code == 302
+    assert _tasks_status(app, token) == 401
+    assert boss.post(f"/admin/users/{alice_id}/enable").status_code == 302
+    assert login(app.test_client(), "alice").status_code == 302       # the account is back...
+    assert _tasks_status(app, token) == 401                            # ...its old token is not
+    assert len(_revoked_rows(app, "alice")) == 1
+    with app.app_context():
+        event = AuditEvent.query.filter_by(action="token_revoke").one()
+        assert event.username == "boss" and event.resource == f"user:{alice_id}"
+
+
 # -- sign-up, users, models -------------------------------------------------------------------------
 def test_admin_closes_signup(app, client):
     create_user(app, "boss", role="admin")

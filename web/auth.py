@@ -2,7 +2,8 @@
 
 Login is throttled per account and per address (see web/security.py); every
 outcome is audited. Logging out bumps the user's session version, so a copied
-session cookie stops working too. Sign-up creates clinicians only and can be
+session cookie stops working too; a new password, "log out everywhere" and
+disabling an account revoke the user's API tokens as well. Sign-up creates clinicians only and can be
 closed by an administrator.
 """
 from __future__ import annotations
@@ -63,6 +64,19 @@ def start_session(user: User) -> None:
     """A fresh session for the signed-in user: nothing from before the login survives."""
     session.clear()
     login_user(user)
+
+
+def revoke_api_tokens(user: User, why: str) -> int:
+    """Every working API token of `user` stops working, audited with `why`; the caller commits.
+
+    Done wherever every session of a user is ended on purpose (a new password, "log out everywhere",
+    disabling the account): a token must not outlive what it stands in for.
+    """
+    count = user.revoke_all_tokens()
+    if count:
+        record("token_revoke", resource=f"user:{user.id}", detail=f"{count} API token(s) revoked: {why}",
+               commit=False)
+    return count
 
 
 def log_out_everywhere(action: str, message: str):
