@@ -35,6 +35,8 @@ class Config:
     REMEMBER_COOKIE_SAMESITE = "Lax"
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     WTF_CSRF_TIME_LIMIT = None              # token lives as long as the session
+    SESSION_IDLE_MINUTES = 30               # a session ends after this long without a request...
+    SESSION_MAX_HOURS = 12                  # ...and this long after the login, whatever happens
     ENV_NAME = "development"
     SIGNUP_OPEN = True                      # default until an admin changes it on the admin page
     PROXY_FIX_HOPS = 0                      # >0: trust X-Forwarded-For/-Proto/-Host from that many proxies
@@ -53,7 +55,8 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 def load_environment(app: Flask) -> None:
-    for key in ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "RUNS_PER_PAGE", "PROXY_FIX_HOPS"):
+    for key in ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "RUNS_PER_PAGE", "PROXY_FIX_HOPS", "SESSION_IDLE_MINUTES",
+                "SESSION_MAX_HOURS"):
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = int(os.environ[f"JOINTSCAN_{key}"])
     for key in ("MODELS_DIR", "ENV_NAME", "RESULTS_DIR", "RATELIMIT_STORAGE_URI", "LOGIN_LIMITS_PER_ACCOUNT",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import secrets
+import time
 
 import pytest
 
 from app import create_app
 from database import ApiToken, AuditEvent, Run, User, db
 from tests.conftest import CLS_OURS, CLS_REF, PASSWORD, SEG_OURS, create_user, login, signup, upload
+from web import login as web_login
 from web.security import common_passwords, password_problem
 
 
@@ -187,6 +189,59 @@ def test_log_out_everywhere(app, alice):
     assert alice.post("/account/logout-everywhere").status_code == 302
     assert alice.get("/history").status_code == 302
     assert second.get("/history").status_code == 302
+
+
+class Clock:
+    """Stands in for the `time` module of web/login.py: the session checks see this clock only."""
+
+    def __init__(self):
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(web_login, "time", fake)
+    return fake
+
+
+def test_a_session_ends_after_its_idle_time(make_app, clock):
+    app = make_app(SESSION_IDLE_MINUTES=30)
+    create_user(app, "alice")
+    client = app.test_client()
+    assert login(client, "alice").status_code == 302
+    clock.now += 29 * 60
+    assert client.get("/history").status_code == 200          # 29 minutes idle: still signed in
+    clock.now += 29 * 60
+    assert client.get("/history").status_code == 200          # the last request counts, not the login
+    clock.now += 31 * 60
+    response = client.get("/history")
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+    assert b"Your session ended" in client.get("/login").data
+    with client.session_transaction() as sess:
+        assert "_user_id" not in sess
+    assert login(client, "alice").status_code == 302          # a new login starts a new session
+
+
+def test_a_busy_session_still_ends_at_its_time_limit(make_app, clock):
+    app = make_app(SESSION_IDLE_MINUTES=30, SESSION_MAX_HOURS=12)
+    create_user(app, "alice")
+    client = app.test_client()
+    login(client, "alice")
+    for _ in range(12 * 3 - 1):                                # a request every 20 minutes, for 11 h 40
+        clock.now += 20 * 60
+        assert client.get("/history").status_code == 200
+    clock.now += 21 * 60
+    assert client.get("/history").status_code == 302          # 12 h 01 after the login
+
+
+def test_a_session_without_its_times_has_ended(app, alice):
+    with alice.session_transaction() as sess:                 # e.g. a cookie issued before the rule
+        del sess["_started"], sess["_seen"]
+    assert alice.get("/history").status_code == 302
 
 
 def _token_for(app, username: str) -> str:

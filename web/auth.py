@@ -18,6 +18,7 @@ from wtforms.validators import DataRequired, EqualTo, Length, Regexp, Validation
 from database import User, db
 from web.access import is_safe_next
 from web.audit import record
+from web.login import stamp_new_session
 from web.security import MAX_PASSWORD, MIN_PASSWORD, PasswordPolicy
 from web.settings import signup_open
 
@@ -61,9 +62,11 @@ class LoginForm(FlaskForm):
 
 
 def start_session(user: User) -> None:
-    """A fresh session for the signed-in user: nothing from before the login survives."""
+    """A fresh session for the signed-in user: nothing from before the login survives, and its idle
+    time and lifetime start now (web/login.py)."""
     session.clear()
     login_user(user)
+    stamp_new_session()
 
 
 def revoke_api_tokens(user: User, why: str) -> int:
