@@ -8,6 +8,7 @@ from pathlib import Path
 from flask import Flask
 
 from model_loader import DEFAULT_MODELS_DIR
+from private_files import write_private
 
 DEV_SECRET_FILE = "secret_key"
 MIN_SECRET_KEY_LENGTH = 32
@@ -91,6 +92,5 @@ def secret_key(app: Flask) -> str:
         raise RuntimeError(weak_secret_key(None))
     path = Path(app.instance_path) / DEV_SECRET_FILE
     if not path.exists():
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+        write_private(path, secrets.token_hex(32).encode())
     return path.read_text().strip()

@@ -4,7 +4,8 @@ Runs keep what is needed to reopen a result (task, status, timings, the
 model ids/versions/checksums that produced it, non-identifying input facts)
 and never patient names or ids. Files live under the instance folder,
 named by the run's random public id; the input is stored as the PNG pixels
-shown on the page, so no DICOM header ever reaches the disk.
+shown on the page, so no DICOM header ever reaches the disk. A SQLite
+database file is created readable by the service account only (0600).
 
 Trust: users have a role (clinician, reviewer, admin) and can be
 disabled; a run can be shared for review and carries reviewers' verdicts;
@@ -19,6 +20,7 @@ import hashlib
 import secrets
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from flask_login import UserMixin
 from flask_migrate import Migrate
@@ -27,6 +29,8 @@ from sqlalchemy import DDL, JSON, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
+
+from private_files import private_file
 
 db = SQLAlchemy()
 migrate = Migrate(render_as_batch=True)  # batch mode: SQLite can only alter tables by copying
@@ -49,6 +53,15 @@ BUSY_TIMEOUT_MS = 10_000
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@event.listens_for(Engine, "do_connect")
+def _private_sqlite_file(dialect, _record, cargs, cparams):
+    # SQLite would create a missing database file with the umask's mode, usually world-readable.
+    if dialect.name == "sqlite" and cargs and not cparams.get("uri") and cargs[0] not in ("", ":memory:"):
+        path = Path(cargs[0])
+        if path.parent.is_dir():
+            private_file(path)
 
 
 @event.listens_for(Engine, "connect")

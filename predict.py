@@ -20,6 +20,7 @@ from database import ModelResult, Run, RunStatus, User, db, disabled_model_ids, 
 from imaging.io import DecodedImage, ImageReadError, read_image
 from imaging.overlay import encode_png, grey_to_rgb
 from model_loader import ModelEntry, ModelRegistry, ModelUnavailable
+from private_files import private_dir, write_private
 from tasks import TaskInputError, TaskOutput, all_tasks, get_task
 from tasks.recognition import REFUSE_AT, Recognition, recognise, recogniser_entry, refusal
 
@@ -201,7 +202,7 @@ def recognise_upload(data: bytes, *, registry: ModelRegistry, limits: Limits = L
 
 def _store(run: Run, image: DecodedImage, output: TaskOutput, summary: dict[str, Any],
            entries: dict[str, ModelEntry], staging: Path, results_dir: Path) -> None:
-    staging.mkdir(parents=True)
+    private_dir(staging)      # 0700, its images 0600: scans are health data
     _write_png(staging / "input.png", grey_to_rgb(image.pixels))
     run.input_image = "input.png"
     run.summary = summary
@@ -216,7 +217,7 @@ def _store(run: Run, image: DecodedImage, output: TaskOutput, summary: dict[str,
 
 
 def _write_png(path: Path, img) -> str:
-    path.write_bytes(encode_png(img))
+    write_private(path, encode_png(img))
     return path.name
 
 

@@ -3,7 +3,9 @@ sessions that end for good, closed sign-up, disabled users and models, secret ke
 from __future__ import annotations
 
 import io
+import os
 import secrets
+import stat
 import time
 
 import pytest
@@ -445,6 +447,30 @@ def test_production_accepts_a_random_secret_key(tmp_path, monkeypatch):
     monkeypatch.setenv("SECRET_KEY", secrets.token_hex(32))
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'p.sqlite'}"})
     assert app.config["ENV_NAME"] == "production"
+
+
+def test_the_instance_folder_database_and_result_images_are_private(make_app, tmp_path, scan_png):
+    """Folders 0700 and files 0600 under the usual umask, which made them world-readable; an instance
+    folder from before the rule is tightened at start."""
+    instance = tmp_path / "instance"                 # make_app's instance folder
+    instance.mkdir(mode=0o755)
+    old_umask = os.umask(0o022)
+    try:
+        app = make_app(SECRET_KEY="", SQLALCHEMY_DATABASE_URI=f"sqlite:///{instance / 'jointscan.sqlite'}",
+                       RESULTS_DIR=str(instance / "results"))
+        create_user(app, "alice")
+        client = app.test_client()
+        assert login(client, "alice", "a wrong password").status_code == 401       # a throttling count
+        assert login(client, "alice").status_code == 302
+        assert upload(client, scan_png).status_code == 302
+    finally:
+        os.umask(old_umask)
+    modes = {str(p.relative_to(instance)): stat.S_IMODE(p.stat().st_mode) for p in instance.rglob("*")}
+    images = [name for name in modes if name.endswith(".png")]
+    assert {"jointscan.sqlite", "ratelimits.sqlite", "secret_key", "results"} <= set(modes) and len(images) >= 3
+    assert stat.S_IMODE(instance.stat().st_mode) == 0o700
+    assert {name: mode for name, mode in modes.items()
+            if mode != (0o700 if (instance / name).is_dir() else 0o600)} == {}
 
 
 def _session_cookie(response) -> str:
