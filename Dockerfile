@@ -27,5 +27,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD curl -fsS http://127.0.0.1:8000/healthz || exit 1
 
-# Migrate the database and sweep interrupted runs, then serve.
-CMD ["sh", "-c", "flask prepare && exec gunicorn --bind 0.0.0.0:8000 --workers ${WORKERS:-2} --timeout 120 --access-logfile - wsgi:app"]
+# Migrate the database and sweep interrupted runs, then serve. X-Forwarded-* is the app's to trust
+# (JOINTSCAN_PROXY_FIX_HOPS), never gunicorn's: its default trusts X-Forwarded-Proto from 127.0.0.1.
+CMD ["sh", "-c", "flask prepare && exec gunicorn --bind 0.0.0.0:8000 --workers ${WORKERS:-2} --timeout 120 --forwarded-allow-ips= --access-logfile - wsgi:app"]

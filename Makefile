@@ -25,7 +25,7 @@ prepare: $(STAMP)
 	$(VENV)/bin/flask prepare
 
 run: prepare
-	$(VENV)/bin/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --timeout 120 --access-logfile - wsgi:app
+	$(VENV)/bin/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --timeout 120 --forwarded-allow-ips= --access-logfile - wsgi:app
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -3,12 +3,19 @@ sessions that end for good, closed sign-up, disabled users and models, secret ke
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import secrets
+import shlex
 import stat
 import time
+from pathlib import Path
 
 import pytest
+from gunicorn.config import Config as GunicornConfig
+from gunicorn.http import wsgi as gunicorn_wsgi
+from gunicorn.http.parser import RequestParser
 
 from app import create_app
 from database import ApiToken, AuditEvent, Run, User, db
@@ -501,6 +508,63 @@ def test_cookies_are_secure_over_https_behind_a_configured_proxy(make_app):
     create_user(direct, "alice")
     response = direct.test_client().post("https://localhost/login", data={"username": "alice", "password": PASSWORD})
     assert "Secure" in _session_cookie(response)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gunicorn_command(where: str) -> list[str]:
+    """The arguments gunicorn gets from `make run` or from the Docker image, variables filled in."""
+    if where == "Makefile":
+        line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "bin/gunicorn " in line)
+    else:
+        cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
+        line = json.loads(cmd[len("CMD "):])[-1]
+    return shlex.split(re.sub(r"\$\(\w+\)|\$\{\w+(:-\w+)?\}", "2", line.split("gunicorn ", 1)[1]))
+
+
+def served_by_gunicorn(app, args: list[str], raw_request: bytes, peer: str = "127.0.0.1") -> dict:
+    """The response headers of `app` to `raw_request` as gunicorn, started with `args`, would hand it on."""
+    cfg = GunicornConfig()
+    for key, value in vars(cfg.parser().parse_args(args)).items():
+        if key != "args" and value is not None:
+            cfg.set(key.lower(), value)
+
+    class Socket:
+        def __init__(self):
+            self.chunks = [raw_request]
+
+        def recv(self, _size):
+            return self.chunks.pop(0) if self.chunks else b""
+
+    request = next(iter(RequestParser(cfg, Socket(), (peer, 40000))))
+    _response, environ = gunicorn_wsgi.create(request, Socket(), (peer, 40000), ("127.0.0.1", 8000), cfg)
+    seen = {}
+    body = app(environ, lambda status, headers, *_: seen.update(headers))
+    b"".join(body)
+    return seen
+
+
+@pytest.mark.parametrize("where", ["Makefile", "Dockerfile"])
+def test_x_forwarded_proto_from_localhost_is_ignored_without_proxy_hops(make_app, where):
+    """gunicorn's own default trusts X-Forwarded-Proto from 127.0.0.1: the commands that start it turn
+    that off, so only JOINTSCAN_PROXY_FIX_HOPS (ProxyFix) decides whether the header counts."""
+    form = b"username=alice&password=" + PASSWORD.replace(" ", "+").encode()
+    raw = (b"POST /login HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-Proto: https\r\n"
+           b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(form), form))
+    args = gunicorn_command(where)
+    assert "--forwarded-allow-ips=" in args
+    plain = make_app()
+    create_user(plain, "alice")
+    headers = served_by_gunicorn(plain, args, raw)
+    assert headers["Location"] == "/upload"                                  # signed in...
+    assert "Secure" not in headers["Set-Cookie"] and "Strict-Transport-Security" not in headers   # ...not as HTTPS
+    assert "Strict-Transport-Security" in served_by_gunicorn(plain, [a for a in args if "forwarded" not in a],
+                                                            raw)             # what gunicorn's default did
+    behind_proxy = make_app(PROXY_FIX_HOPS=1)                                # configured: the header counts
+    create_user(behind_proxy, "alice")
+    headers = served_by_gunicorn(behind_proxy, args, raw)
+    assert "Secure" in headers["Set-Cookie"] and "Strict-Transport-Security" in headers
 
 
 def test_security_headers_on_new_pages(app):

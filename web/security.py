@@ -12,7 +12,9 @@
   (redis://... for several hosts).
 - Cookies: the session cookie is Secure when configured, and whenever the
   request itself came over HTTPS (X-Forwarded-Proto is trusted only when
-  JOINTSCAN_PROXY_FIX_HOPS is set).
+  JOINTSCAN_PROXY_FIX_HOPS is set, by ProxyFix; gunicorn is started with
+  `--forwarded-allow-ips=` in the Makefile and the Dockerfile, because its
+  default would trust the header from 127.0.0.1 whatever the setting).
 - Response headers: a strict Content-Security-Policy and friends on every
   response, HSTS over HTTPS, `Cache-Control: no-store` where a view asked for it.
 """
