@@ -8,6 +8,7 @@ from datetime import datetime, time, timedelta
 import pytest
 
 from database import ApiToken, AuditEvent, Run, User, db, utcnow
+from model_loader import UNAVAILABLE_FOR_USERS
 from tasks import sacroiliac
 from tests.conftest import (ALL_MODELS, CLS_OURS, CLS_REF, PASSWORD, SEG_OURS, SEG_REF, create_user, csrf_from,
                             login)
@@ -264,11 +265,15 @@ def test_unavailable_model_is_503(make_app, damaged_models_dir, scan_png, damage
     token = issue_token(app, create_user(app, "alice"))
     client = app.test_client()
     message = assert_error(analyze(client, scan_png, bearer(token)), 503)
-    assert "unavailable" in message
+    assert "unavailable" in message and UNAVAILABLE_FOR_USERS in message and ".keras" not in message
     tasks = client.get("/api/v1/tasks", headers=bearer(token)).get_json()["tasks"]
     models = {m["id"]: m for m in tasks[0]["models"]}
-    assert models[CLS_OURS]["available"] is False and models[CLS_OURS]["problem"]
+    assert models[CLS_OURS]["available"] is False and models[CLS_OURS]["problem"] == UNAVAILABLE_FOR_USERS
     assert models[SEG_OURS]["available"] is True
+    admin = issue_token(app, create_user(app, "boss", role="admin"))       # administrators read the detail
+    tasks = client.get("/api/v1/tasks", headers=bearer(admin)).get_json()["tasks"]
+    problem = {m["id"]: m for m in tasks[0]["models"]}[CLS_OURS]["problem"]
+    assert f"model file {CLS_OURS}.keras" in problem
 
 
 def test_failed_analysis_is_500_json(app, client, token, scan_png, monkeypatch):

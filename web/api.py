@@ -159,14 +159,14 @@ def _flag(raw: str | None, default: bool) -> bool | None:
 # -- routes ----------------------------------------------------------------------------
 @bp.get("/v1/tasks")
 @authenticated
-def list_tasks(_user):
+def list_tasks(user):
     reg = current_registry()
     disabled = disabled_model_ids()
     tasks = []
     for task in all_tasks().values():
         models = []
         for e in reg.entries(task.name):
-            issue = model_problem(reg, e.id, disabled)
+            issue = model_problem(reg, e.id, disabled, user)
             models.append({"id": e.id, "title": e.title, "role": e.role, "version": e.version,
                            "reference": e.reference, "default": e.default, "sha256": e.sha256,
                            "available": issue is None, "problem": issue})
