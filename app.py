@@ -14,6 +14,7 @@ from config import Config, load_environment, secret_key, weak_secret_key
 from database import db, migrate
 from model_loader import ModelRegistry
 from web.slow_clients import BufferedBody
+from private_files import private_dir
 
 csrf = CSRFProtect()
 
@@ -23,7 +24,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_object(Config)
     if "JOINTSCAN_INSTANCE_PATH" in os.environ:
         app.instance_path = os.environ["JOINTSCAN_INSTANCE_PATH"]
-    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    private_dir(app.instance_path)      # the database, the key, the throttling counts, every scan: 0700
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{Path(app.instance_path) / 'jointscan.sqlite'}"
     load_environment(app)
     if test_config:
@@ -37,7 +38,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     # The request body limit sits a little above the file limit, for the multipart envelope.
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_BYTES"] + 1 * 2**20
     app.config.setdefault("RESULTS_DIR", str(Path(app.instance_path) / "results"))
-    Path(app.config["RESULTS_DIR"]).mkdir(parents=True, exist_ok=True)
+    private_dir(app.config["RESULTS_DIR"])
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db.init_app(app)

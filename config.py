@@ -8,6 +8,7 @@ from pathlib import Path
 from flask import Flask
 
 from model_loader import DEFAULT_MODELS_DIR
+from private_files import write_private
 
 DEV_SECRET_FILE = "secret_key"
 MIN_SECRET_KEY_LENGTH = 32
@@ -35,6 +36,8 @@ class Config:
     REMEMBER_COOKIE_SAMESITE = "Lax"
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     WTF_CSRF_TIME_LIMIT = None              # token lives as long as the session
+    SESSION_IDLE_MINUTES = 30               # a session ends after this long without a request...
+    SESSION_MAX_HOURS = 12                  # ...and this long after the login, whatever happens
     ENV_NAME = "development"
     SIGNUP_OPEN = True                      # default until an admin changes it on the admin page
     PROXY_FIX_HOPS = 0                      # >0: trust X-Forwarded-For/-Proto/-Host from that many proxies
@@ -42,7 +45,9 @@ class Config:
     LOGIN_LIMITS_PER_ACCOUNT = "5 per minute;20 per hour"
     LOGIN_LIMITS_PER_ADDRESS = "20 per minute;100 per hour"
     SIGNUP_LIMITS_PER_ADDRESS = "10 per hour"
-    RATELIMIT_STORAGE_URI = "memory://"     # per process; redis://host:6379 shares counts between workers
+    # Empty: a SQLite file in the instance folder, shared by the workers of this instance
+    # (web/ratelimit_sqlite.py); redis://host:6379 shares the counts between hosts as well.
+    RATELIMIT_STORAGE_URI = ""
     # Analyses (pages and API together), per user and per client address; 429 with Retry-After above.
     ANALYSIS_LIMITS_PER_USER = "20 per minute;600 per day"
     ANALYSIS_LIMITS_PER_ADDRESS = "40 per minute;2000 per day"
@@ -66,9 +71,9 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 def load_environment(app: Flask) -> None:
-    for key in ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "RUNS_PER_PAGE", "PROXY_FIX_HOPS", "WORKER_TIMEOUT_S",
-                "RUN_STALE_AFTER_S", "SWEEP_EVERY_S", "STORAGE_QUOTA_BYTES", "MIN_FREE_DISK_BYTES", "BODY_MIN_RATE",
-                "BODY_GRACE_S"):
+    for key in ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "RUNS_PER_PAGE", "PROXY_FIX_HOPS", "SESSION_IDLE_MINUTES",
+                "SESSION_MAX_HOURS", "WORKER_TIMEOUT_S", "RUN_STALE_AFTER_S", "SWEEP_EVERY_S", "STORAGE_QUOTA_BYTES",
+                "MIN_FREE_DISK_BYTES", "BODY_MIN_RATE", "BODY_GRACE_S"):
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = int(os.environ[f"JOINTSCAN_{key}"])
     for key in ("MODELS_DIR", "ENV_NAME", "RESULTS_DIR", "RATELIMIT_STORAGE_URI", "LOGIN_LIMITS_PER_ACCOUNT",
@@ -106,6 +111,5 @@ def secret_key(app: Flask) -> str:
         raise RuntimeError(weak_secret_key(None))
     path = Path(app.instance_path) / DEV_SECRET_FILE
     if not path.exists():
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+        write_private(path, secrets.token_hex(32).encode())
     return path.read_text().strip()

@@ -4,7 +4,8 @@ Runs keep what is needed to reopen a result (task, status, timings, the
 model ids/versions/checksums that produced it, non-identifying input facts)
 and never patient names or ids. Files live under the instance folder,
 named by the run's random public id; the input is stored as the PNG pixels
-shown on the page, so no DICOM header ever reaches the disk.
+shown on the page, so no DICOM header ever reaches the disk. A SQLite
+database file is created readable by the service account only (0600).
 
 Trust: users have a role (clinician, reviewer, admin) and can be
 disabled; a run can be shared for review and carries reviewers' verdicts;
@@ -18,7 +19,8 @@ import enum
 import hashlib
 import secrets
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from flask_login import UserMixin
 from flask_migrate import Migrate
@@ -27,6 +29,8 @@ from sqlalchemy import DDL, JSON, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
+
+from private_files import private_file
 
 db = SQLAlchemy()
 migrate = Migrate(render_as_batch=True)  # batch mode: SQLite can only alter tables by copying
@@ -49,6 +53,15 @@ BUSY_TIMEOUT_MS = 10_000
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@event.listens_for(Engine, "do_connect")
+def _private_sqlite_file(dialect, _record, cargs, cparams):
+    # SQLite would create a missing database file with the umask's mode, usually world-readable.
+    if dialect.name == "sqlite" and cargs and not cparams.get("uri") and cargs[0] not in ("", ":memory:"):
+        path = Path(cargs[0])
+        if path.parent.is_dir():
+            private_file(path)
 
 
 @event.listens_for(Engine, "connect")
@@ -97,6 +110,15 @@ class User(UserMixin, db.Model):
         """Every login cookie issued so far stops working (logout, password change, disabling)."""
         self.session_version = (self.session_version or 0) + 1
 
+    def revoke_all_tokens(self) -> int:
+        """Every API token of this user that still works stops working (password change, log out
+        everywhere, disabling); the rows stay, for the audit trail. Returns how many were revoked."""
+        now = utcnow()
+        working = [t for t in self.tokens.filter(ApiToken.revoked_at.is_(None)) if t.state == "active"]
+        for token in working:
+            token.revoked_at = now
+        return len(working)
+
 
 class ApiToken(db.Model):
     """A bearer token for the JSON API. Only a SHA-256 of the random token is stored:
@@ -109,34 +131,56 @@ class ApiToken(db.Model):
     token_hash = db.Column(db.String(64), unique=True, nullable=False, index=True)
     prefix = db.Column(db.String(12), nullable=False)     # shown so users can tell tokens apart
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
-    last_used_at = db.Column(db.DateTime)
+    last_used_at = db.Column(db.DateTime)        # to the minute (LAST_USE_RESOLUTION)
     revoked_at = db.Column(db.DateTime)
+    expires_at = db.Column(db.DateTime)          # None: works until revoked
 
     user = db.relationship("User", back_populates="tokens")
 
     TOKEN_PREFIX = "js_"
+    # A script may call the API many times a second: the last use is written at most once a minute.
+    LAST_USE_RESOLUTION = timedelta(minutes=1)
 
     @staticmethod
     def hash_token(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, user: User, name: str) -> tuple["ApiToken", str]:
+    def issue(cls, user: User, name: str, expires_at: datetime | None = None) -> tuple["ApiToken", str]:
         """Create a token row; the plain token is returned once and never stored."""
         plain = cls.TOKEN_PREFIX + secrets.token_urlsafe(32)
-        row = cls(user_id=user.id, name=name, token_hash=cls.hash_token(plain), prefix=plain[:10])
+        row = cls(user_id=user.id, name=name, token_hash=cls.hash_token(plain), prefix=plain[:10],
+                  expires_at=expires_at)
         return row, plain
 
     @classmethod
     def find_active(cls, plain: str) -> "ApiToken | None":
+        """The token's row when it still works (neither revoked nor expired), else None."""
         row = cls.query.filter_by(token_hash=cls.hash_token(plain)).first()
-        if row is None or row.revoked_at is not None:
+        if row is None or row.state != "active":
             return None
         return row
 
     @property
+    def state(self) -> str:
+        """One of "active", "revoked", "expired"."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= utcnow():
+            return "expired"
+        return "active"
+
+    @property
     def active(self) -> bool:
-        return self.revoked_at is None
+        return self.state == "active"
+
+    def note_use(self) -> bool:
+        """Record a use in `last_used_at` unless one was recorded within the last minute; True when it changed."""
+        now = utcnow()
+        if self.last_used_at is not None and now - self.last_used_at < self.LAST_USE_RESOLUTION:
+            return False
+        self.last_used_at = now
+        return True
 
 
 class Run(db.Model):

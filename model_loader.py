@@ -24,8 +24,15 @@ from typing import Any, Callable, Sequence
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
+# What a user who is not an administrator reads about an unusable model: ModelRegistry.problem and
+# ModelUnavailable's message name the file and the command that rebuilds it, which is for administrators
+# (the models pages) and the log only.
+UNAVAILABLE_FOR_USERS = "its file is missing, damaged or cannot be loaded; an administrator can see the details"
+
+
 class ModelUnavailable(RuntimeError):
-    """A model cannot be used; `message` is safe to show to users."""
+    """A model cannot be used; `message` says why, for administrators and the log (users read
+    UNAVAILABLE_FOR_USERS)."""
 
     def __init__(self, model_id: str, message: str):
         super().__init__(f"{model_id}: {message}")
@@ -190,7 +197,8 @@ class ModelRegistry:
 
     # -- health ------------------------------------------------------------
     def problem(self, model_id: str) -> str | None:
-        """None when the model can be used, else a sentence saying why not (cached on file mtime/size)."""
+        """None when the model can be used, else a sentence saying why not (cached on file mtime/size).
+        The sentence names files and commands: for administrators and the log (see UNAVAILABLE_FOR_USERS)."""
         entry = self._entries.get(model_id)
         if entry is None:
             return "no such model in the registry"

@@ -21,7 +21,8 @@ from database import ModelResult, Run, RunStatus, User, db, disabled_model_ids, 
 from imaging.io import DecodedImage, ImageReadError, fit_pixels, read_image
 
 from imaging.overlay import encode_png, grey_to_rgb
-from model_loader import ModelEntry, ModelRegistry, ModelUnavailable
+from model_loader import UNAVAILABLE_FOR_USERS, ModelEntry, ModelRegistry, ModelUnavailable
+from private_files import private_dir, write_private
 from tasks import TaskInputError, TaskOutput, all_tasks, get_task
 from tasks.recognition import REFUSE_AT, Recognition, recognise, recogniser_entry, refusal
 
@@ -107,8 +108,14 @@ def choose_models(registry: ModelRegistry, task_name: str, model_ids: list[str])
     for entry in chosen:
         problem = registry.problem(entry.id)
         if problem:
-            raise PredictionError(f"Model '{entry.title}' is unavailable: {problem}.", 503)
+            raise _unavailable(entry, problem)
     return chosen
+
+
+def _unavailable(entry: ModelEntry, problem: str) -> PredictionError:
+    """The 503 for a model that cannot be used: the detail goes to the log, the user reads a plain sentence."""
+    log.warning("model %s unavailable: %s", entry.id, problem)
+    return PredictionError(f"Model '{entry.title}' is unavailable: {UNAVAILABLE_FOR_USERS}.", 503)
 
 
 def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegistry,
@@ -134,7 +141,7 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
     try:
         loaded = [registry.load(e.id) for e in entries]
     except ModelUnavailable as exc:
-        raise PredictionError(f"Model unavailable: {exc.message}.", 503) from exc
+        raise _unavailable(registry.get(exc.model_id), exc.message) from exc
     t_ready = time.perf_counter()
 
     run = Run(user_id=user.id, task=task.name, status=RunStatus.PENDING, input_kind=image.kind,
@@ -220,7 +227,8 @@ def recognise_image(registry: ModelRegistry, image: DecodedImage) -> tuple[Recog
     try:
         return recognise(registry.load(entry.id), image.pixels, image.meta), None
     except ModelUnavailable as exc:
-        return None, f"the image recogniser is unavailable ({exc.message})"
+        log.warning("model %s unavailable: %s", entry.id, exc.message)
+        return None, "the image recogniser is unavailable"
 
 
 def recognition_summary(task: Any, found: Recognition | None, not_checked: str | None,
@@ -256,7 +264,7 @@ def recognise_upload(data: bytes, *, registry: ModelRegistry, limits: Limits = L
 
 def _store(run: Run, image: DecodedImage, output: TaskOutput, summary: dict[str, Any],
            entries: dict[str, ModelEntry], staging: Path, results_dir: Path) -> None:
-    staging.mkdir(parents=True)
+    private_dir(staging)      # 0700, its images 0600: scans are health data
     _write_png(staging / "input.png", grey_to_rgb(image.pixels))
     run.input_image = "input.png"
     run.summary = summary
@@ -272,7 +280,7 @@ def _store(run: Run, image: DecodedImage, output: TaskOutput, summary: dict[str,
 
 
 def _write_png(path: Path, img) -> str:
-    path.write_bytes(encode_png(img))
+    write_private(path, encode_png(img))
     return path.name
 
 

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import datetime, time, timedelta
 
 import pytest
 
-from database import ApiToken, Run, User, db, utcnow
+from database import ApiToken, AuditEvent, Run, User, db, utcnow
 from imaging.errors import size_text
+from model_loader import UNAVAILABLE_FOR_USERS
 from tasks import sacroiliac
-from tests.conftest import ALL_MODELS, CLS_OURS, CLS_REF, SEG_OURS, SEG_REF, create_user, csrf_from, login
+from tests.conftest import (ALL_MODELS, CLS_OURS, CLS_REF, PASSWORD, SEG_OURS, SEG_REF, create_user, csrf_from,
+                            login)
 
 
 def issue_token(app, user_id: int, name: str = "script") -> str:
@@ -115,7 +118,7 @@ def test_no_token_bad_token_and_revoked_token_get_401(app, client, token, scan_p
 
 
 def test_revoking_on_the_account_page_disables_the_token(app, alice, client, scan_png, users):
-    page = alice.post("/account/tokens", data={"name": "lab pc"})
+    page = alice.post("/account/tokens", data={"name": "lab pc", "password": PASSWORD})
     assert page.status_code == 200
     html = page.get_data(as_text=True)
 
@@ -128,6 +131,67 @@ def test_revoking_on_the_account_page_disables_the_token(app, alice, client, sca
     assert alice.post(f"/account/tokens/{token_id}/revoke").status_code == 302
     assert b"Revoked" in alice.get("/account/").data
     assert_error(client.get("/api/v1/tasks", headers=bearer(plain)), 401)
+
+
+def _create_on_page(alice, **fields) -> tuple[int, str | None]:
+    page = alice.post("/account/tokens", data={"name": "lab pc", **fields})
+    found = re.search(r'id="new-token">(js_[^<]+)<', page.get_data(as_text=True))
+    return page.status_code, found.group(1) if found else None
+
+
+def test_creating_a_token_asks_for_the_password(app, alice, users):
+    assert _create_on_page(alice) == (400, None)
+    status, plain = _create_on_page(alice, password="not my password at all")
+    assert status == 400 and plain is None
+    assert b"The current password is wrong." in alice.post("/account/tokens", data={
+        "name": "lab pc", "password": "not my password at all"}).data
+    with app.app_context():
+        assert ApiToken.query.count() == 0
+        assert {(e.action, e.outcome) for e in AuditEvent.query} >= {("token_create", "failed")}
+    status, plain = _create_on_page(alice, password=PASSWORD)
+    assert status == 200 and plain.startswith("js_")
+
+
+def test_an_expired_token_is_refused_and_shown_expired(app, alice, client, users):
+    today = utcnow().date()
+    status, plain = _create_on_page(alice, password=PASSWORD, last_day=today.isoformat())
+    assert status == 200
+    with app.app_context():
+        row = ApiToken.query.one()
+        assert row.expires_at == datetime.combine(today + timedelta(days=1), time.min)   # through the last day
+        revoke_url = f"/account/tokens/{row.id}/revoke"
+    assert client.get("/api/v1/tasks", headers=bearer(plain)).status_code == 200
+    page = alice.get("/account/").get_data(as_text=True)
+    assert "Active" in page and revoke_url in page
+
+    with app.app_context():
+        ApiToken.query.one().expires_at = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+    response = client.get("/api/v1/tasks", headers=bearer(plain))
+    assert_error(response, 401)
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    page = alice.get("/account/").get_data(as_text=True)
+    assert "Expired" in page and "Active" not in page and revoke_url not in page
+    # a last day in the past is refused
+    status, _ = _create_on_page(alice, password=PASSWORD, last_day=(today - timedelta(days=1)).isoformat())
+    assert status == 400
+
+
+def test_last_use_is_written_once_a_minute_and_shown(app, alice, client, token):
+    assert alice.get("/account/").get_data(as_text=True).count("never") == 2      # no expiry, never used
+    assert client.get("/api/v1/tasks", headers=bearer(token)).status_code == 200
+    with app.app_context():
+        first = ApiToken.query.one().last_used_at
+    assert first is not None and utcnow() - first < timedelta(seconds=30)
+    assert client.get("/api/v1/tasks", headers=bearer(token)).status_code == 200
+    with app.app_context():
+        assert ApiToken.query.one().last_used_at == first          # no second write within the minute
+        ApiToken.query.one().last_used_at = first - timedelta(minutes=5)
+        db.session.commit()
+    assert f"{first - timedelta(minutes=5):%Y-%m-%d %H:%M} UTC" in alice.get("/account/").get_data(as_text=True)
+    assert client.get("/api/v1/tasks", headers=bearer(token)).status_code == 200
+    with app.app_context():
+        assert ApiToken.query.one().last_used_at >= first            # a minute on: written again
 
 
 def test_other_users_run_is_404_with_their_token(app, client, users, token, scan_png):
@@ -205,11 +269,15 @@ def test_unavailable_model_is_503(make_app, damaged_models_dir, scan_png, damage
     token = issue_token(app, create_user(app, "alice"))
     client = app.test_client()
     message = assert_error(analyze(client, scan_png, bearer(token)), 503)
-    assert "unavailable" in message
+    assert "unavailable" in message and UNAVAILABLE_FOR_USERS in message and ".keras" not in message
     tasks = client.get("/api/v1/tasks", headers=bearer(token)).get_json()["tasks"]
     models = {m["id"]: m for m in tasks[0]["models"]}
-    assert models[CLS_OURS]["available"] is False and models[CLS_OURS]["problem"]
+    assert models[CLS_OURS]["available"] is False and models[CLS_OURS]["problem"] == UNAVAILABLE_FOR_USERS
     assert models[SEG_OURS]["available"] is True
+    admin = issue_token(app, create_user(app, "boss", role="admin"))       # administrators read the detail
+    tasks = client.get("/api/v1/tasks", headers=bearer(admin)).get_json()["tasks"]
+    problem = {m["id"]: m for m in tasks[0]["models"]}[CLS_OURS]["problem"]
+    assert f"model file {CLS_OURS}.keras" in problem
 
 
 def test_failed_analysis_is_500_json(app, client, token, scan_png, monkeypatch):

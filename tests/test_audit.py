@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.exc import DatabaseError
 
 from database import AuditEvent, AuditTrailIsAppendOnly, db, utcnow
-from tests.conftest import create_user, dicom_bytes, login, run_id_from, upload
+from tests.conftest import PASSWORD, create_user, dicom_bytes, login, run_id_from, upload
 from web.audit import record
 
 
@@ -35,7 +35,7 @@ def test_every_action_leaves_a_row(app, scan_png):
     assert alice.get(f"/runs/{run_id}/images/input.png").status_code == 200
     assert alice.get(f"/runs/{run_id}/export.json").status_code == 200
     assert alice.post(f"/runs/{run_id}/share").status_code == 302
-    assert alice.post("/account/tokens", data={"name": "script"}).status_code == 200
+    assert alice.post("/account/tokens", data={"name": "script", "password": PASSWORD}).status_code == 200
     assert alice.post("/account/tokens/1/revoke").status_code == 302
     assert login(rev, "rev").status_code == 302
     assert rev.get(f"/review/runs/{run_id}").status_code == 200

@@ -113,7 +113,7 @@ def _csrf_recipes(w, scan_png):
                                                   "confirm": NEW_PASSWORD}, 302),
         "auth.login": (None, "/login", lambda: {"username": "ivy", "password": PASSWORD}, 302),
         "auth.logout": ("ivy", "/logout", dict, 302),
-        "account.create_token": ("ivy", "/account/tokens", lambda: {"name": "script"}, 200),
+        "account.create_token": ("ivy", "/account/tokens", lambda: {"name": "script", "password": PASSWORD}, 200),
         "account.revoke_token": ("ivy", f"/account/tokens/{w['token']}/revoke", dict, 302),
         "scans.upload": ("ivy", "/upload", lambda: _scan_form(scan_png), 302),
         "hand.index": ("ivy", "/hand/timeline", lambda: {"pseudonym": "P-17"}, 302),

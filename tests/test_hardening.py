@@ -3,13 +3,25 @@ sessions that end for good, closed sign-up, disabled users and models, secret ke
 from __future__ import annotations
 
 import io
+import json
+import os
+import re
+import runpy
 import secrets
+import shlex
+import stat
+import time
+from pathlib import Path
 
 import pytest
+from gunicorn.config import Config as GunicornConfig
+from gunicorn.http import wsgi as gunicorn_wsgi
+from gunicorn.http.parser import RequestParser
 
 from app import create_app
 from database import ApiToken, AuditEvent, Run, User, db
 from tests.conftest import CLS_OURS, CLS_REF, PASSWORD, SEG_OURS, create_user, login, signup, upload
+from web import login as web_login
 from web.security import common_passwords, password_problem
 
 
@@ -45,6 +57,48 @@ def test_failed_logins_per_address_are_throttled(make_app):
     response = other.post("/login", data={"username": "carol", "password": PASSWORD},
                           environ_base={"REMOTE_ADDR": "10.9.8.7"})
     assert response.status_code == 302                       # another address is not affected
+
+
+ATTACKER, OWNER = {"REMOTE_ADDR": "203.0.113.66"}, {"REMOTE_ADDR": "198.51.100.7"}
+
+
+def _post_login(client, address: dict, password: str, username: str = "boss"):
+    return client.post("/login", data={"username": username, "password": password}, environ_base=address)
+
+
+def test_a_locked_account_still_lets_its_owner_in_from_a_clean_address(make_app):
+    """Guessing from one address cannot lock the administrator out; the guesser stays throttled."""
+    app = make_app(LOGIN_LIMITS_PER_ACCOUNT="3 per minute", LOGIN_LIMITS_PER_ADDRESS="50 per minute")
+    create_user(app, "boss", role="admin")
+    attacker = app.test_client()
+    assert [_post_login(attacker, ATTACKER, "guess number one").status_code for _ in range(3)] == [401] * 3
+    locked = _post_login(attacker, ATTACKER, "guess number four")
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+    assert _post_login(attacker, ATTACKER, PASSWORD).status_code == 429     # not even the right one
+
+    owner = app.test_client()
+    response = _post_login(owner, OWNER, PASSWORD)
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/"
+    assert owner.get("/admin/", environ_base=OWNER).status_code == 200
+    assert _post_login(app.test_client(), ATTACKER, "guess number five").status_code == 429
+
+
+def test_a_locked_account_still_stops_every_address_that_fails(make_app):
+    """No unlimited guessing from many addresses: every failure counts against the account, and once it
+    is locked an address gets one checked guess at most before it is refused too."""
+    app = make_app(LOGIN_LIMITS_PER_ACCOUNT="3 per minute", LOGIN_LIMITS_PER_ADDRESS="50 per minute")
+    create_user(app, "boss", role="admin")
+    spread = [{"REMOTE_ADDR": f"203.0.113.{n}"} for n in range(1, 4)]
+    for address in spread:                      # one failure each, far below the per-address limit
+        assert _post_login(app.test_client(), address, "a wrong password").status_code == 401
+    for address in spread:                      # the account's limit stops each of them now
+        assert _post_login(app.test_client(), address, "another wrong one").status_code == 429
+        assert _post_login(app.test_client(), address, PASSWORD).status_code == 429
+    fresh = {"REMOTE_ADDR": "203.0.113.99"}
+    assert _post_login(app.test_client(), fresh, "a fresh wrong guess").status_code == 401
+    assert _post_login(app.test_client(), fresh, "and one more guess").status_code == 429
+    with app.app_context():
+        assert AuditEvent.query.filter_by(action="login_failed", outcome="throttled").count() == 7
 
 
 def test_default_limits_throttle_after_five_failures(app):
@@ -145,6 +199,124 @@ def test_log_out_everywhere(app, alice):
     assert alice.post("/account/logout-everywhere").status_code == 302
     assert alice.get("/history").status_code == 302
     assert second.get("/history").status_code == 302
+
+
+class Clock:
+    """Stands in for the `time` module of web/login.py: the session checks see this clock only."""
+
+    def __init__(self):
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(web_login, "time", fake)
+    return fake
+
+
+def test_a_session_ends_after_its_idle_time(make_app, clock):
+    app = make_app(SESSION_IDLE_MINUTES=30)
+    create_user(app, "alice")
+    client = app.test_client()
+    assert login(client, "alice").status_code == 302
+    clock.now += 29 * 60
+    assert client.get("/history").status_code == 200          # 29 minutes idle: still signed in
+    clock.now += 29 * 60
+    assert client.get("/history").status_code == 200          # the last request counts, not the login
+    clock.now += 31 * 60
+    response = client.get("/history")
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+    assert b"Your session ended" in client.get("/login").data
+    with client.session_transaction() as sess:
+        assert "_user_id" not in sess
+    assert login(client, "alice").status_code == 302          # a new login starts a new session
+
+
+def test_a_busy_session_still_ends_at_its_time_limit(make_app, clock):
+    app = make_app(SESSION_IDLE_MINUTES=30, SESSION_MAX_HOURS=12)
+    create_user(app, "alice")
+    client = app.test_client()
+    login(client, "alice")
+    for _ in range(12 * 3 - 1):                                # a request every 20 minutes, for 11 h 40
+        clock.now += 20 * 60
+        assert client.get("/history").status_code == 200
+    clock.now += 21 * 60
+    assert client.get("/history").status_code == 302          # 12 h 01 after the login
+
+
+def test_a_session_without_its_times_has_ended(app, alice):
+    with alice.session_transaction() as sess:                 # e.g. a cookie issued before the rule
+        del sess["_started"], sess["_seen"]
+    assert alice.get("/history").status_code == 302
+
+
+def _token_for(app, username: str) -> str:
+    with app.app_context():
+        row, plain = ApiToken.issue(User.query.filter_by(username=username).one(), "script")
+        db.session.add(row)
+        db.session.commit()
+    assert _tasks_status(app, plain) == 200
+    return plain
+
+
+def _tasks_status(app, token: str) -> int:
+    return app.test_client().get("/api/v1/tasks", headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+def _revoked_rows(app, username: str) -> list[ApiToken]:
+    with app.app_context():
+        user = User.query.filter_by(username=username).one()
+        return [t for t in user.tokens if t.revoked_at is not None]
+
+
+def test_password_change_revokes_api_tokens(app, alice):
+    page = alice.get("/account/").get_data(as_text=True)
+    assert "revokes all your API tokens" in page                   # said before the user confirms
+    old, older = _token_for(app, "alice"), _token_for(app, "alice")
+    response = alice.post("/account/password", data={"current": PASSWORD, "new": "tulip marble fjord 42",
+                                                      "confirm": "tulip marble fjord 42"}, follow_redirects=True)
+    assert b"your 2 API token(s) are revoked" in response.data
+    assert _tasks_status(app, old) == _tasks_status(app, older) == 401
+    assert len(_revoked_rows(app, "alice")) == 2                   # kept, for the audit trail
+    with app.app_context():
+        event = AuditEvent.query.filter_by(action="token_revoke").one()
+        assert event.detail == "2 API token(s) revoked: password change" and event.username == "alice"
+    assert alice.post("/account/tokens", data={"name": "new", "password": "tulip marble fjord 42"}).status_code == 200
+
+
+def test_log_out_everywhere_revokes_api_tokens_and_a_plain_logout_does_not(app, alice):
+    kept = _token_for(app, "alice")
+    assert alice.post("/logout").status_code == 302                # this browser only: scripts keep working
+    assert _tasks_status(app, kept) == 200
+    login(alice, "alice")
+    assert "revokes all your API tokens" in alice.get("/account/").get_data(as_text=True)
+    assert alice.post("/account/logout-everywhere").status_code == 302
+    assert _tasks_status(app, kept) == 401
+    with app.app_context():
+        assert AuditEvent.query.filter_by(action="token_revoke").one().detail.endswith("log out everywhere")
+
+
+def test_disabling_revokes_api_tokens_so_enabling_revives_none(app, alice):
+    create_user(app, "boss", role="admin")
+    boss = app.test_client()
+    login(boss, "boss")
+    assert "revokes its API tokens" in boss.get("/admin/users").get_data(as_text=True)
+    token = _token_for(app, "alice")
+    with app.app_context():
+        alice_id = User.query.filter_by(username="alice").one().id
+    assert boss.post(f"/admin/users/{alice_id}/disable").status_code == 302
+    assert _tasks_status(app, token) == 401
+    assert boss.post(f"/admin/users/{alice_id}/enable").status_code == 302
+    assert login(app.test_client(), "alice").status_code == 302       # the account is back...
+    assert _tasks_status(app, token) == 401                            # ...its old token is not
+    assert len(_revoked_rows(app, "alice")) == 1
+    with app.app_context():
+        event = AuditEvent.query.filter_by(action="token_revoke").one()
+        assert event.username == "boss" and event.resource == f"user:{alice_id}"
 
 
 # -- sign-up, users, models -------------------------------------------------------------------------
@@ -285,6 +457,30 @@ def test_production_accepts_a_random_secret_key(tmp_path, monkeypatch):
     assert app.config["ENV_NAME"] == "production"
 
 
+def test_the_instance_folder_database_and_result_images_are_private(make_app, tmp_path, scan_png):
+    """Folders 0700 and files 0600 under the usual umask, which made them world-readable; an instance
+    folder from before the rule is tightened at start."""
+    instance = tmp_path / "instance"                 # make_app's instance folder
+    instance.mkdir(mode=0o755)
+    old_umask = os.umask(0o022)
+    try:
+        app = make_app(SECRET_KEY="", SQLALCHEMY_DATABASE_URI=f"sqlite:///{instance / 'jointscan.sqlite'}",
+                       RESULTS_DIR=str(instance / "results"))
+        create_user(app, "alice")
+        client = app.test_client()
+        assert login(client, "alice", "a wrong password").status_code == 401       # a throttling count
+        assert login(client, "alice").status_code == 302
+        assert upload(client, scan_png).status_code == 302
+    finally:
+        os.umask(old_umask)
+    modes = {str(p.relative_to(instance)): stat.S_IMODE(p.stat().st_mode) for p in instance.rglob("*")}
+    images = [name for name in modes if name.endswith(".png")]
+    assert {"jointscan.sqlite", "ratelimits.sqlite", "secret_key", "results"} <= set(modes) and len(images) >= 3
+    assert stat.S_IMODE(instance.stat().st_mode) == 0o700
+    assert {name: mode for name, mode in modes.items()
+            if mode != (0o700 if (instance / name).is_dir() else 0o600)} == {}
+
+
 def _session_cookie(response) -> str:
     return next(h for h in response.headers.getlist("Set-Cookie") if h.startswith("session="))
 
@@ -313,6 +509,73 @@ def test_cookies_are_secure_over_https_behind_a_configured_proxy(make_app):
     create_user(direct, "alice")
     response = direct.test_client().post("https://localhost/login", data={"username": "alice", "password": PASSWORD})
     assert "Secure" in _session_cookie(response)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gunicorn_command(where: str) -> list[str]:
+    """The arguments gunicorn gets from `make run` or from the Docker image, variables filled in."""
+    if where == "Makefile":
+        line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "bin/gunicorn " in line)
+    else:
+        cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
+        line = json.loads(cmd[len("CMD "):])[-1]
+    return shlex.split(re.sub(r"\$\(\w+\)|\$\{\w+(:-\w+)?\}", "2", line.split("gunicorn ", 1)[1]))
+
+
+def gunicorn_config(args: list[str]) -> GunicornConfig:
+    """gunicorn's settings from `args`: the config file named by -c (run as gunicorn runs it), then the flags."""
+    cfg = GunicornConfig()
+    parsed = vars(cfg.parser().parse_args(args))
+    if parsed.get("config"):
+        for key, value in runpy.run_path(str(ROOT / parsed["config"])).items():
+            if key in cfg.settings:
+                cfg.set(key, value)
+    for key, value in parsed.items():
+        if key not in ("args", "config") and value is not None:
+            cfg.set(key.lower(), value)
+    return cfg
+
+
+def served_by_gunicorn(app, args: list[str], raw_request: bytes, peer: str = "127.0.0.1") -> dict:
+    """The response headers of `app` to `raw_request` as gunicorn, started with `args`, would hand it on."""
+    cfg = gunicorn_config(args)
+
+    class Socket:
+        def __init__(self):
+            self.chunks = [raw_request]
+
+        def recv(self, _size):
+            return self.chunks.pop(0) if self.chunks else b""
+
+    request = next(iter(RequestParser(cfg, Socket(), (peer, 40000))))
+    _response, environ = gunicorn_wsgi.create(request, Socket(), (peer, 40000), ("127.0.0.1", 8000), cfg)
+    seen = {}
+    body = app(environ, lambda status, headers, *_: seen.update(headers))
+    b"".join(body)
+    return seen
+
+
+@pytest.mark.parametrize("where", ["Makefile", "Dockerfile"])
+def test_x_forwarded_proto_from_localhost_is_ignored_without_proxy_hops(make_app, where):
+    """gunicorn's own default trusts X-Forwarded-Proto from 127.0.0.1: the commands that start it turn
+    that off, so only JOINTSCAN_PROXY_FIX_HOPS (ProxyFix) decides whether the header counts."""
+    form = b"username=alice&password=" + PASSWORD.replace(" ", "+").encode()
+    raw = (b"POST /login HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-Proto: https\r\n"
+           b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(form), form))
+    args = gunicorn_command(where)
+    assert gunicorn_config(args).forwarded_allow_ips == []
+    plain = make_app()
+    create_user(plain, "alice")
+    headers = served_by_gunicorn(plain, args, raw)
+    assert headers["Location"] == "/upload"                                  # signed in...
+    assert "Secure" not in headers["Set-Cookie"] and "Strict-Transport-Security" not in headers   # ...not as HTTPS
+    assert "Strict-Transport-Security" in served_by_gunicorn(plain, [], raw)   # what gunicorn's default did
+    behind_proxy = make_app(PROXY_FIX_HOPS=1)                                # configured: the header counts
+    create_user(behind_proxy, "alice")
+    headers = served_by_gunicorn(behind_proxy, args, raw)
+    assert "Secure" in headers["Set-Cookie"] and "Strict-Transport-Security" in headers
 
 
 def test_security_headers_on_new_pages(app):

@@ -71,7 +71,7 @@ class WriteLock:
 def test_a_write_waits_for_a_locked_database_and_succeeds(app, alice):
     with WriteLock(_db_path(app), seconds=1.0):
         start = time.perf_counter()
-        response = alice.post("/account/tokens", data={"name": "during the lock"})
+        response = alice.post("/account/tokens", data={"name": "during the lock", "password": PASSWORD})
         waited = time.perf_counter() - start
     assert response.status_code == 200 and b"Your new API token" in response.data
     assert waited >= 0.5                                     # it did wait for the lock
@@ -85,7 +85,7 @@ def test_a_lock_longer_than_the_timeout_fails_cleanly_and_keeps_nothing(app, ali
     with app.app_context():
         db.engine.dispose()                                  # new connections get the short timeout
     with WriteLock(_db_path(app)):
-        token = alice.post("/account/tokens", data={"name": "lost"})
+        token = alice.post("/account/tokens", data={"name": "lost", "password": PASSWORD})
         scan = upload(alice, scan_png)
         api = alice.post("/api/v1/analyze", content_type="multipart/form-data",
                          data={"task": "sacroiliac", "file": (io.BytesIO(scan_png), "scan.png"),
@@ -102,7 +102,7 @@ def test_a_lock_longer_than_the_timeout_fails_cleanly_and_keeps_nothing(app, ali
     monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 10_000)
     with app.app_context():
         db.engine.dispose()
-    assert alice.post("/account/tokens", data={"name": "after"}).status_code == 200   # serving again
+    assert alice.post("/account/tokens", data={"name": "after", "password": PASSWORD}).status_code == 200   # serving again
 
 
 # A worker process: analyses the scan in argv[2] with the app configured by argv[1] (JSON) as user 1,

@@ -2,7 +2,7 @@
 
 Every change is audited as `admin_change`. Guards keep the site administrable: an administrator
 cannot disable or demote themselves, and the last active administrator stays one. Disabling a
-user ends their sessions at once and makes their API tokens useless.
+user ends their sessions at once and revokes their API tokens (enabling them again revives none).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from model_loader import current_registry
 from tasks import all_tasks
 from web.access import no_store
 from web.audit import record
+from web.auth import NEW_USERNAME_VALIDATORS, repeat_password_field, revoke_api_tokens
 from web.params import as_id, day_arg, page_arg
-from web.auth import NEW_USERNAME_VALIDATORS, repeat_password_field
 from web.security import PasswordPolicy, role_required
 from web.settings import set_signup_open, signup_open
 
@@ -169,7 +169,8 @@ def set_user_state(user_id: int, action: str):
     elif user.disabled != disable:
         user.disabled = disable
         if disable:
-            user.end_all_sessions()  # signed out everywhere at once; tokens are refused while disabled
+            user.end_all_sessions()  # signed out everywhere at once
+            revoke_api_tokens(user, "account disabled")   # so enabling it again revives none
         _save_user_change(user, f"{action}d {user.username}",
                           f"{user.username} is {'disabled' if disable else 'enabled'}.")
     return redirect(url_for("admin.users"))

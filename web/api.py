@@ -1,7 +1,7 @@
 """JSON API v1: analyze a scan, fetch a stored run, list tasks and models.
 
-Authentication: `Authorization: Bearer <token>` (tokens from the account page),
-or the browser session. Bearer requests carry no cookies to forge, so the
+Authentication: `Authorization: Bearer <token>` (tokens from the account page;
+an expired or revoked one gets 401), or the browser session. Bearer requests carry no cookies to forge, so the
 blueprint is exempt from the form CSRF check; a session-authenticated POST must
 send the CSRF token in the `X-CSRFToken` header instead.
 Errors are always `{"error": {"status": n, "message": "..."}}`.
@@ -16,7 +16,7 @@ from flask_login import current_user
 from flask_wtf.csrf import ValidationError, validate_csrf
 
 from config import FALSE_WORDS, TRUE_WORDS
-from database import ApiToken, Run, RunStatus, User, db, disabled_model_ids, utcnow
+from database import ApiToken, Run, RunStatus, User, db, disabled_model_ids
 from model_loader import current_registry
 from predict import Analysis, ImageReadError, PredictionError, analyze, recognise_upload
 from storage import results_dir, upload_limits
@@ -51,9 +51,9 @@ def authenticate_request() -> tuple[User | None, Any]:
             return None, _unauthorized("Send the API token as 'Authorization: Bearer <token>'.")
         row = ApiToken.find_active(token)
         if row is None or row.user.disabled:
-            return None, _unauthorized("The API token is invalid or has been revoked.", invalid_token=True)
-        row.last_used_at = utcnow()
-        db.session.commit()
+            return None, _unauthorized("The API token is invalid, expired or has been revoked.", invalid_token=True)
+        if row.note_use():      # at most one write a minute per token, not one per request
+            db.session.commit()
         g.auth_method = "token"
         return row.user, None
     if current_user.is_authenticated:
@@ -160,14 +160,14 @@ def _flag(raw: str | None, default: bool) -> bool | None:
 # -- routes ----------------------------------------------------------------------------
 @bp.get("/v1/tasks")
 @authenticated
-def list_tasks(_user):
+def list_tasks(user):
     reg = current_registry()
     disabled = disabled_model_ids()
     tasks = []
     for task in all_tasks().values():
         models = []
         for e in reg.entries(task.name):
-            issue = model_problem(reg, e.id, disabled)
+            issue = model_problem(reg, e.id, disabled, user)
             models.append({"id": e.id, "title": e.title, "role": e.role, "version": e.version,
                            "reference": e.reference, "default": e.default, "sha256": e.sha256,
                            "available": issue is None, "problem": issue})

@@ -2,7 +2,8 @@
 
 Login is throttled per account and per address (see web/security.py); every
 outcome is audited. Logging out bumps the user's session version, so a copied
-session cookie stops working too. Sign-up creates clinicians only and can be
+session cookie stops working too; a new password, "log out everywhere" and
+disabling an account revoke the user's API tokens as well. Sign-up creates clinicians only and can be
 closed by an administrator.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from wtforms.validators import DataRequired, EqualTo, Length, Regexp, Validation
 from database import User, db
 from web.access import is_safe_next
 from web.audit import record
+from web.login import stamp_new_session
 from web.security import MAX_PASSWORD, MIN_PASSWORD, PasswordPolicy
 from web.settings import signup_open
 
@@ -60,9 +62,24 @@ class LoginForm(FlaskForm):
 
 
 def start_session(user: User) -> None:
-    """A fresh session for the signed-in user: nothing from before the login survives."""
+    """A fresh session for the signed-in user: nothing from before the login survives, and its idle
+    time and lifetime start now (web/login.py)."""
     session.clear()
     login_user(user)
+    stamp_new_session()
+
+
+def revoke_api_tokens(user: User, why: str) -> int:
+    """Every working API token of `user` stops working, audited with `why`; the caller commits.
+
+    Done wherever every session of a user is ended on purpose (a new password, "log out everywhere",
+    disabling the account): a token must not outlive what it stands in for.
+    """
+    count = user.revoke_all_tokens()
+    if count:
+        record("token_revoke", resource=f"user:{user.id}", detail=f"{count} API token(s) revoked: {why}",
+               commit=False)
+    return count
 
 
 def log_out_everywhere(action: str, message: str):

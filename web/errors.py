@@ -57,14 +57,15 @@ def handle_http_error(exc: HTTPException):
     title, text = error_text(exc)
     if status == 429 and request.endpoint == "auth.login":
         _audit_throttled_login()
+    passed = {k: v for k, v in exc.get_headers() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
     if is_api_request():
         message = text if status in (404, 413, 429, 500) else (exc.description or text)
-        passed = {k: v for k, v in exc.get_headers() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
         return json_error(status, message, passed)
     if status == 400 and getattr(exc, "description", "").startswith("The CSRF"):
         text = "The form expired or was not sent from this site. Reload the page and try again."
-    # A 429 gets its Retry-After and X-RateLimit-* headers from Flask-Limiter's after_request.
-    return render_template("error.html", status=status, title=title, text=text), status
+    # A throttled login brings its own Retry-After; a throttled sign-up gets it, and the X-RateLimit-*
+    # headers, from Flask-Limiter's after_request.
+    return render_template("error.html", status=status, title=title, text=text), status, passed
 
 
 def _audit_throttled_login() -> None:

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 from flask import Flask, url_for
 
 from database import ModelResult, Run, RunStatus
-from model_loader import ModelRegistry, current_registry
+from model_loader import UNAVAILABLE_FOR_USERS, ModelRegistry, current_registry
 from predict import format_bytes
 from tasks import all_tasks, get_task
 from web.settings import signup_open
@@ -105,9 +105,18 @@ def short_sha(value: str | None) -> str:
     return (value or "")[:12]
 
 
-def model_problem(reg: ModelRegistry, model_id: str, disabled: set[str]) -> str | None:
-    """Why a registered model cannot be used now, None when it can; `disabled` from disabled_model_ids()."""
-    return DISABLED_BY_ADMIN if model_id in disabled else reg.problem(model_id)
+def problem_for(user: Any, problem: str | None) -> str | None:
+    """A model's problem as `user` may read it: the detail (file names, the command that rebuilds the
+    file) for administrators, a plain sentence for everyone else."""
+    if problem is None or getattr(user, "role", None) == "admin":
+        return problem
+    return UNAVAILABLE_FOR_USERS
+
+
+def model_problem(reg: ModelRegistry, model_id: str, disabled: set[str], user: Any) -> str | None:
+    """Why a registered model cannot be used now, as `user` may read it; None when it can.
+    `disabled` from disabled_model_ids()."""
+    return DISABLED_BY_ADMIN if model_id in disabled else problem_for(user, reg.problem(model_id))
 
 
 def model_entries(run: Run) -> dict[str, Any]:

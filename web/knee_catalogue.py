@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 from flask import Blueprint, Response, abort, render_template, url_for
-from flask_login import login_required
+from flask_login import current_user, login_required
 
 from imaging.overlay import encode_png, heatmap_overlay
 from model_loader import current_registry
 from tasks.knee import N_GRADES, CatalogueUnavailable, catalogue_at
+from web.filters import problem_for
 
 bp = Blueprint("knee", __name__, url_prefix="/knee")
 
@@ -42,7 +43,7 @@ def _catalogue(model_id: str):
         abort(404)
     problem = reg.problem(entry.id)
     if problem:
-        return entry, None, problem
+        return entry, None, problem_for(current_user, problem)
     try:
         return entry, catalogue_at(reg.path_of(entry), entry), None
     except CatalogueUnavailable as exc:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Any
 
 from flask import Blueprint, abort, render_template
-from flask_login import login_required
+from flask_login import current_user, login_required
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
@@ -15,7 +15,7 @@ from model_loader import current_registry
 from tasks import all_tasks
 from tasks.base import review_scale_of
 from tasks.recognition import RECOGNITION
-from web.filters import flatten, headline_metrics
+from web.filters import flatten, headline_metrics, problem_for
 from web.reviews import agreement_by_model
 
 bp = Blueprint("models", __name__, url_prefix="/models")
@@ -77,13 +77,14 @@ def index():
         known.update(e.id for e in entries)
         scale = review_scale_of(task)
         roles = [{"role": role, "graded": bool(scale and scale.role == role.name),
-                  "models": [{"entry": e, "problem": reg.problem(e.id), "disabled": e.id in disabled,
+                  "models": [{"entry": e, "problem": problem_for(current_user, reg.problem(e.id)),
+                              "disabled": e.id in disabled,
                               "metrics": headline_metrics(e.metrics), "agreement": agreement.get(e.id)}
                              for e in entries if e.role == role.name]}
                  for role in task.roles]
         groups.append({"task": task, "roles": roles, "scale": scale})
     # The recogniser reads every upload before any task does (tasks/recognition.py).
-    checks = [{"entry": e, "problem": reg.problem(e.id), "disabled": e.id in disabled,
+    checks = [{"entry": e, "problem": problem_for(current_user, reg.problem(e.id)), "disabled": e.id in disabled,
                "metrics": headline_metrics(e.metrics)} for e in reg.entries(RECOGNITION)]
     known.update(c["entry"].id for c in checks)
     orphans = [e for e in reg.entries() if e.id not in known]   # registered for a task that is not installed
@@ -98,7 +99,8 @@ def card(model_id: str):
     if entry is None:
         abort(404)
     text = reg.card_text(entry)
-    return render_template("models/card.html", entry=entry, problem=reg.problem(entry.id),
+    return render_template("models/card.html", entry=entry,
+                           problem=problem_for(current_user, reg.problem(entry.id)),
                            card_html=render_card(text) if text else None,
                            metrics=flatten(entry.metrics or {}, depth=4),
                            training=flatten(entry.training or {}, depth=3),

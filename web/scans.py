@@ -56,7 +56,7 @@ def model_groups() -> list[dict[str, Any]]:
     for task in all_tasks().values():
         entries = reg.entries(task.name)
         roles = [{"role": role,
-                  "models": [{"entry": e, "problem": model_problem(reg, e.id, disabled)}
+                  "models": [{"entry": e, "problem": model_problem(reg, e.id, disabled, current_user)}
                              for e in entries if e.role == role.name]}
                  for role in task.roles]
         groups.append({"task": task, "roles": roles})

@@ -4,12 +4,17 @@
   web/data/common_passwords.txt (compared in lower case, with and without
   spaces), not containing the username, not one character class repeated.
 - Roles: `role_required("admin")` answers 403 to a signed-in user of another role.
-- Throttling: Flask-Limiter counts failed logins per account and per client
-  address (in-process memory by default, so each gunicorn worker counts on its
-  own; set JOINTSCAN_RATELIMIT_STORAGE_URI=redis://... to share the counts).
+- Throttling: failed logins are counted per account and per client address
+  (`throttle_login`; a locked account still lets in a correct password from an
+  address without failures of its own), sign-ups per address. The counts live in
+  a SQLite file in the instance folder that every gunicorn worker shares
+  (web/ratelimit_sqlite.py), or where JOINTSCAN_RATELIMIT_STORAGE_URI says
+  (redis://... for several hosts).
 - Cookies: the session cookie is Secure when configured, and whenever the
   request itself came over HTTPS (X-Forwarded-Proto is trusted only when
-  JOINTSCAN_PROXY_FIX_HOPS is set).
+  JOINTSCAN_PROXY_FIX_HOPS is set, by ProxyFix; gunicorn is started with
+  `--forwarded-allow-ips=` in the Makefile and the Dockerfile, because its
+  default would trust the header from 127.0.0.1 whatever the setting).
 - Response headers: a strict Content-Security-Policy and friends on every
   response, HSTS over HTTPS, `Cache-Control: no-store` where a view asked for it.
 """
@@ -25,11 +30,14 @@ from flask import Flask, abort, current_app, g, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from limits import parse_many
 from flask_login import current_user
+from limits import RateLimitItem, parse_many
+from limits.strategies import RateLimiter
+from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
 from wtforms.validators import ValidationError
 
+from web import ratelimit_sqlite
 from web.login import login_manager
 
 MIN_PASSWORD = 12
@@ -110,6 +118,11 @@ def role_required(*roles: str):
 
 
 # -- login throttling ----------------------------------------------------------------
+ADDRESS_SCOPE = "login-address"
+ACCOUNT_SCOPE = "login-account"
+RATELIMIT_FILE = "ratelimits.sqlite"
+
+
 def login_account_key() -> str:
     """The account a login or signup POST names (lower case), so a lockout follows the account."""
     name = (request.form.get("username") or "").strip().lower()[:80]
@@ -137,6 +150,54 @@ def signup_limits() -> str:
     return current_app.config["SIGNUP_LIMITS_PER_ADDRESS"]
 
 
+def _full(strategy: RateLimiter, limits: list[RateLimitItem], *key: str) -> list[RateLimitItem]:
+    """The limits whose window has no room left for one more failure."""
+    return [item for item in limits if not strategy.test(item, *key)]
+
+
+def _retry_after(strategy: RateLimiter, full: list[RateLimitItem], *key: str) -> int:
+    """Seconds until every full window has room again."""
+    return max(1, math.ceil(max(strategy.get_window_stats(item, *key).reset_time for item in full) - time.time()))
+
+
+def throttle_login(limiter: Limiter, view):
+    """The login view, with failed attempts counted per address and per account.
+
+    Every failure (a 401) counts against both. An address over its limit is refused whatever it
+    sends. An account over its limit is refused only to addresses with failures of their own in
+    the per-address windows: so a correct password from an address that has not failed recently
+    still logs in, and nobody can lock the administrator out by guessing from elsewhere. That does
+    not open unlimited guessing: each address stays under the per-address limit, and after its first
+    failure against a locked account it is refused like any address with failures.
+    (Flask-Limiter's decorators either count and enforce a limit or skip it; this rule needs both
+    halves separately, so it is written out here, on the same storage.)
+    """
+
+    @functools.wraps(view)
+    def throttled(*args, **kwargs):
+        if request.method != "POST":
+            return view(*args, **kwargs)
+        strategy = limiter.limiter
+        by_address = parse_many(address_limits())
+        by_account = parse_many(account_limits())
+        address, account = (ADDRESS_SCOPE, login_address_key()), (ACCOUNT_SCOPE, login_account_key())
+        full = _full(strategy, by_address, *address)
+        if full:
+            raise TooManyRequests(retry_after=_retry_after(strategy, full, *address))
+        full = _full(strategy, by_account, *account)
+        if full and any(strategy.get_window_stats(item, *address).remaining < item.amount for item in by_address):
+            raise TooManyRequests(retry_after=_retry_after(strategy, full, *account))
+        response = current_app.make_response(view(*args, **kwargs))
+        if login_failed(response):
+            for item in by_address:
+                strategy.hit(item, *address)
+            for item in by_account:
+                strategy.hit(item, *account)
+        return response
+
+    return throttled
+
+
 # -- analyses per user and per address ---------------------------------------------
 def analysis_retry_after(user_id: int) -> int | None:
     """Count one analysis for the user and the client address; None when it is within both limits
@@ -146,14 +207,11 @@ def analysis_retry_after(user_id: int) -> int | None:
     limiter's own storage, so the counts are those every worker shares when the limiter's are.
     """
     strategy = current_app.extensions["jointscan.limiter"].limiter
-    keyed = [(item, f"user:{user_id}") for item in parse_many(current_app.config["ANALYSIS_LIMITS_PER_USER"])]
-    keyed += [(item, f"address:{get_remote_address()}")
-              for item in parse_many(current_app.config["ANALYSIS_LIMITS_PER_ADDRESS"])]
-    waits = []
-    for item, key in keyed:
-        if not strategy.test(item, "analysis", key):
-            reset = strategy.get_window_stats(item, "analysis", key).reset_time
-            waits.append(max(1, math.ceil(reset - time.time())))
+    by_key = [(parse_many(current_app.config["ANALYSIS_LIMITS_PER_USER"]), f"user:{user_id}"),
+              (parse_many(current_app.config["ANALYSIS_LIMITS_PER_ADDRESS"]), f"address:{get_remote_address()}")]
+    keyed = [(item, key) for items, key in by_key for item in items]
+    waits = [_retry_after(strategy, full, "analysis", key) for items, key in by_key
+             if (full := _full(strategy, items, "analysis", key))]
     if waits:
         return max(waits)
     for item, key in keyed:
@@ -174,21 +232,22 @@ class SessionInterface(SecureCookieSessionInterface):
         return bool(super().get_cookie_secure(app) or (has_request_context() and request.is_secure))
 
 
+def ratelimit_storage_uri(app: Flask) -> str:
+    """The configured storage, else a SQLite file in the instance folder that every worker shares."""
+    shared_file = Path(app.instance_path) / RATELIMIT_FILE
+    return app.config.get("RATELIMIT_STORAGE_URI") or f"{ratelimit_sqlite.SCHEME}:///{shared_file}"
+
+
 def install_rate_limits(app: Flask) -> Limiter:
     """One limiter per app (Flask-Limiter keeps per-instance state), wrapped around the views it guards.
 
     Called after the blueprints are registered. Failed logins are counted per account and per
-    address; sign-up attempts per address.
+    address (`throttle_login`); sign-up attempts per address.
     """
     limiter = Limiter(key_func=get_remote_address, app=app, headers_enabled=True, strategy="moving-window",
-                      storage_uri=app.config.get("RATELIMIT_STORAGE_URI") or "memory://")
+                      storage_uri=ratelimit_storage_uri(app))
     app.extensions["jointscan.limiter"] = limiter
-    login = app.view_functions["auth.login"]
-    login = limiter.limit(address_limits, key_func=login_address_key, methods=["POST"],
-                          deduct_when=login_failed, scope="login-address")(login)
-    login = limiter.limit(account_limits, key_func=login_account_key, methods=["POST"],
-                          deduct_when=login_failed, scope="login-account")(login)
-    app.view_functions["auth.login"] = login
+    app.view_functions["auth.login"] = throttle_login(limiter, app.view_functions["auth.login"])
     app.view_functions["auth.signup"] = limiter.limit(signup_limits, key_func=login_address_key, methods=["POST"],
                                                       scope="signup-address")(app.view_functions["auth.signup"])
     return limiter

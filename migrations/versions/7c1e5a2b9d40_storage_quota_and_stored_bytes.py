@@ -1,7 +1,7 @@
 """storage quota per user, stored bytes per run
 
 Revision ID: 7c1e5a2b9d40
-Revises: 1648067359d4
+Revises: a76616e8fef8
 Create Date: 2026-12-02 16:10:00
 
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '7c1e5a2b9d40'
-down_revision = '1648067359d4'
+down_revision = 'a76616e8fef8'
 branch_labels = None
 depends_on = None
 
