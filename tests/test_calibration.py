@@ -384,3 +384,20 @@ def test_the_decided_class_is_recalibrated_and_the_rest_rescaled():
     shown = recalibrate_decided(probs, [1], {"coef": 1.0, "offsets": [0.0, np.log(3.0), 0.0]})
     np.testing.assert_allclose(shown, [[0.3125, 0.5625, 0.125]])
     np.testing.assert_allclose(recalibrate_decided(probs, [1], None), probs)    # no block: unchanged
+
+
+def test_rewriting_a_card_keeps_the_fitted_sections_while_the_entry_declares_them(tmp_path):
+    from training.export import write_model_card
+    from training.ood import write_card_section
+
+    entry = {"id": "m", "task": "knee", "role": "grader", "file": "m.keras", "card": "cards/m.md",
+             "ood": {"threshold": 1.0}, "calibration": {"kl_coral": {}}}
+    card = write_model_card(tmp_path, entry)
+    write_card_section(card, "## Training-data check", "fitted check text")
+    write_card_section(card, "## Calibration", "fitted calibration text")
+    write_model_card(tmp_path, entry, {"Training data": "rewritten"})
+    text = card.read_text()
+    assert "rewritten" in text and "fitted check text" in text and "fitted calibration text" in text
+    retrained = {k: v for k, v in entry.items() if k not in ("ood", "calibration")}
+    write_model_card(tmp_path, retrained)
+    assert "fitted check text" not in card.read_text() and "fitted calibration text" not in card.read_text()

@@ -42,10 +42,10 @@ from sklearn.linear_model import LogisticRegression
 
 from tasks.calibration import (DEFAULT_BINS, EPS, _logit, calibrated_probabilities, class_probabilities,
                                expected_calibration_error, reliability_table)
-from training.export import register_model
+from training.export import KEPT_SECTIONS, register_model
 from training.ood import write_card_section
 
-CARD_SECTION = "## Calibration"
+CARD_SECTION = KEPT_SECTIONS["calibration"]
 T_BOUNDS = (0.05, 20.0)
 FOLDS = 5
 FOLD_SEED = 0

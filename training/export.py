@@ -249,8 +249,22 @@ def write_model_card(models_dir: str | os.PathLike, entry: dict[str, Any],
         *_run_summary(training),
         "",
     ]
-    path.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    # Sections written by the tools that fit a model's registry blocks (its training-data check, its
+    # calibration) survive a rewrite of the card while the entry still declares the block; a retrained
+    # model's entry has neither until they are fitted again, and its card then has neither.
+    old = path.read_text() if path.exists() else ""
+    for block, heading in KEPT_SECTIONS.items():
+        start = old.find(heading)
+        if entry.get(block) and start >= 0:
+            end = old.find("\n## ", start + len(heading))
+            text = text.rstrip() + "\n\n" + (old[start:end] if end >= 0 else old[start:]).rstrip() + "\n"
+    path.write_text(text)
     return path
+
+
+# Registry block -> the card section its fitting tool writes (training/ood.py, training/calibration.py).
+KEPT_SECTIONS = {"ood": "## Training-data check", "calibration": "## Calibration"}
 
 
 def _run_summary(training: dict[str, Any]) -> list[str]:

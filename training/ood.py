@@ -18,7 +18,7 @@ from sklearn.covariance import LedoitWolf
 
 from imaging.io import ImageReadError, read_image
 from tasks.ood import FeatureDistribution, feature_statistics
-from training.export import register_model, sha256_file
+from training.export import KEPT_SECTIONS, register_model, sha256_file
 
 DEFAULT_FALSE_REFUSAL_RATE = 0.01
 
@@ -147,7 +147,7 @@ def describe(model_id: str, fit: CheckFit, log: Callable[[str], None] = print) -
         f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in fit.figures.items()))
 
 
-CARD_SECTION = "## Training-data check"
+CARD_SECTION = KEPT_SECTIONS["ood"]
 
 
 def card_text(spec: dict[str, Any], command: str) -> str:
