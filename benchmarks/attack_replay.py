@@ -87,7 +87,8 @@ class Replay:
         self.env.pop("JOINTSCAN_RESULTS_DIR", None)
         self.env.pop("JOINTSCAN_MODELS_DIR", None)
         flask_cli(self.env, "prepare")
-        create_users(self.env, ["alice", "bob", "carol", "dave", "erin", "frank"])
+        # One user per finding: each finding starts from a user the others have not rate-limited.
+        create_users(self.env, ["alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank"])
         flask_cli(self.env, "create-user", "root", "--role", "admin", "--password", PASSWORD)
         self.log = work / "server.log"
         self.server = Server(self.env, free_port(), 2, self.log, conf)
@@ -113,11 +114,10 @@ class Replay:
             raise RuntimeError(f"no CSRF token on {path}")
         return match.group(1)
 
-    def token(self, http: requests.Session, name: str) -> str | None:
+    def token(self, http: requests.Session, name: str, password: str = PASSWORD) -> str | None:
         """A new API token from the account page (the form asks for the current password)."""
         csrf = self.csrf(http, "/account/")
-        r = http.post(self.base + "/account/tokens", data={"csrf_token": csrf, "name": name, "current": PASSWORD,
-                                                           "password": PASSWORD, "current_password": PASSWORD},
+        r = http.post(self.base + "/account/tokens", data={"csrf_token": csrf, "name": name, "password": password},
                       timeout=30)
         match = TOKEN_RE.search(r.text)
         return match.group(1) if match else None
@@ -235,7 +235,7 @@ class Replay:
         csrf = self.csrf(http2, "/login")
         http2.post(self.base + "/login", data={"username": "dave", "password": new_password, "csrf_token": csrf},
                    timeout=30)
-        before_everywhere = self.token(http2, "before everywhere")
+        before_everywhere = self.token(http2, "before everywhere", new_password)
         csrf = self.csrf(http2, "/account/")
         http2.post(self.base + "/account/logout-everywhere", data={"csrf_token": csrf}, timeout=30)
         after2 = requests.get(self.base + "/api/v1/tasks", headers={"Authorization": f"Bearer {before_everywhere}"},
@@ -312,7 +312,7 @@ class Replay:
                     f"{tried} requests; " + (", ".join(errors[:4]) if errors else "no 5xx"))
 
     def killed_worker(self, pngs: list[bytes]) -> None:
-        alice = self.token(self.session("alice", "10.0.1.2"), "kill")
+        alice = self.token(self.session("gina", "10.0.1.2"), "kill")
         self.pidlog.write_text("")
         db = self.instance / "jointscan.sqlite"
         before = set(runs_of(db))
@@ -353,7 +353,7 @@ class Replay:
     def deflate_bomb(self) -> None:
         bomb = deflated_bomb(320 * 2**20)
         before = self.worker_peaks()
-        alice = self.token(self.session("alice", "10.0.1.3"), "bomb")
+        alice = self.token(self.session("hank", "10.0.1.3"), "bomb")
         t0 = time.monotonic()
         r = self.analyze(alice, bomb, "10.0.1.3")
         seconds = time.monotonic() - t0
