@@ -27,8 +27,11 @@ prepare: $(STAMP)
 run: prepare
 	HOST=$(HOST) PORT=$(PORT) WORKERS=$(WORKERS) $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
+# The whole suite on the embedded SQLite, then the tests that need real servers again on a throw-away
+# PostgreSQL and Redis on loopback (ops/services.py starts what is installed, stops it after).
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(PY) -m ops.services -- $(PY) -m pytest -q -m services
 
 # Regenerate the committed models from their training commands (each also has a notebook).
 # The knee grader is an ensemble of three graders, each trained in two stages (160 px, then 224 px).

@@ -349,9 +349,23 @@ AUDIT_TRIGGERS = (
     "CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events "
     "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END",
 )
-# db.create_all() (tests, first start without migrations) gets the same triggers as the migration.
+# PostgreSQL: one trigger function refusing both, raised as an error the ORM sees like SQLite's ABORT.
+AUDIT_TRIGGERS_POSTGRESQL = (
+    "CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN RAISE EXCEPTION 'audit_events is append-only'; END $$",
+    "CREATE OR REPLACE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events "
+    "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()",
+    "CREATE OR REPLACE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events "
+    "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()",
+    # TRUNCATE fires no row trigger: a statement trigger refuses it too.
+    "CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events "
+    "FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()",
+)
+# db.create_all() (tests, first start without migrations) gets the same triggers as the migrations.
 for _sql in AUDIT_TRIGGERS:
     event.listen(AuditEvent.__table__, "after_create", DDL(_sql).execute_if(dialect="sqlite"))
+for _sql in AUDIT_TRIGGERS_POSTGRESQL:
+    event.listen(AuditEvent.__table__, "after_create", DDL(_sql).execute_if(dialect="postgresql"))
 
 
 @event.listens_for(Session, "before_flush")

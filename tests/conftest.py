@@ -290,3 +290,24 @@ def venv_kernel(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
     return "python3"
+
+
+# -- PostgreSQL (the second pass of `make test`, under ops/services.py) ----------------------------
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty database on the throw-away PostgreSQL server, dropped afterwards."""
+    import os
+    import uuid
+
+    admin = os.environ.get("JOINTSCAN_TEST_POSTGRES_URL")
+    if not admin:
+        pytest.skip("no PostgreSQL in this run: `make test` runs these tests again under ops/services.py")
+    import psycopg
+
+    name = f"jointscan_{uuid.uuid4().hex[:12]}"
+    libpq = "postgresql://" + admin.split("://", 1)[1]
+    with psycopg.connect(libpq, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    yield admin.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(libpq, autocommit=True) as con:
+        con.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
