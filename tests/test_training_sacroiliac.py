@@ -113,7 +113,7 @@ def test_seed_ranges_are_disjoint():
 
 def test_committed_models_verify_and_fit_the_budget():
     """The committed sacroiliac models (when present) pass their checksums, and every model file the
-    repository commits (all tasks; models/.gitignore names those regenerated instead) stays under 20 MB."""
+    repository commits (all tasks; models/.gitignore names those regenerated instead) stays under 30 MB."""
     registry = ModelRegistry(COMMITTED_MODELS_DIR)
     entries = [registry.get(m) for m in ALL_MODELS]
     if not all(entries):
@@ -124,7 +124,7 @@ def test_committed_models_verify_and_fit_the_budget():
                if ln.strip() and not ln.startswith("#")] if ignore_file.exists() else []
     committed = [f for f in COMMITTED_MODELS_DIR.iterdir()
                  if f.suffix in (".keras", ".npz") and not any(fnmatch.fnmatch(f.name, pat) for pat in ignored)]
-    assert sum(f.stat().st_size for f in committed) < 20_000_000
+    assert sum(f.stat().st_size for f in committed) < 30_000_000
     for e in entries:
         assert not e.training.get("quick"), f"{e.id} was registered from a --quick run"
         assert e.metrics.get("test_cases", 0) >= 500

@@ -43,11 +43,11 @@ class RoleForm(FlaskForm):
 
 
 class QuotaForm(FlaskForm):
-    quota_mb = StringField("Storage quota (MB)")      # empty: the instance default
+    quota_mb = StringField("Storage quota (MiB)")     # empty: the instance default
     submit = SubmitField("Set")
 
 
-MAX_QUOTA_MB = 10**8          # 100 TB: anything larger is a typo
+MAX_QUOTA_MB = 10**8          # about 95 TiB: anything larger is a typo
 
 
 class NewUserForm(FlaskForm):
@@ -179,17 +179,17 @@ def set_user_state(user_id: int, action: str):
 @bp.post("/users/<id:user_id>/quota")
 @role_required("admin")
 def set_quota(user_id: int):
-    """A user's storage quota in MB; empty: back to the instance default (STORAGE_QUOTA_BYTES)."""
+    """A user's storage quota in MiB; empty: back to the instance default (STORAGE_QUOTA_BYTES)."""
     user = _target(user_id)
     form = QuotaForm()
     if not form.validate_on_submit():
         abort(400)
     raw = (form.quota_mb.data or "").strip()
     if raw and not (raw.isdigit() and int(raw) <= MAX_QUOTA_MB):
-        flash(f"A quota is a whole number of MB up to {MAX_QUOTA_MB:,}, or empty for the default.", "error")
+        flash(f"A quota is a whole number of MiB up to {MAX_QUOTA_MB:,}, or empty for the default.", "error")
         return redirect(url_for("admin.users"))
     user.storage_quota_bytes = int(raw) * 2**20 if raw else None
-    shown = f"{raw} MB" if raw else "the default"
+    shown = f"{raw} MiB" if raw else "the default"
     _save_user_change(user, f"storage quota of {user.username}: {shown}",
                       f"The storage quota of {user.username} is now {shown}.")
     return redirect(url_for("admin.users"))

@@ -124,7 +124,7 @@ def write_cards(out_dir: Path, log=print) -> None:
         }
         if not present:
             sections["File"] = (f"The file `{m['file']}` is not committed to git (all committed models together "
-                                "must stay under about 20 MiB); the registry reports it as missing until it is "
+                                "must stay under 30 MB); the registry reports it as missing until it is "
                                 f"regenerated with `{tr.get('command')}`. The figures above were measured on the "
                                 "shipped file before it was left out.")
         write_model_card(out_dir, m, sections)
