@@ -1,6 +1,7 @@
-"""Command-line commands: `flask prepare`, `backup`, `restore`, `create-user`, `create-admin`."""
+"""Command-line commands: `flask prepare`, `backup`, `restore`, `batch`, `create-user`, `create-admin`."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -8,9 +9,12 @@ from flask import Flask
 from flask_migrate import upgrade
 
 from database import ROLES, User, db
+from model_loader import current_registry
 from ops.backup import BackupError, backup, restore
+from ops.batch import run_batch
 from predict import sweep_interrupted_runs
-from storage import remove_orphan_files, results_dir
+from storage import remove_orphan_files, results_dir, upload_limits
+from tasks import all_tasks
 from web.audit import record
 from web.security import password_problem
 
@@ -50,6 +54,36 @@ def register(app: Flask) -> None:
         except BackupError as exc:
             raise click.ClickException(str(exc))
         click.echo(f"restored {manifest['runs']} runs from {src}")
+
+    @app.cli.command("batch")
+    @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.option("--task", "task_name", required=True, type=click.Choice(sorted(all_tasks())))
+    @click.option("--user", "username", required=True, help="the clinician account the runs belong to")
+    @click.option("--models", default="", help="comma-separated model ids (default: the task's defaults)")
+    @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                  help="the CSV to write or resume (default: FOLDER/results.csv)")
+    def batch_cmd(folder: Path, task_name: str, username: str, models: str, out: Path | None) -> None:
+        """Analyse every scan in FOLDER with a task: one CSV row per file, resumable (files with a row are
+        skipped), bad files reported in the CSV and skipped."""
+        user = User.query.filter_by(username=username).first()
+        if user is None or user.disabled or user.role != "clinician":
+            raise click.ClickException(f"{username} is not an active clinician account")
+        out = out or folder / "results.csv"
+
+        def progress(files):
+            return click.progressbar(files, label=f"{task_name} batch", show_eta=True, show_pos=True,
+                                     item_show_func=lambda p: p.name if p else "", file=sys.stderr)
+
+        def bar(files):
+            with progress(files) as items:
+                yield from items
+
+        summary = run_batch(folder, task_name, user, out, registry=current_registry(), results_dir=results_dir(),
+                            limits=upload_limits(), model_ids=[m for m in models.split(",") if m.strip()],
+                            progress=bar)
+        click.echo(f"{summary.files} files: {summary.skipped} already in {out}, {summary.done} done, "
+                   f"{summary.refused} refused, {summary.failed} failed; {summary.seconds:.0f} s "
+                   f"({summary.rate:.2f} files/s)")
 
     @app.cli.command("create-user")
     @click.argument("username")

@@ -237,6 +237,8 @@ class TaskBase:
     # Larger uploads are shrunk to this many pixels before anything else (predict.analyze): the models
     # read a few hundred pixels a side, the overlays are stored at the upload's size.
     max_pixels: ClassVar[int] = 4_000_000
+    # The headline figures of a batch's CSV (ops/batch.py): (column, model role, dotted result key).
+    batch_columns: ClassVar[tuple[tuple[str, str, str], ...]] = ()
 
     @property
     def result_template(self) -> str:

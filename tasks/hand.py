@@ -300,6 +300,8 @@ class HandTask(TaskBase):
     agreement_fields = {"guss_agree": "guss"}
     min_side = 128
     max_pixels = 12_000_000     # a whole-hand radiograph at full detector resolution (3000 x 4000 px)
+    batch_columns = (("joints_found", "detector", "n_found"), ("joints_scored", "scorer", "n_scored"),
+                     ("guss_total", "scorer", "guss_total"), ("withheld", "scorer", "withheld"))
 
     def check_input(self, image: DecodedImage) -> None:
         super().check_input(image)

@@ -203,6 +203,9 @@ class KneeTask(TaskBase):
                           "Medial and lateral follow from the side; when unknown the model reads it from the image."),)
     order = 30
     recognised_as = "knee_radiograph"
+    batch_columns = (("kl_grade", "grader", "grade"), ("kl_value", "grader", "value"),
+                     ("confidence", "grader", "confidence"), ("side", "grader", "side"),
+                     ("phenotype", "grader", "phenotype.name"), ("withheld", "grader", "withheld"))
     field_labels = {"grade": "KL grade", "value": "Continuous grade", "phenotype": "Phenotype", "side": "Side",
                     "grade_probabilities": "Grade probabilities"}
     accepted_modalities = ACCEPTED_MODALITIES

@@ -102,6 +102,9 @@ class SacroiliacTask(TaskBase):
              RoleSpec("classifier", "AS status and stage"))
     order = 10
     recognised_as = "sacroiliac_mri"
+    batch_columns = (("as_status", "classifier", "as_status"), ("stage", "classifier", "stage_name"),
+                     ("as_probability", "classifier", "as_probability"), ("joint_region", "segmenter", "found"),
+                     ("withheld", "classifier", "withheld"))
     field_labels = {"as_status": "AS status", "stage_name": "Stage", "stage": "Stage"}
     # Reviewers grade the stage; weighted kappa compares them with each classifier.
     review_scale = ReviewScale("Stage", STAGE_NAMES, role="classifier", field="stage")

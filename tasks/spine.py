@@ -171,6 +171,8 @@ class SpineTask(TaskBase):
                           help="The structure whose Grad-CAM (gradient of its summed output) is shown."),)
     order = 20
     recognised_as = "spine_mri"
+    batch_columns = (("vertebrae", "segmenter", "counts.vertebrae"), ("discs", "segmenter", "counts.discs"),
+                     ("withheld", "segmenter", "withheld"))
     accepted_modalities = ("MR", None)
     reads, single_image = "MRI", "MRI slice"
     explanation_images = frozenset({"gradcam", "focused_gradcam"})
