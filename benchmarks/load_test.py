@@ -612,7 +612,7 @@ def main() -> int:
 
         print()
         print(f"Load: {args.clients} clients x (log in -> upload -> result -> history -> log out), "
-              f"{elapsed:.0f} s, gunicorn {args.workers} sync workers, {os.cpu_count()} CPU cores")
+              f"{elapsed:.0f} s, gunicorn {args.workers} threaded workers (gunicorn.conf.py), {os.cpu_count()} CPU cores")
         print(f"{'step':<10}{'count':>7}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}")
         for step in ("login", "upload", "result", "history", "logout"):
             v = stats.latency.get(step, [])
