@@ -46,6 +46,11 @@ _BODY_PART_KINDS = {"other_radiograph": "radiograph", "other_mri_ct": "image"}
 # A refusal needs the recogniser to be this sure that the upload is another kind: below it, the
 # upload goes on, and the models' own training-data checks judge it.
 REFUSE_AT = 0.5
+# ...and to give the task's own kind less than this. A real knee radiograph the recogniser takes for MRI
+# still gets a few per cent as a knee (1.6% of the validation knees were refused on the first rule alone,
+# at P(knee) 0.7% to 67%), while other anatomy, documents and noise get at most 0.1% (measured by
+# benchmarks/trust_figures.py): so a refusal also needs the evidence against the task's kind.
+OWN_KIND_FLOOR = 0.02
 
 
 def recogniser_input(image01: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
@@ -114,6 +119,8 @@ def refusal(task: Any, recognition: Recognition) -> str | None:
     """The refusal for running `task` on an upload recognised so, or None when the task may read it."""
     expected = getattr(task, "recognised_as", None)
     if expected is None or recognition.kind == expected or recognition.probability < REFUSE_AT:
+        return None
+    if recognition.probabilities.get(expected, 0.0) >= OWN_KIND_FLOOR:
         return None
     return (f"This looks like {recognition.label} ({100 * recognition.probability:.0f}% sure); "
             f"the {task.name} task reads {TASK_READS[expected]}. Choose the task that matches the scan, "

@@ -28,9 +28,14 @@ REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 SHIPPED_ID = "image-recogniser"
 
 
-def recognition(kind: str, probability: float, body_part: str | None = None) -> Recognition:
-    rest = (1 - probability) / (len(KINDS) - 1)
-    probs = {k: (probability if k == kind else rest) for k in KINDS}
+def recognition(kind: str, probability: float, body_part: str | None = None,
+                others: dict[str, float] | None = None) -> Recognition:
+    """`kind` at `probability`, the given `others`, and the rest of the mass on a kind no task reads."""
+    probs = {k: 0.0 for k in KINDS}
+    probs.update(others or {})
+    probs[kind] = probability
+    spare = "document" if kind != "document" else "photo_or_noise"
+    probs[spare] += 1 - sum(probs.values())
     return Recognition(kind, probability, probs, "rec", "0.0.1", body_part)
 
 
@@ -57,6 +62,9 @@ def test_refusal_names_what_the_upload_looks_like_and_what_the_task_reads():
     # the task's own kind, or a recogniser that is not sure, never refuses
     assert refusal(knee, recognition("knee_radiograph", 0.99)) is None
     assert refusal(knee, recognition("other_radiograph", 0.45)) is None
+    # nor does one that still gives the task's own kind a few per cent (a real knee taken for MRI)
+    assert refusal(knee, recognition("other_mri_ct", 0.9, others={"knee_radiograph": 0.05})) is None
+    assert refusal(knee, recognition("other_mri_ct", 0.9, others={"knee_radiograph": 0.001})) is not None
     # a body part only names the 'other' kinds: a knee recognised as a knee is not 'a chest knee'
     assert recognition("knee_radiograph", 0.9, body_part="CHEST").label == "a knee radiograph"
 
