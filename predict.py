@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from database import ModelResult, Run, RunStatus, User, db, disabled_model_ids, utcnow
+from imaging.errors import rounded_size
 from imaging.io import DecodedImage, ImageReadError, fit_pixels, read_image
 
 from imaging.overlay import encode_png, grey_to_rgb
@@ -203,20 +204,8 @@ def _check_quota(user: User, default_quota: int | None) -> None:
         return
     used = Run.stored_by(user.id)
     if used >= quota:
-        raise PredictionError(f"Your storage quota is full: your runs keep {format_bytes(used)} of the "
-                              f"{format_bytes(quota)} you may keep. An administrator can raise the quota.", 403)
-
-
-def format_bytes(n: Any) -> str:
-    """A size for people, in powers of 1024 as the limits are set: 512 B, 12.0 KiB, 340.5 MiB, 1.2 GiB."""
-    if n is None:
-        return "n/a"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
+        raise PredictionError(f"Your storage quota is full: your runs keep {rounded_size(used)} of the "
+                              f"{rounded_size(quota)} you may keep. An administrator can raise the quota.", 403)
 
 
 def recognise_image(registry: ModelRegistry, image: DecodedImage) -> tuple[Recognition | None, str | None]:

@@ -458,12 +458,14 @@ class HandTask(TaskBase):
             for i, d in enumerate(to_score):
                 score = scores[d["name"]] = decode_scores(peak[i], out["guss"][i], out["plate"][i], out["space"][i])
                 score["peak_probability"] = round(float(peak_shown[i]), 4)
-                # P(this stage-2 GUSS): the CORAL rank decides it, not the distribution's top class, so its
-                # probability is recalibrated where the registry says so (tasks.calibration).
-                decided = score["stage2_guss"] // GUSS_STEP
-                guss_shown = calibrated_probabilities("coral", out["guss"][i:i + 1], [decided],
-                                                      head_spec(model.entry, "guss"))[0]
-                score["guss_probability"] = round(float(guss_shown[decided]), 4) if score["stage"] == 2 else None
+            # P(each joint's stage-2 GUSS): the CORAL rank decides it, not the distribution's top class, so its
+            # probability is recalibrated where the registry says so (tasks.calibration), all joints at once.
+            decided = np.array([scores[d["name"]]["stage2_guss"] // GUSS_STEP for d in to_score])
+            guss_shown = calibrated_probabilities("coral", out["guss"], decided, head_spec(model.entry, "guss"))
+            for i, d in enumerate(to_score):
+                score = scores[d["name"]]
+                score["guss_probability"] = (round(float(guss_shown[i, decided[i]]), 4) if score["stage"] == 2
+                                             else None)
             sign = np.where(peak >= PEAK_THRESHOLD, 1.0, -1.0).astype(np.float32)
             cams = batch_grad_cams(model.gradcam_model(),
                                 x, [lambda o: o["peak"][:, 0] * sign,          # stage 1: the decided class

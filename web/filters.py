@@ -8,8 +8,8 @@ from typing import Any, Iterable
 from flask import Flask, url_for
 
 from database import ModelResult, Run, RunStatus
+from imaging.errors import rounded_size
 from model_loader import UNAVAILABLE_FOR_USERS, ModelRegistry, current_registry
-from predict import format_bytes
 from tasks import all_tasks, get_task
 from web.settings import signup_open
 
@@ -145,7 +145,7 @@ def register_template_helpers(app: Flask) -> None:
     app.add_template_filter(capfirst, "capfirst")
     app.add_template_filter(fmt_dt, "datetime")
     app.add_template_filter(fmt_percent, "percent")
-    app.add_template_filter(format_bytes, "filesize")
+    app.add_template_filter(rounded_size, "filesize")
     app.add_template_filter(fmt_number, "number")
     app.add_template_filter(fmt_ms, "ms")
     app.add_template_filter(short_sha, "short_sha")

@@ -37,7 +37,8 @@ from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
 from wtforms.validators import ValidationError
 
-from web import ratelimit_sqlite
+# Imported for its storage scheme, which `limits` registers on import.
+from web.ratelimit_sqlite import SCHEME as SQLITE_STORAGE_SCHEME
 from web.login import login_manager
 
 MIN_PASSWORD = 12
@@ -235,7 +236,7 @@ class SessionInterface(SecureCookieSessionInterface):
 def ratelimit_storage_uri(app: Flask) -> str:
     """The configured storage, else a SQLite file in the instance folder that every worker shares."""
     shared_file = Path(app.instance_path) / RATELIMIT_FILE
-    return app.config.get("RATELIMIT_STORAGE_URI") or f"{ratelimit_sqlite.SCHEME}:///{shared_file}"
+    return app.config.get("RATELIMIT_STORAGE_URI") or f"{SQLITE_STORAGE_SCHEME}:///{shared_file}"
 
 
 def install_rate_limits(app: Flask) -> Limiter:
