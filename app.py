@@ -9,6 +9,7 @@ from flask import Flask, jsonify
 from flask_wtf.csrf import CSRFProtect
 
 import cli
+import jobs
 import web
 from config import Config, load_environment, secret_key, weak_secret_key
 from database import db, migrate
@@ -46,6 +47,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     csrf.init_app(app)
     app.extensions["jointscan.registry"] = ModelRegistry(app.config["MODELS_DIR"])
 
+    jobs.init_app(app)
     web.init_app(app)
     # Outermost: the body is read in full, at a minimum rate, before anything else runs (web/slow_clients.py).
     app.wsgi_app = BufferedBody(app.wsgi_app, max_bytes=app.config["MAX_CONTENT_LENGTH"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -12,25 +13,47 @@ from database import ROLES, User, db
 from model_loader import current_registry
 from ops.backup import BackupError, backup, restore
 from ops.batch import run_batch
-from predict import sweep_interrupted_runs
+from jobs import current_executor, job_settings
+from predict import sweep_runs
 from storage import remove_orphan_files, results_dir, upload_limits
 from tasks import all_tasks
 from web.audit import record
 from web.security import password_problem
 
 
+class RateBar:
+    """click's progress bar (position, percent, time left) with the rate so far in files per second."""
+
+    def __init__(self, bar):
+        self._bar, self._t0, self._done = bar, time.perf_counter(), 0
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+    def update(self, n: int) -> None:
+        self._done += n
+        rate = self._done / max(time.perf_counter() - self._t0, 1e-6)
+        self._bar.update(n, current_item=f"{rate:.1f} files/s")
+
+
 def register(app: Flask) -> None:
     @app.cli.command("prepare")
     def prepare() -> None:
-        """Create or migrate the database, mark runs interrupted by a previous stop as failed, remove their files.
+        """Create or migrate the database, fail the runs that ran past the time limit or waited in the broker too
+        long, remove the files no run owns.
 
-        Safe beside a live server: only runs pending longer than any worker may run one are swept, and only
-        files older than that are removed, so an analysis in flight is left alone."""
+        Safe beside a live server and workers: runs whose job died are left for a live server's sweep, which
+        hands them to a new job (web/upkeep.py), and only files older than an analysis may take are removed."""
         upgrade()
-        stale_after = int(app.config["RUN_STALE_AFTER_S"])
-        swept = sweep_interrupted_runs(stale_after, results_dir())
-        removed = remove_orphan_files(results_dir(), older_than_s=stale_after)
-        click.echo(f"database ready; {swept} interrupted run(s) marked failed; {removed} orphan file set(s) removed")
+        settings = job_settings(app.config)
+        swept = sweep_runs(settings, results_dir())
+        removed = remove_orphan_files(results_dir(), older_than_s=settings.time_limit_s + settings.stale_after_s)
+        click.echo(f"database ready; {swept.overdue + swept.lost} run(s) that lost their job marked failed; "
+                   f"{removed} orphan file set(s) removed")
 
     @app.cli.command("backup")
     @click.argument("dest", type=click.Path(path_type=Path))
@@ -70,17 +93,15 @@ def register(app: Flask) -> None:
             raise click.ClickException(f"{username} is not an active clinician account")
         out = out or folder / "results.csv"
 
-        def progress(files):
-            return click.progressbar(files, label=f"{task_name} batch", show_eta=True, show_pos=True,
-                                     item_show_func=lambda p: p.name if p else "", file=sys.stderr)
+        def bar(total: int):
+            return RateBar(click.progressbar(length=total, label=f"{task_name} batch", show_eta=True, show_pos=True,
+                                             show_percent=True, item_show_func=lambda text: text, file=sys.stderr))
 
-        def bar(files):
-            with progress(files) as items:
-                yield from items
-
+        executor = current_executor()
         summary = run_batch(folder, task_name, user, out, registry=current_registry(), results_dir=results_dir(),
                             limits=upload_limits(), model_ids=[m for m in models.split(",") if m.strip()],
-                            progress=bar)
+                            progress=bar, settings=job_settings(app.config),
+                            executor=executor if not executor.holds_queue else None)
         click.echo(f"{summary.files} files: {summary.skipped} already in {out}, {summary.done} done, "
                    f"{summary.refused} refused, {summary.failed} failed; {summary.seconds:.0f} s "
                    f"({summary.rate:.2f} files/s)")

@@ -45,8 +45,8 @@ class Config:
     LOGIN_LIMITS_PER_ACCOUNT = "5 per minute;20 per hour"
     LOGIN_LIMITS_PER_ADDRESS = "20 per minute;100 per hour"
     SIGNUP_LIMITS_PER_ADDRESS = "10 per hour"
-    # Empty: a SQLite file in the instance folder, shared by the workers of this instance
-    # (web/ratelimit_sqlite.py); redis://host:6379 shares the counts between hosts as well.
+    # Empty: REDIS_URL when it is set (the counts shared by every web node), else a SQLite file in the instance
+    # folder, shared by the workers of this instance (web/ratelimit_sqlite.py).
     RATELIMIT_STORAGE_URI = ""
     # Analyses (pages and API together), per user and per client address; 429 with Retry-After above.
     ANALYSIS_LIMITS_PER_USER = "20 per minute;600 per day"
@@ -58,11 +58,21 @@ class Config:
     BODY_MIN_RATE = 20_000
     BODY_GRACE_S = 10
     # gunicorn restarts a worker whose main loop is stuck this long (gunicorn.conf.py reads the same setting).
-    # An analysis may take RUN_STALE_AFTER_S: a run still pending then has lost its worker or ran too long,
-    # and is marked failed (web/upkeep.py); a result that arrives later is discarded.
     WORKER_TIMEOUT_S = 120
-    RUN_STALE_AFTER_S = WORKER_TIMEOUT_S + 60
-    SWEEP_EVERY_S = 60
+    # Analyses are jobs (jobs.py). REDIS_URL set: Celery workers run them (Redis as broker and result backend,
+    # and the login throttling counts); empty: JOB_THREADS threads of each web process do.
+    REDIS_URL = ""
+    JOB_THREADS = 2                 # in-process: analyses one web process runs at once (each uses every core)
+    JOB_TIME_LIMIT_S = 120          # one analysis; past it the run fails with that reason
+    JOB_HEARTBEAT_S = 5             # a job's holder says it is alive this often...
+    JOB_STALE_AFTER_S = 30          # ...and is taken for dead after this long without: its runs go to a new job
+    JOB_MAX_ATTEMPTS = 3            # a run whose job dies this often fails (a scan that kills its worker)
+    JOB_QUEUE_TIMEOUT_S = 6 * 3600  # a run waiting this long in the broker's queue fails (workers are down)
+    SWEEP_EVERY_S = 30              # how often a web process looks for runs that lost their job (web/upkeep.py)
+    # The upload page waits this long for a quick result before it shows the run's progress page; the API's
+    # ?wait=true waits up to API_WAIT_S for the run to end (else 202, as without it).
+    UPLOAD_WAIT_S = 0
+    API_WAIT_S = 120
 
 
 # How a yes/no value is written in the environment or a request.
@@ -72,8 +82,9 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 def load_environment(app: Flask) -> None:
     for key in ("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "RUNS_PER_PAGE", "PROXY_FIX_HOPS", "SESSION_IDLE_MINUTES",
-                "SESSION_MAX_HOURS", "WORKER_TIMEOUT_S", "RUN_STALE_AFTER_S", "SWEEP_EVERY_S", "STORAGE_QUOTA_BYTES",
-                "MIN_FREE_DISK_BYTES", "BODY_MIN_RATE", "BODY_GRACE_S"):
+                "SESSION_MAX_HOURS", "WORKER_TIMEOUT_S", "SWEEP_EVERY_S", "STORAGE_QUOTA_BYTES",
+                "MIN_FREE_DISK_BYTES", "BODY_MIN_RATE", "BODY_GRACE_S", "JOB_THREADS", "JOB_TIME_LIMIT_S",
+                "JOB_STALE_AFTER_S", "JOB_MAX_ATTEMPTS", "JOB_QUEUE_TIMEOUT_S", "API_WAIT_S"):
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = int(os.environ[f"JOINTSCAN_{key}"])
     for key in ("MODELS_DIR", "ENV_NAME", "RESULTS_DIR", "RATELIMIT_STORAGE_URI", "LOGIN_LIMITS_PER_ACCOUNT",
@@ -81,8 +92,13 @@ def load_environment(app: Flask) -> None:
                 "ANALYSIS_LIMITS_PER_ADDRESS"):
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = os.environ[f"JOINTSCAN_{key}"]
-    if "JOINTSCAN_WORKER_TIMEOUT_S" in os.environ and "JOINTSCAN_RUN_STALE_AFTER_S" not in os.environ:
-        app.config["RUN_STALE_AFTER_S"] = app.config["WORKER_TIMEOUT_S"] + 60
+    for key in ("UPLOAD_WAIT_S", "JOB_HEARTBEAT_S"):      # seconds, fractions allowed
+        if f"JOINTSCAN_{key}" in os.environ:
+            app.config[key] = float(os.environ[f"JOINTSCAN_{key}"])
+    # REDIS_URL as Docker images and platforms name it; JOINTSCAN_REDIS_URL wins when both are set.
+    for key in ("REDIS_URL", "JOINTSCAN_REDIS_URL"):
+        if os.environ.get(key):
+            app.config["REDIS_URL"] = os.environ[key]
     if os.environ.get("JOINTSCAN_SESSION_COOKIE_SECURE", "").lower() in TRUE_WORDS:
         app.config["SESSION_COOKIE_SECURE"] = app.config["REMEMBER_COOKIE_SECURE"] = True
     if "JOINTSCAN_SIGNUP_OPEN" in os.environ:

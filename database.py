@@ -42,9 +42,13 @@ ROLES = ("clinician", "reviewer", "admin")
 class RunStatus(enum.StrEnum):
     """A run's `status` column: stored as these plain strings, so templates may compare to them."""
 
-    PENDING = "pending"     # the models are running (or the process stopped before they finished)
+    QUEUED = "queued"       # accepted and waiting for a job slot (in process, or a worker's queue)
+    RUNNING = "running"     # a job is analysing it; `progress` says which stage
     DONE = "done"           # every result and image is stored
     FAILED = "failed"       # nothing was kept; `error` says why
+
+
+UNSETTLED = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 # How long a write waits for another connection's write lock before "database is locked" (ms).
@@ -190,7 +194,7 @@ class Run(db.Model):
                           default=lambda: uuid.uuid4().hex)
     user_id = db.Column(db.Integer, db.ForeignKey("users.id"), nullable=False, index=True)
     task = db.Column(db.String(40), nullable=False)
-    status = db.Column(db.String(10), nullable=False, default=RunStatus.PENDING.value)
+    status = db.Column(db.String(10), nullable=False, default=RunStatus.QUEUED.value)
     error = db.Column(db.Text)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
     finished_at = db.Column(db.DateTime)
@@ -204,6 +208,14 @@ class Run(db.Model):
     # Shared with the reviewers' pool by its owner (None: not shared). Reviewers never see the owner.
     shared_at = db.Column(db.DateTime, index=True)
     stored_bytes = db.Column(db.BigInteger, nullable=False, default=0, server_default="0")  # its files on disk
+    model_ids = db.Column(JSON, default=list)       # the models chosen at upload, in order (the job runs them)
+    # The job (jobs.py): the stage it is at, how many times a job has begun it, when the current attempt
+    # began, and when its holder last said it was alive (a holder that stops beating has died).
+    stages = db.Column(JSON, default=list)          # [[key, label], ...]: what the job does, in order
+    stage = db.Column(db.String(80))                # the key of the stage it is at
+    attempts = db.Column(db.Integer, nullable=False, default=0, server_default="0")
+    started_at = db.Column(db.DateTime)
+    heartbeat_at = db.Column(db.DateTime, index=True)
 
     user = db.relationship("User", back_populates="runs")
     results = db.relationship("ModelResult", back_populates="run", cascade="all, delete-orphan",
@@ -221,15 +233,67 @@ class Run(db.Model):
                                    .where(cls.user_id == user_id, cls.status == RunStatus.DONE)).scalar_one()
         return int(total)
 
+    @property
+    def settled(self) -> bool:
+        return self.status in (RunStatus.DONE, RunStatus.FAILED)
+
     @classmethod
-    def settle(cls, run_id: int, status: RunStatus, **values) -> bool:
-        """Move a run from `pending` to `status` (done or failed) in the current transaction, as a
-        compare-and-set: True when this call made the change, False when the run had already left
-        `pending` (a sweep marked it failed, say). So a run is settled once: never both done and failed."""
-        result = db.session.execute(db.update(cls).where(cls.id == run_id, cls.status == RunStatus.PENDING)
+    def settle(cls, run_id: int, status: RunStatus, attempt: int | None = None, **values) -> bool:
+        """Move an unsettled run (queued or running) to `status` (done or failed) in the current transaction,
+        as a compare-and-set: True when this call made the change, False when the run was already settled,
+        or when `attempt` is given and another attempt has taken the run over since. So a run is settled
+        once, by the attempt that holds it: never both done and failed, never two results."""
+        where = [cls.id == run_id, cls.status.in_(UNSETTLED)]
+        if attempt is not None:
+            where.append(cls.attempts == attempt)
+        result = db.session.execute(db.update(cls).where(*where)
                                     .values(status=status, finished_at=utcnow(), **values)
                                     .execution_options(synchronize_session=False))
         return result.rowcount == 1
+
+    @classmethod
+    def claim(cls, run_id: int, stale_before: datetime) -> int | None:
+        """Begin an attempt: a queued run, or a running one whose holder stopped beating before `stale_before`
+        (its worker died), becomes running under the next attempt number, which is returned (committed).
+        None when the run is settled or a live holder has it: a second delivery of the same job does nothing."""
+        result = db.session.execute(
+            db.update(cls).where(cls.id == run_id, db.or_(
+                cls.status == RunStatus.QUEUED,
+                db.and_(cls.status == RunStatus.RUNNING, cls.heartbeat_at < stale_before)))
+            .values(status=RunStatus.RUNNING, attempts=cls.attempts + 1, started_at=utcnow(), heartbeat_at=utcnow(),
+                    stage="decoding")
+            .execution_options(synchronize_session=False))
+        if result.rowcount != 1:
+            db.session.rollback()
+            return None
+        attempt = db.session.execute(db.select(cls.attempts).where(cls.id == run_id)).scalar_one()
+        db.session.commit()
+        return int(attempt)
+
+    @classmethod
+    def note_stage(cls, run_id: int, attempt: int, stage: str) -> None:
+        """Record the stage the holding attempt has reached (and that it is alive), committed at once so that
+        the status page sees it while the job works."""
+        db.session.execute(db.update(cls).where(cls.id == run_id, cls.status == RunStatus.RUNNING,
+                                                cls.attempts == attempt)
+                           .values(stage=stage[:80], heartbeat_at=utcnow())
+                           .execution_options(synchronize_session=False))
+        db.session.commit()
+
+    @classmethod
+    def beat(cls, queued: list[str], running: list[tuple[str, int]]) -> None:
+        """The holder of these runs is alive (jobs.Heartbeat, every JOB_HEARTBEAT_S): the queued runs it holds,
+        and the runs it is running, each under its attempt (a run another attempt took over is not its to beat;
+        nor is a silent running run it was handed but has not claimed yet, which must stay silent to be claimed)."""
+        now = utcnow()
+        if queued:
+            db.session.execute(db.update(cls).where(cls.public_id.in_(queued), cls.status == RunStatus.QUEUED)
+                               .values(heartbeat_at=now).execution_options(synchronize_session=False))
+        for public_id, attempt in running:
+            db.session.execute(db.update(cls).where(cls.public_id == public_id, cls.status == RunStatus.RUNNING,
+                                                    cls.attempts == attempt)
+                               .values(heartbeat_at=now).execution_options(synchronize_session=False))
+        db.session.commit()
 
 
 class ModelResult(db.Model):

@@ -5,9 +5,10 @@ one of THREADS threads, not a whole worker, and a connection that sends nothing 
 poller. The body itself is read by web/slow_clients.py at a minimum rate, so a slowly dribbled body frees
 its thread after the grace period (10 s); behind nginx (docker-compose.yml) bodies arrive buffered and
 one address holds at most 20 connections. The worker time-out
-(JOINTSCAN_WORKER_TIMEOUT_S) restarts a worker whose main loop hangs; a threaded worker's requests are not
-bounded by it, so the app bounds an analysis itself: a run still pending RUN_STALE_AFTER_S after it began
-(the time-out plus a minute by default) is marked failed by a sweep (web/upkeep.py).
+(JOINTSCAN_WORKER_TIMEOUT_S) restarts a worker whose main loop hangs. Analyses do not run in a request:
+an upload queues its run and returns (jobs.py), the job runs in a Celery worker or in this process's small
+job pool, under JOB_TIME_LIMIT_S, and a run whose process died is handed to a live one by the sweep
+(web/upkeep.py).
 """
 import os
 
@@ -15,8 +16,8 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WORKERS", "2"))
 worker_class = "gthread"
 # More threads than slow clients are likely: a connection lands on whichever worker accepts it first, so
-# one worker's threads must outnumber them. Analyses themselves run at most two at a time per process
-# (predict.ANALYSES_AT_ONCE); the other threads serve pages, images and /healthz.
+# one worker's threads must outnumber them. Without REDIS_URL, analyses run in JOB_THREADS threads of their
+# own per process (jobs.InProcessExecutor); these threads serve pages, images, uploads and /healthz.
 threads = int(os.environ.get("THREADS", "32"))
 worker_connections = threads + 16
 timeout = int(os.environ.get("JOINTSCAN_WORKER_TIMEOUT_S", "120"))

@@ -1,23 +1,27 @@
 """Run one uploaded scan through a task's pipeline with chosen models -> a stored Run.
 
-Nothing is stored for an upload that fails to decode or does not suit the
-task. Once a Run row exists, it ends either `done` with all its images on
-disk, or `failed` with a reason and no files: images are written to a
-temporary folder and moved into place in one rename after the models ran.
+`submit` checks an upload and queues its run; `execute_run` is the job that runs it (in a thread of the
+web process or in a Celery worker, jobs.py), `sweep_runs` rescues runs whose job died. Nothing is stored
+for an upload that fails to decode or does not suit the task. Once a Run row exists it is `queued`, then
+`running`, and ends once: `done` with all its images on disk, or `failed` with a reason and no files
+(images are written to a temporary folder and moved into place in one rename after the models ran).
 """
 from __future__ import annotations
 
+import enum
+import io
 import logging
 import shutil
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from database import ModelResult, Run, RunStatus, User, db, disabled_model_ids, utcnow
+import numpy as np
+
+from database import UNSETTLED, ModelResult, Run, RunStatus, User, db, disabled_model_ids, utcnow
 from imaging.errors import rounded_size
 from imaging.io import DecodedImage, ImageReadError, fit_pixels, read_image
 
@@ -25,15 +29,14 @@ from imaging.overlay import encode_png, grey_to_rgb
 from model_loader import UNAVAILABLE_FOR_USERS, ModelEntry, ModelRegistry, ModelUnavailable
 from private_files import private_dir, write_private
 from tasks import TaskInputError, TaskOutput, all_tasks, get_task
+from tasks.base import explanation_stage, model_stage, reporting_progress
 from tasks.recognition import REFUSE_AT, Recognition, recognise, recogniser_entry, refusal
 
 log = logging.getLogger("jointscan.predict")
-# A run's images are written under RESULTS_DIR/<STAGING_PREFIX><public id>-<random>/ and renamed into place.
+# A run's images are written under RESULTS_DIR/<STAGING_PREFIX><public id>-<attempt>-<random>/ and renamed
+# into place; a queued run's decoded input waits in RESULTS_DIR/<QUEUE_FOLDER>/<public id>.npy.
 STAGING_PREFIX = ".staging-"
-# Analyses one process runs at once (the others wait): a threaded server has many more threads than the
-# CPU and memory can give to concurrent model runs, which each use every core already.
-ANALYSES_AT_ONCE = 2
-_ANALYSES = threading.BoundedSemaphore(ANALYSES_AT_ONCE)
+QUEUE_FOLDER = ".queue"
 
 
 class PredictionError(Exception):
@@ -119,9 +122,34 @@ def _unavailable(entry: ModelEntry, problem: str) -> PredictionError:
     return PredictionError(f"Model '{entry.title}' is unavailable: {UNAVAILABLE_FOR_USERS}.", 503)
 
 
-def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegistry,
-            results_dir: Path, limits: Limits = Limits()) -> Run:
-    """Decode, run and store. Raises ImageReadError / PredictionError before anything is stored."""
+@dataclass
+class JobSettings:
+    """How jobs run (config JOB_*): the time one analysis may take, how long a silent holder is taken for dead
+    (its heartbeat), how many attempts a run gets before it fails, and how long a run may wait in a queue
+    that no process holds (a worker's broker) before it is given up."""
+    time_limit_s: int = 120
+    stale_after_s: int = 30
+    max_attempts: int = 3
+    queue_timeout_s: int = 6 * 3600
+
+
+class Outcome(enum.StrEnum):
+    """What one delivery of a job did (`execute_run`)."""
+    SETTLED = "settled"            # this attempt ended the run, done or failed
+    ALREADY_SETTLED = "already"    # it had ended before: a repeated delivery, nothing done
+    HELD = "held"                  # a live attempt holds it: nothing done (try again later, it may die)
+    MISSING = "missing"            # no such run
+
+
+def submit(user: User, data: bytes, request: Analysis, *, registry: ModelRegistry, results_dir: Path,
+           limits: Limits = Limits(), enqueue: Callable[[str], None], held_here: bool) -> Run:
+    """Check an upload and queue its run: decode, the task's input checks, the models and options, the
+    recogniser, then a `queued` Run and its decoded input on disk, then `enqueue(public id)`.
+
+    Raises ImageReadError / PredictionError before anything is stored. `held_here`: the caller's process holds
+    the queue (the in-process executor beats for its queued runs; a broker holds Celery's, which no process
+    beats for), so the sweep knows whether a silent run was lost with its process or waits in a broker.
+    """
     t0 = time.perf_counter()
     task = get_task(request.task)
     if task is None:
@@ -137,53 +165,211 @@ def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegist
     options = clean_options(request.task, request.options)
     t_check = time.perf_counter()
     checks = recognition_summary(task, *recognise_image(registry, image), request.analyse_anyway)
-    check_ms = _ms(t_check, time.perf_counter())
-    t_decoded = time.perf_counter()
+    timings = {"decode_ms": _ms(t0, t_check), "check_ms": _ms(t_check, time.perf_counter())}
+
+    public_id = uuid.uuid4().hex
+    queued = queued_input(results_dir, public_id)
     try:
+        _save_input(queued, image.pixels)
+    except OSError as exc:
+        queued.unlink(missing_ok=True)
+        log.error("could not queue an upload: %s", type(exc).__name__)
+        raise PredictionError(f"The upload could not be queued: {_failure_reason(exc)}", 507) from exc
+    run = Run(public_id=public_id, user_id=user.id, task=task.name, status=RunStatus.QUEUED, input_kind=image.kind,
+              input_meta=_input_facts(image), options=options, summary=checks, timings=timings,
+              model_ids=[e.id for e in entries], stages=job_stages(task, entries), stage=QUEUED_STAGE,
+              heartbeat_at=utcnow() if held_here else None)
+    try:
+        db.session.add(run)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        queued.unlink(missing_ok=True)
+        raise
+    try:
+        enqueue(public_id)
+    except Exception as exc:       # the queue (a broker) is down: the run cannot start, so it ends here
+        log.error("run %s could not be queued: %s", public_id, type(exc).__name__)
+        queued.unlink(missing_ok=True)
+        if Run.settle(run.id, RunStatus.FAILED, error=QUEUE_DOWN):
+            db.session.commit()
+        raise PredictionError(f"The analysis could not be started: {QUEUE_DOWN}", 503, public_id) from exc
+    return run
+
+
+QUEUED_STAGE = "queued"
+QUEUE_DOWN = "the job queue is unavailable. Nothing was kept; please try again later or tell an administrator."
+
+
+def job_stages(task: Any, entries: list[ModelEntry]) -> list[list[str]]:
+    """The stages a run's job goes through, in order, as [key, label]: reading the queued input, loading the
+    models, each model in the order the task runs them (with its Grad-CAM as a stage of its own when it has
+    one), storing. The task reports each model and explanation as it begins it (tasks.base)."""
+    stages = [[QUEUED_STAGE, "Waiting for a free analysis slot"], ["decoding", "Reading the scan"],
+              ["loading", "Loading the models"]]
+    for role in task.roles:
+        for entry in entries:
+            if entry.role == role.name:
+                stages.append([model_stage(entry.id), f"{role.title}: {entry.title}"])
+                if entry.gradcam_layer:
+                    stages.append([explanation_stage(entry.id), f"{role.title}: {entry.title}, explanation"])
+    stages.append(["storing", "Storing the results"])
+    return stages
+
+
+def queued_input(results_dir: Path, public_id: str) -> Path:
+    """Where a queued run's decoded input waits for its job (under RESULTS_DIR, which web and workers share)."""
+    return results_dir / QUEUE_FOLDER / f"{public_id}.npy"
+
+
+def _save_input(path: Path, pixels) -> None:
+    # The decoded pixels only (no header ever reaches the disk), 0600 in a 0700 folder; removed when the run ends.
+    private_dir(path.parent)
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(pixels, dtype=np.float32), allow_pickle=False)
+    write_private(path, buffer.getvalue())
+
+
+def _load_input(run: Run, path: Path) -> DecodedImage:
+    pixels = np.load(path, allow_pickle=False)
+    meta = {k: v for k, v in (run.input_meta or {}).items() if k not in ("width", "height", "modality")}
+    return DecodedImage(pixels=pixels, kind=run.input_kind, modality=(run.input_meta or {}).get("modality"), meta=meta)
+
+
+def execute_run(public_id: str, *, registry: ModelRegistry, results_dir: Path,
+                settings: JobSettings = JobSettings(), on_claim: Callable[[int], None] | None = None) -> Outcome:
+    """The job: run a queued run's models and store the result, exactly once.
+
+    Idempotent by run: an attempt begins only by `Run.claim` (a queued run, or a running one whose holder has
+    gone silent for `stale_after_s`), so a second delivery of the job does nothing while the first lives, and
+    takes over when it died. Every write the attempt makes names its attempt number, so one that was taken
+    over can no longer settle the run or record a stage: a run ends once, `done` with one result or `failed`
+    with a reason. After `max_attempts` attempts (a scan that kills its worker each time) the run fails.
+    """
+    row = db.session.execute(db.select(Run.id, Run.status).where(Run.public_id == public_id)).first()
+    if row is None:
+        return Outcome.MISSING
+    if row.status in (RunStatus.DONE, RunStatus.FAILED):
+        return Outcome.ALREADY_SETTLED
+    stale_before = utcnow() - timedelta(seconds=settings.stale_after_s)
+    attempt = Run.claim(row.id, stale_before)
+    if attempt is None:
+        status = db.session.execute(db.select(Run.status).where(Run.id == row.id)).scalar_one()
+        return Outcome.HELD if status == RunStatus.RUNNING else Outcome.ALREADY_SETTLED
+    if on_claim is not None:
+        on_claim(attempt)
+    queued = queued_input(results_dir, public_id)
+    if attempt > settings.max_attempts:
+        log.error("run %s failed: interrupted %d times", public_id, attempt - 1)
+        _end_failed(row.id, attempt, TOO_MANY_ATTEMPTS.format(n=attempt - 1), queued)
+        return Outcome.SETTLED
+    run = db.session.get(Run, row.id)
+    task = get_task(run.task)
+    t0 = time.perf_counter()
+    staging = results_dir / f"{STAGING_PREFIX}{public_id}-{attempt}-{uuid.uuid4().hex[:6]}"
+    target = results_dir / public_id
+    placed = False
+    try:
+        Run.note_stage(run.id, attempt, "decoding")
+        image = _load_input(run, queued)
+        t_read = time.perf_counter()
+        Run.note_stage(run.id, attempt, "loading")
+        entries = [registry.get(mid) for mid in run.model_ids or []]
+        if task is None or any(e is None for e in entries):
+            raise ModelUnavailable(next((m for m in run.model_ids or [] if registry.get(m) is None), "?"),
+                                   "no longer registered")
         loaded = [registry.load(e.id) for e in entries]
-    except ModelUnavailable as exc:
-        raise _unavailable(registry.get(exc.model_id), exc.message) from exc
-    t_ready = time.perf_counter()
-
-    run = Run(user_id=user.id, task=task.name, status=RunStatus.PENDING, input_kind=image.kind,
-              input_meta=_input_facts(image), options=options)
-    db.session.add(run)
-    db.session.commit()
-
-    staging = results_dir / f"{STAGING_PREFIX}{run.public_id}-{uuid.uuid4().hex[:6]}"
-    try:
+        t_ready = time.perf_counter()
         by_role: dict[str, list] = {}
         for lm in loaded:
             by_role.setdefault(lm.entry.role, []).append(lm)
-        with _ANALYSES:
-            output = task.run(image, by_role, options)
+        with reporting_progress(lambda stage: Run.note_stage(run.id, attempt, stage)):
+            output = task.run(image, by_role, run.options or {})
         t_pred = time.perf_counter()
-        _store(run, image, output, {**output.summary, **checks}, {e.id: e for e in entries}, staging, results_dir)
+        if t_pred - t0 > settings.time_limit_s:
+            raise TimeLimitExceeded()
+        Run.note_stage(run.id, attempt, "storing")
+        db.session.refresh(run)
+        _store(run, image, output, {**output.summary, **(run.summary or {})}, {e.id: e for e in entries}, staging)
+        timings = {**(run.timings or {}), "read_ms": _ms(t0, t_read), "load_ms": _ms(t_read, t_ready),
+                   "predict_ms": _ms(t_ready, t_pred), "store_ms": _ms(t_pred, time.perf_counter()),
+                   "queue_ms": _ms_between(run.created_at, run.started_at),
+                   "total_ms": _ms_between(run.created_at, utcnow())}    # from the upload to the stored result
         db.session.flush()
-        timings = {"check_ms": check_ms, "decode_ms": _ms(t0, t_decoded), "load_ms": _ms(t_decoded, t_ready),
-                   "predict_ms": _ms(t_ready, t_pred),
-                   "store_ms": _ms(t_pred, time.perf_counter()), "total_ms": _ms(t0, time.perf_counter())}
-        if not Run.settle(run.id, RunStatus.DONE, timings=timings):
-            raise RunSettled(run.public_id)
+        # The compare-and-set first (it holds the run's row until the commit), then the folder into place.
+        if not Run.settle(run.id, RunStatus.DONE, attempt=attempt, stage="done", timings=timings):
+            raise RunSettled(public_id)
+        if target.exists():            # left by an attempt that was taken over: never a settled result
+            shutil.rmtree(target)
+        staging.rename(target)         # one atomic step: all images or none
+        placed = True
         db.session.commit()
-        return run
+        queued.unlink(missing_ok=True)
+        return Outcome.SETTLED
     except RunSettled:
-        # A sweep marked the run failed while it ran (it outlived the worker time-out): that verdict stands,
-        # and what this call stored goes with the rolled-back transaction and the removed folder.
+        # Another attempt took the run over, or a sweep failed it, while this one worked: that verdict stands.
         db.session.rollback()
-        shutil.rmtree(results_dir / run.public_id, ignore_errors=True)
-        log.error("run %s finished after it was marked failed; its results were discarded", run.public_id)
-        raise PredictionError("The analysis took longer than the server allows and was stopped. Nothing was kept.",
-                              500, run.public_id) from None
+        shutil.rmtree(staging, ignore_errors=True)
+        log.error("run %s: attempt %d finished after it lost the run; its results were discarded",
+                  public_id, attempt)
+        return Outcome.HELD
     except Exception as exc:
         db.session.rollback()
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(results_dir / run.public_id, ignore_errors=True)
-        reason = _failure_reason(exc)
+        if placed:
+            shutil.rmtree(target, ignore_errors=True)
+        if isinstance(exc, ModelUnavailable):
+            problem = exc.message
+            log.warning("model %s unavailable: %s", exc.model_id, problem)
+            entry = registry.get(exc.model_id)
+            reason = (f"model '{entry.title if entry else exc.model_id}' is unavailable: {UNAVAILABLE_FOR_USERS}. "
+                      "Nothing was kept.")
+        elif isinstance(exc, TimeLimitExceeded) or time.perf_counter() - t0 >= settings.time_limit_s:
+            reason = TIME_LIMIT.format(s=settings.time_limit_s)
+        elif isinstance(exc, FileNotFoundError) and not queued.exists():
+            reason = INPUT_LOST
+        else:
+            reason = _failure_reason(exc)
         # Log the run id and the exception type only: never file names or header values.
-        log.error("run %s failed: %s", run.public_id, type(exc).__name__, exc_info=not isinstance(exc, OSError))
-        _mark_failed(run.id, reason)
-        raise PredictionError(f"The analysis failed: {reason}", 500, run.public_id) from exc
+        log.error("run %s failed: %s", public_id, type(exc).__name__,
+                  exc_info=not isinstance(exc, (OSError, ModelUnavailable, TimeLimitExceeded)))
+        _end_failed(run.id, attempt, reason, queued)
+        return Outcome.SETTLED
+
+
+TOO_MANY_ATTEMPTS = ("the analysis was interrupted {n} times (its worker process stopped each time, for example "
+                     "out of memory). Nothing was kept.")
+TIME_LIMIT = "the analysis took longer than the time limit of {s} s and was stopped. Nothing was kept."
+INPUT_LOST = "the queued scan was no longer on the server's disk. Nothing was kept; please upload it again."
+
+
+class TimeLimitExceeded(Exception):
+    """The models ran past JOB_TIME_LIMIT_S."""
+
+
+def _end_failed(run_id: int, attempt: int, reason: str, queued: Path) -> None:
+    try:
+        if Run.settle(run_id, RunStatus.FAILED, attempt=attempt, error=reason):
+            db.session.execute(db.delete(ModelResult).where(ModelResult.run_id == run_id))
+            queued.unlink(missing_ok=True)
+        db.session.commit()
+    except Exception:  # the database itself is failing; the sweep settles it later
+        db.session.rollback()
+        log.exception("could not mark run %d failed", run_id)
+
+
+def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegistry, results_dir: Path,
+            limits: Limits = Limits(), settings: JobSettings = JobSettings()) -> Run:
+    """Submit and run at once, in this thread (the batch command without workers). The stored run, done or
+    failed; raises PredictionError (with the run's id) when it failed, as an upload's page would show."""
+    run = submit(user, data, request, registry=registry, results_dir=results_dir, limits=limits,
+                 enqueue=lambda _public_id: None, held_here=True)
+    execute_run(run.public_id, registry=registry, results_dir=results_dir, settings=settings)
+    db.session.expire_all()
+    run = db.session.get(Run, run.id)
+    if run.status == RunStatus.FAILED:
+        raise PredictionError(f"The analysis failed: {run.error}", 500, run.public_id)
+    return run
 
 
 def _check_free_space(results_dir: Path, floor: int) -> None:
@@ -252,7 +438,7 @@ def recognise_upload(data: bytes, *, registry: ModelRegistry, limits: Limits = L
 
 
 def _store(run: Run, image: DecodedImage, output: TaskOutput, summary: dict[str, Any],
-           entries: dict[str, ModelEntry], staging: Path, results_dir: Path) -> None:
+           entries: dict[str, ModelEntry], staging: Path) -> None:
     private_dir(staging)      # 0700, its images 0600: scans are health data
     _write_png(staging / "input.png", grey_to_rgb(image.pixels))
     run.input_image = "input.png"
@@ -265,7 +451,6 @@ def _store(run: Run, image: DecodedImage, output: TaskOutput, summary: dict[str,
                                        model_sha256=entry.sha256, role=mo.role, result=mo.result,
                                        images=files, elapsed_ms=round(mo.elapsed_ms, 1)))
     run.stored_bytes = sum(f.stat().st_size for f in staging.iterdir())
-    staging.rename(results_dir / run.public_id)   # one atomic step: all images or none
 
 
 def _write_png(path: Path, img) -> str:
@@ -274,17 +459,7 @@ def _write_png(path: Path, img) -> str:
 
 
 class RunSettled(Exception):
-    """The run left `pending` before this process could settle it."""
-
-
-def _mark_failed(run_id: int, reason: str) -> None:
-    try:
-        if Run.settle(run_id, RunStatus.FAILED, error=reason):   # unless a sweep settled it first
-            db.session.execute(db.delete(ModelResult).where(ModelResult.run_id == run_id))
-        db.session.commit()
-    except Exception:  # the database itself is failing; the sweep will mark it later
-        db.session.rollback()
-        log.exception("could not mark run %s failed", run_id)
+    """Another attempt (or a sweep) settled the run, or took it over, before this attempt could settle it."""
 
 
 def _failure_reason(exc: Exception) -> str:
@@ -301,31 +476,75 @@ def _ms(a: float, b: float) -> float:
     return round((b - a) * 1000, 1)
 
 
-INTERRUPTED = ("the analysis was interrupted: it did not finish within the time the server allows (its server "
-               "process stopped, or it ran too long). Nothing was kept.")
+def _ms_between(a: datetime | None, b: datetime | None) -> float | None:
+    return round((b - a).total_seconds() * 1000, 1) if a and b else None
 
 
-def sweep_interrupted_runs(older_than_s: int, results_dir: Path | None = None) -> int:
-    """Mark failed the runs still `pending` after `older_than_s` seconds (RUN_STALE_AFTER_S, the time an
-    analysis may take): their worker died, or they ran too long. Returns how many.
+OVERDUE = ("the analysis did not finish within the time limit of {s} s (its worker stopped answering, or the "
+           "models ran too long). Nothing was kept.")
+QUEUE_LOST = ("the analysis waited {waited} without a worker taking it (the workers may be stopped, or the "
+              "queue lost it). Nothing was kept; please upload it again.")
 
-    Each is settled by compare-and-set, so a run that finished first keeps its `done`, and one that finishes
-    after it was swept finds itself settled and discards its result (`analyze`); the folder a dead worker
-    may have renamed into place is removed. Safe beside a live server, which runs it periodically
-    (web/upkeep.py), and at start-up (`flask prepare`).
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size or unit == "second":
+            n = round(seconds / size, 1)
+            return f"{n:g} {unit}{'' if n == 1 else 's'}"
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Swept:
+    overdue: int = 0      # running past the time limit: failed
+    adopted: int = 0      # whose holder went silent (its process died): handed to `resubmit`
+    lost: int = 0         # queued in a broker longer than the queue time-out: failed
+
+
+def sweep_runs(settings: JobSettings, results_dir: Path, resubmit: Callable[[str], None] | None = None) -> Swept:
+    """Settle or rescue the runs that lost their job. Safe beside live servers and workers, and from several
+    processes at once (each run is settled by compare-and-set, and a rescued run is claimed by one attempt):
+
+    - a run `running` longer than the time limit plus the heartbeat's patience fails with that reason (a late
+      result of its attempt is discarded);
+    - a queued or running run whose holder has not beaten for `stale_after_s` lost its process: it is handed
+      to `resubmit` (the live server's executor), whose job takes it over (`execute_run`) - or, after
+      `max_attempts`, fails it;
+    - a run queued in a broker (no holder beats for it) for longer than `queue_timeout_s` fails.
     """
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    stale = db.session.execute(db.select(Run.id, Run.public_id).where(Run.status == RunStatus.PENDING,
-                                                                      Run.created_at <= cutoff)).all()
-    swept = [public_id for run_id, public_id in stale if Run.settle(run_id, RunStatus.FAILED, error=INTERRUPTED)]
+    now = utcnow()
+    swept = Swept()
+    overdue = db.session.execute(db.select(Run.id, Run.public_id).where(
+        Run.status == RunStatus.RUNNING,
+        Run.started_at < now - timedelta(seconds=settings.time_limit_s + settings.stale_after_s))).all()
+    for run_id, public_id in overdue:
+        if _sweep_failed(run_id, public_id, OVERDUE.format(s=settings.time_limit_s), results_dir):
+            swept.overdue += 1
+    lost = db.session.execute(db.select(Run.id, Run.public_id).where(
+        Run.status == RunStatus.QUEUED, Run.heartbeat_at.is_(None),
+        Run.created_at < now - timedelta(seconds=settings.queue_timeout_s))).all()
+    for run_id, public_id in lost:
+        if _sweep_failed(run_id, public_id, QUEUE_LOST.format(waited=_duration(settings.queue_timeout_s)), results_dir):
+            swept.lost += 1
+    if resubmit is not None:
+        silent = db.session.execute(db.select(Run.public_id).where(
+            Run.status.in_(UNSETTLED), Run.heartbeat_at < now - timedelta(seconds=settings.stale_after_s))).scalars()
+        for public_id in silent:
+            log.warning("run %s lost its process; handed to a new job", public_id)
+            resubmit(public_id)
+            swept.adopted += 1
+    return swept
+
+
+def _sweep_failed(run_id: int, public_id: str, reason: str, results_dir: Path) -> bool:
+    settled = Run.settle(run_id, RunStatus.FAILED, error=reason)
     db.session.commit()
-    for public_id in swept:
-        if results_dir is not None:
-            shutil.rmtree(results_dir / public_id, ignore_errors=True)
-        log.warning("run %s marked failed: its worker stopped", public_id)
-    return len(swept)
+    if settled:
+        shutil.rmtree(results_dir / public_id, ignore_errors=True)
+        queued_input(results_dir, public_id).unlink(missing_ok=True)
+        log.warning("run %s marked failed: %s", public_id, reason.split(":")[0])
+    return settled
 
 
-__all__ = ["Analysis", "Limits", "PredictionError", "analyze", "choose_models", "clean_options",
-           "recognise_upload", "sweep_interrupted_runs",
-           "ImageReadError"]
+__all__ = ["Analysis", "JobSettings", "Limits", "Outcome", "PredictionError", "analyze", "choose_models",
+           "clean_options", "execute_run", "recognise_upload", "submit", "sweep_runs", "ImageReadError"]

@@ -34,8 +34,8 @@ TARGETS = {
     "imaging/overlay.py": (["heatmap_overlay", "grey_to_rgb"], ["tests/test_imaging_overlay.py"]),
     "model_loader.py": (["problem", "load", "_load_verified"],
                         ["tests/test_model_loader.py", "tests/test_unloadable_model.py"]),
-    "predict.py": (["clean_options", "choose_models", "analyze", "sweep_interrupted_runs", "_failure_reason"],
-                   ["tests/test_scans.py", "tests/test_reliability.py"]),
+    "predict.py": (["clean_options", "choose_models", "analyze", "execute_run", "sweep_runs", "_failure_reason"],
+                   ["tests/test_scans.py", "tests/test_reliability.py", "tests/test_jobs.py"]),
 }
 SWAP_COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
                 ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}

@@ -131,7 +131,7 @@ class Client:
         fields = {"task": task, "file": (io.BytesIO(data), "probe"), "include_heatmaps": "false"}
         if anyway:
             fields["analyse_anyway"] = "true"
-        response = self.client.post("/api/v1/analyze", data=fields,
+        response = self.client.post("/api/v1/analyze?wait=true", data=fields,
                                     headers={"Authorization": f"Bearer {self.token}"},
                                     content_type="multipart/form-data")
         return response.status_code, response.get_json()

@@ -7,19 +7,21 @@ it finishes, so a stopped batch loses nothing: a second call skips every file th
 (done, refused or failed) and goes on with the rest. A file that cannot be read, is refused, or whose
 analysis fails gets a row saying so and the batch goes on. The CSV names files by their path relative
 to FOLDER and holds no pseudonym or header text (file names are the caller's: choose them so that they
-identify nobody).
+identify nobody). With Celery workers configured (REDIS_URL) the files fan out to them: the runs are queued
+a window at a time and each row is written as its run ends; without, this process analyses them in turn.
 """
 from __future__ import annotations
 
 import csv
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from database import Run, User
+from database import Run, RunStatus, User, db
 from model_loader import ModelRegistry
-from predict import Analysis, ImageReadError, Limits, PredictionError, analyze
+from predict import Analysis, ImageReadError, JobSettings, Limits, PredictionError, analyze, submit
 from tasks import get_task
 from web.audit import model_versions_of, record, run_resource
 
@@ -77,8 +79,11 @@ def figures_of(task: Any, run: Run) -> dict[str, Any]:
 
 
 def run_batch(folder: Path, task_name: str, user: User, out: Path, *, registry: ModelRegistry, results_dir: Path,
-              limits: Limits, model_ids: Iterable[str] = (), progress: Callable[[Iterable[Path]], Any] | None = None
-              ) -> BatchSummary:
+              limits: Limits, model_ids: Iterable[str] = (), progress: Callable[[int], Any] | None = None,
+              executor: Any = None, settings: JobSettings = JobSettings(), in_flight: int = 32) -> BatchSummary:
+    """Analyse every file of `folder` not yet in `out`. Without `executor`, one after the other in this process;
+    with one (Celery workers), up to `in_flight` runs are queued at once for the workers to share, and each
+    row is written as its run ends. `progress(total)` is a context manager with `update(n)` (click's bar)."""
     task = get_task(task_name)
     if task is None:
         raise ValueError(f"unknown task {task_name!r}")
@@ -89,40 +94,108 @@ def run_batch(folder: Path, task_name: str, user: User, out: Path, *, registry: 
     fresh = not out.exists() or out.stat().st_size == 0
     counts = {"done": 0, "refused": 0, "failed": 0}
     t0 = time.perf_counter()
-    with out.open("a", newline="") as fh:
+    with out.open("a", newline="") as fh, (progress(len(todo)) if progress else nullcontext()) as bar:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         if fresh:
             writer.writeheader()
-        for path in (progress(todo) if progress else todo):
-            row = analyse_one(task, path, folder, user, list(model_ids), registry, results_dir, limits)
+
+        def write(row: dict[str, Any]) -> None:
             counts[row["status"]] += 1
             writer.writerow(row)
             fh.flush()
+            if bar is not None:
+                bar.update(1)
+
+        job = _Batch(task, folder, user, list(model_ids), registry, results_dir, limits, settings)
+        if executor is None:
+            for path in todo:
+                write(job.analyse_here(path))
+        else:
+            job.fan_out(todo, executor, in_flight, write)
     return BatchSummary(len(files), len(files) - len(todo), counts["done"], counts["refused"], counts["failed"],
                         time.perf_counter() - t0)
 
 
-def analyse_one(task: Any, path: Path, folder: Path, user: User, model_ids: list[str], registry: ModelRegistry,
-                results_dir: Path, limits: Limits) -> dict[str, Any]:
-    row: dict[str, Any] = {"file": str(path.relative_to(folder))}
-    t0 = time.perf_counter()
-    try:
-        run = analyze(user, path.read_bytes(), Analysis(task.name, model_ids), registry=registry,
-                      results_dir=results_dir, limits=limits)
-    except (ImageReadError, PredictionError) as exc:
+@dataclass
+class _Batch:
+    task: Any
+    folder: Path
+    user: User
+    model_ids: list[str]
+    registry: ModelRegistry
+    results_dir: Path
+    limits: Limits
+    settings: JobSettings
+
+    def analyse_here(self, path: Path) -> dict[str, Any]:
+        """One file, analysed in this process: its row."""
+        row, t0 = self._row(path), time.perf_counter()
+        try:
+            run = analyze(self.user, path.read_bytes(), Analysis(self.task.name, self.model_ids),
+                          registry=self.registry, results_dir=self.results_dir, limits=self.limits,
+                          settings=self.settings)
+        except (ImageReadError, PredictionError, OSError) as exc:
+            row.update(self._refused(exc))
+        else:
+            self._audit(run)
+            row.update(self._ended(run))
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        return row
+
+    def fan_out(self, todo: list[Path], executor: Any, in_flight: int, write: Callable[[dict[str, Any]], None]) -> None:
+        """Queue the files for the workers, at most `in_flight` at a time, and write each row as its run ends."""
+        waiting: dict[int, tuple[dict[str, Any], float]] = {}      # run id -> (its row so far, when queued)
+        pending = list(reversed(todo))
+        while pending or waiting:
+            while pending and len(waiting) < in_flight:
+                path = pending.pop()
+                row, t0 = self._row(path), time.perf_counter()
+                try:
+                    run = submit(self.user, path.read_bytes(), Analysis(self.task.name, self.model_ids),
+                                 registry=self.registry, results_dir=self.results_dir, limits=self.limits,
+                                 enqueue=executor.submit, held_here=executor.holds_queue)
+                except (ImageReadError, PredictionError, OSError) as exc:
+                    row.update(self._refused(exc), seconds=round(time.perf_counter() - t0, 2))
+                    write(row)
+                    continue
+                self._audit(run)
+                waiting[run.id] = (row, t0)
+            if not waiting:
+                continue
+            db.session.expire_all()
+            ended = db.session.execute(db.select(Run).where(Run.id.in_(list(waiting)),
+                                                            Run.status.in_((RunStatus.DONE, RunStatus.FAILED)))
+                                       ).scalars().all()
+            for run in ended:
+                row, t0 = waiting.pop(run.id)
+                row.update(self._ended(run), seconds=round(time.perf_counter() - t0, 2))
+                write(row)
+            if not ended:
+                time.sleep(0.05)
+
+    def _row(self, path: Path) -> dict[str, Any]:
+        return {"file": str(path.relative_to(self.folder))}
+
+    def _refused(self, exc: Exception) -> dict[str, Any]:
+        if isinstance(exc, OSError) and not isinstance(exc, (ImageReadError, PredictionError)):
+            return {"status": "refused", "message": f"the file could not be read ({type(exc).__name__})"}
         stored_failure = getattr(exc, "run_public_id", None)
-        row.update(status="failed" if stored_failure else "refused", run_id=stored_failure or "",
-                   message=exc.message, recognised=(getattr(exc, "recognised", None) or {}).get("kind", ""))
-        record("upload", "failed" if stored_failure else "denied", user=user, detail=f"batch: {exc.message[:120]}")
-    except OSError as exc:          # the file itself could not be read
-        row.update(status="refused", message=f"the file could not be read ({type(exc).__name__})")
-    else:
+        record("upload", "failed" if stored_failure else "denied", user=self.user,
+               detail=f"batch: {exc.message[:120]}")
+        return {"status": "failed" if stored_failure else "refused", "run_id": stored_failure or "",
+                "message": exc.message, "recognised": (getattr(exc, "recognised", None) or {}).get("kind", "")}
+
+    def _audit(self, run: Run) -> None:
+        record("upload", user=self.user, resource=run_resource(run), models=model_versions_of(run),
+               detail=f"{self.task.name} via batch")
+
+    def _ended(self, run: Run) -> dict[str, Any]:
         summary = run.summary or {}
-        row.update(status="done", run_id=run.public_id, recognised=(summary.get("recognised") or {}).get("kind", ""),
-                   headline=task.headline(summary, [{"model_id": r.model_id, "role": r.role, "result": r.result}
-                                                    for r in run.results]),
-                   **figures_of(task, run))
-        record("upload", user=user, resource=run_resource(run), models=model_versions_of(run),
-               detail=f"{task.name} via batch")
-    row["seconds"] = round(time.perf_counter() - t0, 2)
-    return row
+        recognised = (summary.get("recognised") or {}).get("kind", "")
+        if run.status == RunStatus.FAILED:
+            return {"status": "failed", "run_id": run.public_id, "recognised": recognised,
+                    "message": f"The analysis failed: {run.error}"}
+        return {"status": "done", "run_id": run.public_id, "recognised": recognised,
+                "headline": self.task.headline(summary, [{"model_id": r.model_id, "role": r.role, "result": r.result}
+                                                          for r in run.results]),
+                **figures_of(self.task, run)}

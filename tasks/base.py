@@ -7,6 +7,7 @@ JSON-safe result plus named images. It never touches Flask or the database:
 """
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -188,6 +189,40 @@ def timed_model(method: Method) -> Method:
     return run_timed  # type: ignore[return-value]
 
 
+# Who hears of a run's progress: the job sets a callable taking a stage key (predict.execute_run); outside a
+# job nobody listens. A context variable, so that each job thread hears only its own task.
+_PROGRESS: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("progress", default=None)
+
+
+@contextmanager
+def reporting_progress(report: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, the task's stages go to `report` ("model:<id>", then "explain:<id>")."""
+    token = _PROGRESS.set(report)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def model_stage(model_id: str) -> str:
+    return f"model:{model_id}"
+
+
+def explanation_stage(model_id: str) -> str:
+    return f"explain:{model_id}"
+
+
+def _report(stage: str) -> None:
+    report = _PROGRESS.get()
+    if report is not None:
+        report(stage)
+
+
+def explaining(model: LoadedModel) -> None:
+    """Called by a task as it begins a model's Grad-CAM: the job's progress shows the explanation stage."""
+    _report(explanation_stage(model.entry.id))
+
+
 def run_role(models: Mapping[str, Sequence[LoadedModel]], role: str, step: Callable[[LoadedModel], Any]
              ) -> tuple[list[ModelOutput], dict[str, Any]]:
     """Run `step` on each chosen model of `role`, in the order chosen: their outputs, and by model id
@@ -198,6 +233,7 @@ def run_role(models: Mapping[str, Sequence[LoadedModel]], role: str, step: Calla
     outputs: list[ModelOutput] = []
     extras: dict[str, Any] = {}
     for model in models.get(role, []):
+        _report(model_stage(model.entry.id))
         returned = step(model)
         if isinstance(returned, tuple):
             output, *rest = returned

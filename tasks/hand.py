@@ -24,8 +24,8 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import boxes_overlay, heatmap_overlay
 from model_loader import LoadedModel
-from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
-                        timed_model)
+from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, explaining,
+                        run_role, timed_model)
 from tasks.calibration import (calibrated_probabilities, calibration_record, head_spec,
                                sigmoid_with_temperature, temperature_of)
 from tasks.metrics import coral_rank
@@ -467,6 +467,7 @@ class HandTask(TaskBase):
                 score["guss_probability"] = (round(float(guss_shown[i, decided[i]]), 4) if score["stage"] == 2
                                              else None)
             sign = np.where(peak >= PEAK_THRESHOLD, 1.0, -1.0).astype(np.float32)
+            explaining(model)
             cams = batch_grad_cams(model.gradcam_model(),
                                 x, [lambda o: o["peak"][:, 0] * sign,          # stage 1: the decided class
                                     lambda o: -self._sum(o["guss"])])          # stage 2: evidence of damage

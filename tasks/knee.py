@@ -31,8 +31,8 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import heatmap_overlay
 from model_loader import LoadedModel, sha256_of
-from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, run_role,
-                        timed_model)
+from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, explaining,
+                        run_role, timed_model)
 from tasks.calibration import calibrated_probabilities, calibration_record, head_spec
 from tasks.knee_catalogue import load_catalogue
 from tasks.metrics import coral_expected, coral_rank
@@ -274,6 +274,7 @@ class KneeTask(TaskBase):
         probs = calibrated_probabilities("coral", p_gt[None], [grade], head_spec(model.entry, "kl_coral"))[0]
 
         target, target_text = gradcam_target(head, grade)
+        explaining(model)
         cam = grad_cams(model.gradcam_model(), pair[canon:canon + 1], [target])[0]
         if canon == 1:
             cam = cam[:, ::-1]                                       # back to the upload's orientation

@@ -17,7 +17,8 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
 from model_loader import LoadedModel
-from tasks.base import ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
+from tasks.base import (ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, explaining, run_role,
+                        timed_model)
 from tasks.calibration import calibration_record, softmax_with_temperature, temperature_of
 from tasks.metrics import dice
 from tasks.ood import OodVerdict, run_checked, withheld_reason
@@ -202,6 +203,7 @@ class SacroiliacTask(TaskBase):
         as_idx, stage_idx = int(probs["as_status"][0].argmax()), int(probs["stage"][0].argmax())
         p_as = softmax_with_temperature(probs["as_status"][0], temperature_of(model.entry, "as_status"))
         p_stage = softmax_with_temperature(probs["stage"][0], temperature_of(model.entry, "stage"))
+        explaining(model)
         cams = grad_cams(model.gradcam_model(), x, [("as_status", as_idx), ("stage", stage_idx)])
 
         h, w = img.shape

@@ -23,7 +23,8 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
 from model_loader import LoadedModel
-from tasks.base import ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskOutput, run_role, timed_model
+from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskOutput, explaining, run_role,
+                        timed_model)
 from tasks.metrics import dice
 from tasks.ood import run_checked, withheld_reason
 
@@ -219,6 +220,7 @@ class SpineTask(TaskBase):
         areas, areas_mm2 = structure_areas(lab, spacing)
 
         cls = CLASS_NAMES.index(structure)
+        explaining(model)
         cam = grad_cam_class_sum(model.gradcam_model(), x, cls)
         cam_full = cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
         region = (lab == cls).astype(np.uint8)

@@ -103,6 +103,9 @@ def make_app(tmp_path, monkeypatch, tiny_models_dir, shared_registry):
             "ANALYSIS_LIMITS_PER_USER": "10000 per minute",
             "ANALYSIS_LIMITS_PER_ADDRESS": "10000 per minute",
             "MIN_FREE_DISK_BYTES": 0,
+            # Analyses are jobs in a thread pool; the web tests read their results, so the upload page waits
+            # for them (production shows the progress page at once: tests/test_jobs.py covers that path).
+            "UPLOAD_WAIT_S": 60,
         }
         config.update(overrides)
         app = create_app(config)
@@ -265,8 +268,11 @@ def image_urls(html: str) -> list[str]:
 
 
 def result_files(app) -> list[Path]:
+    """Everything under RESULTS_DIR (the folder where queued inputs wait counts only for what is in it)."""
+    from predict import QUEUE_FOLDER
+
     root = Path(app.config["RESULTS_DIR"])
-    return sorted(p for p in root.rglob("*"))
+    return sorted(p for p in root.rglob("*") if p != root / QUEUE_FOLDER)
 
 
 @pytest.fixture

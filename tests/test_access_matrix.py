@@ -36,7 +36,8 @@ def world(tmp_path_factory, tiny_models_dir, shared_registry, scan_png):
         mp.setenv("JOINTSCAN_INSTANCE_PATH", str(root / "instance"))
         app = create_app({"TESTING": True, "SECRET_KEY": "matrix-secret", "WTF_CSRF_ENABLED": False,
                           "SQLALCHEMY_DATABASE_URI": f"sqlite:///{root / 'm.sqlite'}",
-                          "MODELS_DIR": str(tiny_models_dir), "RESULTS_DIR": str(root / "results")})
+                          "MODELS_DIR": str(tiny_models_dir), "RESULTS_DIR": str(root / "results"),
+                          "UPLOAD_WAIT_S": 60})
     app.extensions["jointscan.registry"] = shared_registry
     with app.app_context():
         db.create_all()

@@ -30,7 +30,7 @@ def bearer(token: str) -> dict:
 def analyze(client, data: bytes, headers=None, filename="scan.png", **fields):
     form = {"task": "sacroiliac", "file": (io.BytesIO(data), filename)}
     form.update(fields)
-    return client.post("/api/v1/analyze", data=form, headers=headers or {}, content_type="multipart/form-data")
+    return client.post("/api/v1/analyze?wait=true", data=form, headers=headers or {}, content_type="multipart/form-data")
 
 
 def assert_error(response, status: int):
@@ -239,7 +239,7 @@ def test_error_mapping(app, client, token, scan_png, data, fields, status):
 
 
 def test_missing_file_field_is_400(client, token):
-    response = client.post("/api/v1/analyze", data={"task": "sacroiliac"}, headers=bearer(token),
+    response = client.post("/api/v1/analyze?wait=true", data={"task": "sacroiliac"}, headers=bearer(token),
                            content_type="multipart/form-data")
     assert "'file'" in assert_error(response, 400)
 
@@ -299,4 +299,4 @@ def test_tasks_lists_models_with_availability(client, token):
 
 def test_api_errors_are_json_for_unknown_routes_and_methods(client, token):
     assert_error(client.get("/api/v1/nothing", headers=bearer(token)), 404)
-    assert_error(client.get("/api/v1/analyze", headers=bearer(token)), 405)
+    assert_error(client.get("/api/v1/analyze?wait=true", headers=bearer(token)), 405)

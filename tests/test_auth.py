@@ -127,7 +127,7 @@ def _csrf_recipes(w, scan_png):
         "admin.set_user_state": ("adam", f"/admin/users/{w['tara']}/disable", dict, 302),
         "admin.set_quota": ("adam", f"/admin/users/{w['tara']}/quota", lambda: {"quota_mb": "100"}, 302),
         "admin.set_model_state": ("adam", f"/admin/models/{CLS_REF}/disable", dict, 302),
-        "api.analyze_scan": ("ivy", "/api/v1/analyze", lambda: _scan_form(scan_png, "file"), 201),
+        "api.analyze_scan": ("ivy", "/api/v1/analyze?wait=true", lambda: _scan_form(scan_png, "file"), 201),
         # No recogniser in the tiny registry: with the token the request gets past CSRF to a 503.
         "api.recognise_scan": ("ivy", "/api/v1/recognise", lambda: _scan_form(scan_png, "file"), 503),
         "account.logout_everywhere": ("cleo", "/account/logout-everywhere", dict, 302),

@@ -373,7 +373,10 @@ def test_shipped_knee_grader_meets_the_ece_target():
     assert spec["ece_after"] <= 0.05 and spec["ece_after_over_fold_seeds"]["max"] <= 0.05
     assert spec["ece_after"] == pytest.approx(shipped["ece_after"], abs=1e-4)
     assert spec["decided"]["method"] == "logistic" and len(spec["decided"]["offsets"]) == 5
-    assert spec["decided"] == shipped["decided"]
+    # Refitted on another machine the offsets agree to about 1e-6 (float summation order), not bit for bit.
+    assert {k: v for k, v in spec["decided"].items() if k != "offsets"} == \
+        {k: v for k, v in shipped["decided"].items() if k != "offsets"}
+    assert spec["decided"]["offsets"] == pytest.approx(shipped["decided"]["offsets"], abs=1e-4)
 
 
 def test_the_decided_class_is_recalibrated_and_the_rest_rescaled():

@@ -131,7 +131,7 @@ def hand_png() -> bytes:
 
 def api_analyze(client, data: bytes, model_ids, **fields):
     form = {"task": "hand", "file": (io.BytesIO(data), "hand.png"), "model_ids": ",".join(model_ids), **fields}
-    return client.post("/api/v1/analyze", data=form, content_type="multipart/form-data")
+    return client.post("/api/v1/analyze?wait=true", data=form, content_type="multipart/form-data")
 
 
 # -- the task directly -------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def test_monochrome1_dicom_hand_is_read_the_right_way_round(clients, hand_png):
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     form = {"task": "hand", "file": (io.BytesIO(buf.getvalue()), "hand.dcm"), "model_ids": f"{DET_WIRED},{SCORER}"}
-    r = clients["alice"].post("/api/v1/analyze", data=form, content_type="multipart/form-data")
+    r = clients["alice"].post("/api/v1/analyze?wait=true", data=form, content_type="multipart/form-data")
     assert r.status_code == 201, r.data[:300]
     body = r.get_json()
     assert body["input"]["modality"] == "CR" and body["results"][0]["result"]["n_found"] == 8

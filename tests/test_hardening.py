@@ -416,7 +416,7 @@ def test_disabled_model_is_refused_by_the_form_and_the_api(app, alice, scan_png)
 
     headers = {"Authorization": f"Bearer {token}"}
     api = app.test_client()
-    response = api.post("/api/v1/analyze", headers=headers, content_type="multipart/form-data",
+    response = api.post("/api/v1/analyze?wait=true", headers=headers, content_type="multipart/form-data",
                         data={"task": "sacroiliac", "model_ids": f"{SEG_OURS},{CLS_OURS}",
                               "file": (io.BytesIO(scan_png), "s.png")})
     assert response.status_code == 403 and "disabled by an administrator" in response.get_json()["error"]["message"]
@@ -424,7 +424,7 @@ def test_disabled_model_is_refused_by_the_form_and_the_api(app, alice, scan_png)
     model = next(m for t in tasks for m in t["models"] if m["id"] == CLS_OURS)
     assert model["available"] is False and "disabled" in model["problem"]
     # the defaults skip it: with the default classifier off, no classifier is chosen
-    response = api.post("/api/v1/analyze", headers=headers, content_type="multipart/form-data",
+    response = api.post("/api/v1/analyze?wait=true", headers=headers, content_type="multipart/form-data",
                         data={"task": "sacroiliac", "file": (io.BytesIO(scan_png), "s.png")})
     assert response.status_code == 400 and "AS status and stage" in response.get_json()["error"]["message"]
     with app.app_context():

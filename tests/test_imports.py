@@ -11,7 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIPPED_DIRS = {".venv", ".git", "migrations", "notebooks", "node_modules"}
-SERVING = {"app", "wsgi", "cli", "database", "predict", "model_loader", "web", "tasks", "imaging", "ops"}
+SERVING = {"app", "wsgi", "cli", "worker", "jobs", "config", "storage", "database", "predict", "model_loader", "web",
+           "tasks", "imaging", "ops"}
+# The one-way flow, outermost first: a module may import those after it, never one before it.
+LAYERS = [{"wsgi", "worker"}, {"app", "cli"}, {"web", "ops"}, {"jobs"}, {"predict"}, {"tasks"},
+          {"model_loader", "imaging"}]
 NOT_FOR_SERVING = {"training", "benchmarks", "tests"}
 
 
@@ -119,6 +123,22 @@ def test_the_walker_reads_the_project():
 
 def test_no_import_cycles():
     assert _cycles(GRAPH) == []
+
+
+def _layer(name: str) -> int | None:
+    return next((i for i, layer in enumerate(LAYERS) if name.split(".")[0] in layer), None)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if _layer(n) is not None))
+def test_imports_run_one_way(name):
+    """web -> jobs -> predict -> tasks -> model_loader / imaging: nothing imports a layer outside its own."""
+    outward = sorted(d for d in GRAPH[name] if _layer(d) is not None and _layer(d) < _layer(name))
+    assert outward == [], f"{name} imports {outward}, which sit above it"
+
+
+def test_the_layers_are_read():
+    assert "jobs" in GRAPH["web.api"] or "jobs" in GRAPH["web.scans"]
+    assert "predict" in GRAPH["jobs"] and {"app", "jobs"} <= GRAPH["worker"]
 
 
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if n.split(".")[0] in SERVING))

@@ -22,7 +22,7 @@ def token_for(app, user_id: int) -> str:
 
 
 def api_analyze(client, token: str, data: bytes):
-    return client.post("/api/v1/analyze", headers={"Authorization": f"Bearer {token}"},
+    return client.post("/api/v1/analyze?wait=true", headers={"Authorization": f"Bearer {token}"},
                        data={"task": "sacroiliac", "file": (io.BytesIO(data), "scan.png"),
                              "model_ids": f"{SEG_OURS},{CLS_OURS}", "include_heatmaps": "false"},
                        content_type="multipart/form-data")

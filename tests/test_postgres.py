@@ -61,7 +61,7 @@ def test_constraints_hold_on_postgresql(tmp_path, monkeypatch, postgres_url):
         with pytest.raises(IntegrityError):
             db.session.commit()
         db.session.rollback()
-        db.session.add(Run(user_id=10**6, task="knee", status="pending"))     # no such user
+        db.session.add(Run(user_id=10**6, task="knee", status="queued"))     # no such user
         with pytest.raises(IntegrityError):
             db.session.commit()
 

@@ -152,7 +152,7 @@ def _post_api(client, path: str, data: bytes, headers: dict, **fields):
 
 def test_a_refused_upload_gets_422_naming_what_it_looks_like_and_only_an_audit_row(refusing_app, scan_png):
     client = refusing_app.test_client()
-    response = _post_api(client, "/api/v1/analyze", scan_png, _api_token(refusing_app))
+    response = _post_api(client, "/api/v1/analyze?wait=true", scan_png, _api_token(refusing_app))
     assert response.status_code == 422, response.data[:300]
     error = response.get_json()["error"]
     assert error["status"] == 422
@@ -170,8 +170,8 @@ def test_a_refused_upload_gets_422_naming_what_it_looks_like_and_only_an_audit_r
 def test_analyse_anyway_through_the_api_stores_the_run_and_says_so(refusing_app, scan_png):
     client = refusing_app.test_client()
     headers = _api_token(refusing_app)
-    assert _post_api(client, "/api/v1/analyze", scan_png, headers, analyse_anyway="maybe").status_code == 400
-    response = _post_api(client, "/api/v1/analyze", scan_png, headers, analyse_anyway="true")
+    assert _post_api(client, "/api/v1/analyze?wait=true", scan_png, headers, analyse_anyway="maybe").status_code == 400
+    response = _post_api(client, "/api/v1/analyze?wait=true", scan_png, headers, analyse_anyway="true")
     assert response.status_code == 201, response.data[:300]
     body = response.get_json()
     assert body["analysed_anyway"] is True and body["recognised"]["kind"] == "other_radiograph"

@@ -1,6 +1,6 @@
 """Reliability: SQLite in WAL with a busy timeout, writes that wait out another writer's lock (or
-fail cleanly, keeping nothing), and a worker killed mid-prediction swept up at start-up with its
-files."""
+fail cleanly, keeping nothing), and a worker killed mid-prediction: its run taken over and done once, or
+failed with the reason, and its files cleaned up."""
 from __future__ import annotations
 
 import io
@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 import database
 from app import create_app
 from database import BUSY_TIMEOUT_MS, ApiToken, Run, User, db
+from jobs import wait_until_settled
 from tests.conftest import CLS_OURS, PASSWORD, SEG_OURS, create_user, result_files, upload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +89,7 @@ def test_a_lock_longer_than_the_timeout_fails_cleanly_and_keeps_nothing(app, ali
     with WriteLock(_db_path(app)):
         token = alice.post("/account/tokens", data={"name": "lost", "password": PASSWORD})
         scan = upload(alice, scan_png)
-        api = alice.post("/api/v1/analyze", content_type="multipart/form-data",
+        api = alice.post("/api/v1/analyze?wait=true", content_type="multipart/form-data",
                          data={"task": "sacroiliac", "file": (io.BytesIO(scan_png), "scan.png"),
                                "model_ids": f"{SEG_OURS},{CLS_OURS}"})
     assert token.status_code == 503 and b"nothing was saved" in token.data
@@ -135,14 +137,26 @@ with app.app_context():
 """
 
 
-def test_worker_killed_mid_prediction_is_swept_at_start_up_with_its_files(tmp_path, monkeypatch, tiny_models_dir,
-                                                                          scan_png):
-    """A real worker process, SIGKILLed while it stores a run's images: it leaves a pending run and a
-    staging folder; `flask prepare` (start-up) marks the run failed and removes the folder."""
+def _stale(app, public_id: str, *, seconds: float = 3600) -> None:
+    """Age a run's heartbeat and start as if its holder had been silent for `seconds`."""
+    with app.app_context():
+        long_ago = database.utcnow() - timedelta(seconds=seconds)
+        run = Run.query.filter_by(public_id=public_id).one()
+        run.heartbeat_at = long_ago
+        if run.started_at is not None:
+            run.started_at = long_ago
+        db.session.commit()
+
+
+def test_worker_killed_mid_prediction_is_taken_over_and_ends_done_once(tmp_path, monkeypatch, tiny_models_dir,
+                                                                        scan_png):
+    """A real worker process, SIGKILLed while it stores a run's images: it leaves a running run, its queued
+    input and a staging folder. A live server's sweep finds the run silent, its executor takes it over (the
+    second attempt) and it ends done with one set of results; `flask prepare` then removes the dead
+    attempt's staging folder."""
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path / "instance"))
     config = {"TESTING": True, "SECRET_KEY": "kill-test", "RESULTS_DIR": str(tmp_path / "results"),
-              "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'w.sqlite'}", "MODELS_DIR": str(tiny_models_dir),
-              "RUN_STALE_AFTER_S": 0}
+              "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'w.sqlite'}", "MODELS_DIR": str(tiny_models_dir)}
     app = create_app(config)
     runner = app.test_cli_runner()
     assert runner.invoke(args=["prepare"]).exit_code == 0
@@ -162,29 +176,41 @@ def test_worker_killed_mid_prediction_is_swept_at_start_up_with_its_files(tmp_pa
         assert staging.parent == Path(config["RESULTS_DIR"]) and (staging / "input.png").is_file()
         with app.app_context():
             run = Run.query.one()
-            assert run.status == "pending" and run.public_id in staging.name
+            assert run.status == "running" and run.attempts == 1 and run.public_id in staging.name
+            public_id = run.public_id
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
         worker.stderr.close()
     assert worker.returncode == -signal.SIGKILL
 
+    # Start-up beside it leaves a run that may be adopted alone (only a live server's executor adopts).
     result = runner.invoke(args=["prepare"])
-    assert result.exit_code == 0, result.output
-    assert "1 interrupted" in result.output and "1 orphan" in result.output
-    with app.app_context():
-        run = Run.query.one()
-        assert run.status == "failed" and "interrupted" in run.error and not run.results
-    assert not staging.exists() and list(Path(config["RESULTS_DIR"]).iterdir()) == []
+    assert result.exit_code == 0 and "0 run(s)" in result.output, result.output
+    _stale(app, public_id, seconds=60)        # its heartbeat went quiet a minute ago, as the kill left it
+    live = create_app({**config, "SWEEP_EVERY_S": 0})
+    assert live.test_client().get("/healthz").status_code == 200      # any request sweeps
+    with live.app_context():
+        run = wait_until_settled(Run.query.one(), 60)
+        assert run.status == "done" and run.attempts == 2, run.error
+        assert len(run.results) == 2 and run.timings["total_ms"] > 0
+    results = Path(config["RESULTS_DIR"])
+    assert (results / public_id / "input.png").is_file() and staging.is_dir()
+    assert not (results / ".queue" / f"{public_id}.npy").exists()        # the queued input went with the job
+    old = time.time() - 3600              # older than an analysis may take: no live attempt writes it
+    os.utime(staging, (old, old))
+    result = runner.invoke(args=["prepare"])
+    assert result.exit_code == 0 and "1 orphan" in result.output, result.output
+    assert sorted(p.name for p in results.iterdir() if p.name != ".queue") == [public_id]
 
 
-def test_start_up_sweep_keeps_finished_runs_and_removes_what_dead_workers_left(tmp_path, monkeypatch):
-    """The states a killed worker can leave (pending run, staging folder, or a folder renamed into
-    place before the commit), written by hand beside a finished run: the sweep fails and removes
-    the first ones and keeps the finished run's files."""
+def test_start_up_sweep_fails_overdue_runs_and_keeps_finished_ones(tmp_path, monkeypatch):
+    """The states a dead worker can leave (a run running past the time limit, its staging folder, or a folder
+    renamed into place before the commit), written by hand beside a finished run: the sweep fails the run
+    with the reason and removes its files, and keeps the finished run's files."""
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'k.sqlite'}",
-                      "RESULTS_DIR": str(tmp_path / "results"), "RUN_STALE_AFTER_S": 0})
+                      "RESULTS_DIR": str(tmp_path / "results"), "JOB_TIME_LIMIT_S": 60, "JOB_STALE_AFTER_S": 30})
     runner = app.test_cli_runner()
     assert runner.invoke(args=["prepare"]).exit_code == 0
     results = Path(app.config["RESULTS_DIR"])
@@ -194,67 +220,89 @@ def test_start_up_sweep_keeps_finished_runs_and_removes_what_dead_workers_left(t
         db.session.add(user)
         db.session.commit()
         done = Run(user_id=user.id, task="sacroiliac", status="done", input_image="input.png")
-        killed = Run(user_id=user.id, task="sacroiliac", status="pending")
+        killed = Run(user_id=user.id, task="sacroiliac", status="running", attempts=1, started_at=database.utcnow())
         db.session.add_all([done, killed])
         db.session.commit()
         done_id, killed_id = done.public_id, killed.public_id
+    _stale(app, killed_id, seconds=91)        # past the time limit and the heartbeat's patience
     (results / done_id).mkdir(parents=True)
     (results / done_id / "input.png").write_bytes(b"png")
-    staging = results / f".staging-{killed_id}-abc123"
+    staging = results / f".staging-{killed_id}-1-abc123"
     staging.mkdir()
     (staging / "input.png").write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(staging, (old, old))
     (results / killed_id).mkdir()                            # killed between the rename and the commit
 
     result = runner.invoke(args=["prepare"])
     assert result.exit_code == 0, result.output
     # The sweep removes the folder renamed into place; the staging folder is an orphan.
-    assert "1 interrupted" in result.output and "1 orphan" in result.output
+    assert "1 run(s) that lost their job marked failed" in result.output and "1 orphan" in result.output
     with app.app_context():
-        assert db.session.get(Run, 2).status == "failed"
-        assert "interrupted" in Run.query.filter_by(public_id=killed_id).one().error
+        killed = Run.query.filter_by(public_id=killed_id).one()
+        assert killed.status == "failed" and "did not finish within the time limit of 60 s" in killed.error
+        assert killed.finished_at is not None
         assert Run.query.filter_by(public_id=done_id).one().status == "done"
     assert sorted(p.name for p in results.iterdir()) == [done_id]
     assert (results / done_id / "input.png").exists()
 
 
-def _pending_run(app, username: str = "sweeper") -> str:
+def _queued_run(app, username: str = "sweeper", *, held: bool = True) -> str:
     user_id = create_user(app, username)
     with app.app_context():
-        run = Run(user_id=user_id, task="sacroiliac", status="pending")
+        run = Run(user_id=user_id, task="sacroiliac", status="queued", model_ids=[SEG_OURS, CLS_OURS],
+                  heartbeat_at=database.utcnow() if held else None)
         db.session.add(run)
         db.session.commit()
         return run.public_id
 
 
-def test_a_live_server_sweeps_runs_whose_worker_died(make_app):
-    """No restart needed: a request (any) sweeps runs pending longer than a worker may run one."""
-    app = make_app(RUN_STALE_AFTER_S=0, SWEEP_EVERY_S=0)
-    public_id = _pending_run(app)
+def test_a_live_server_adopts_a_silent_run_and_fails_it_with_the_reason(make_app):
+    """No restart needed: a request (any) sweeps; a run whose holder went silent is handed to this server's
+    executor, and a run whose queued scan is gone ends failed with that reason (never stays queued)."""
+    app = make_app(SWEEP_EVERY_S=0)
+    public_id = _queued_run(app)
+    _stale(app, public_id)
     assert app.test_client().get("/healthz").status_code == 200
     with app.app_context():
-        run = Run.query.filter_by(public_id=public_id).one()
-        assert run.status == "failed" and "interrupted" in run.error and run.finished_at is not None
+        run = wait_until_settled(Run.query.filter_by(public_id=public_id).one(), 30)
+        assert run.status == "failed" and "no longer on the server's disk" in run.error
+        assert run.attempts == 1 and run.finished_at is not None
+
+
+def test_a_run_queued_in_a_broker_too_long_fails(make_app):
+    app = make_app(SWEEP_EVERY_S=0, JOB_QUEUE_TIMEOUT_S=60)
+    fresh, old = _queued_run(app, "fresh", held=False), _queued_run(app, "old", held=False)
+    with app.app_context():
+        db.session.execute(db.update(Run).where(Run.public_id == old).values(
+            created_at=database.utcnow() - timedelta(seconds=61)))
+        db.session.commit()
+    assert app.test_client().get("/healthz").status_code == 200
+    with app.app_context():
+        assert Run.query.filter_by(public_id=fresh).one().status == "queued"
+        run = Run.query.filter_by(public_id=old).one()
+        assert run.status == "failed" and "waited 1 minute without a worker" in run.error
 
 
 def test_prepare_beside_a_live_server_leaves_runs_in_flight_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("JOINTSCAN_INSTANCE_PATH", str(tmp_path))
-    # The default settings: a run pending for less than the worker time-out may still be running.
+    # The default settings: a run that its holder beats for may still be running.
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'live.sqlite'}",
                       "RESULTS_DIR": str(tmp_path / "results")})
     assert app.test_cli_runner().invoke(args=["prepare"]).exit_code == 0
-    public_id = _pending_run(app)
-    staging = Path(app.config["RESULTS_DIR"]) / f".staging-{public_id}-abc123"
+    public_id = _queued_run(app)
+    staging = Path(app.config["RESULTS_DIR"]) / f".staging-{public_id}-1-abc123"
     staging.mkdir(parents=True)
     result = app.test_cli_runner().invoke(args=["prepare"])
-    assert result.exit_code == 0 and "0 interrupted" in result.output and "0 orphan" in result.output
+    assert result.exit_code == 0 and "0 run(s)" in result.output and "0 orphan" in result.output
     assert staging.is_dir()
     with app.app_context():
-        assert Run.query.filter_by(public_id=public_id).one().status == "pending"
+        assert Run.query.filter_by(public_id=public_id).one().status == "queued"
 
 
 def test_a_run_is_settled_once(make_app):
     app = make_app()
-    public_id = _pending_run(app)
+    public_id = _queued_run(app)
     with app.app_context():
         run_id = Run.query.filter_by(public_id=public_id).one().id
         assert Run.settle(run_id, database.RunStatus.FAILED, error="first")
@@ -267,14 +315,15 @@ def test_a_run_is_settled_once(make_app):
 def test_a_run_swept_while_it_ran_stays_failed_and_keeps_nothing(app, alice, scan_png, monkeypatch):
     """The sweep (another process, say) marks the run failed while the models run: the analysis ends with a
     clear error, the run stays failed once, and its results and images are discarded."""
-    from predict import sweep_interrupted_runs
+    from predict import JobSettings, sweep_runs
     from tasks.sacroiliac import SacroiliacTask
 
     real_run = SacroiliacTask.run
 
     def run_then_be_swept(self, *args, **kwargs):
         output = real_run(self, *args, **kwargs)
-        sweep_interrupted_runs(0)
+        with app.app_context():
+            sweep_runs(JobSettings(time_limit_s=0, stale_after_s=0), Path(app.config["RESULTS_DIR"]))
         return output
 
     monkeypatch.setattr(SacroiliacTask, "run", run_then_be_swept)
@@ -282,5 +331,5 @@ def test_a_run_swept_while_it_ran_stays_failed_and_keeps_nothing(app, alice, sca
     with app.app_context():
         run = Run.query.one()
         assert response.headers["Location"].endswith(f"/runs/{run.public_id}")      # the failed run's page
-        assert run.status == "failed" and "interrupted" in run.error and not run.results
+        assert run.status == "failed" and "did not finish within the time limit" in run.error and not run.results
     assert [p for p in result_files(app) if p.is_file()] == []

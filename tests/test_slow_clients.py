@@ -154,7 +154,7 @@ def test_the_deployments_nginx_configuration_is_valid_and_matches_the_app(tmp_pa
     assert int(re.search(r"proxy_read_timeout (\d+)s;", conf).group(1)) > Config.WORKER_TIMEOUT_S
     assert "proxy_request_buffering on;" in conf
     # The upstream's name resolves inside compose only; the syntax check needs an address.
-    (tmp_path / "site.conf").write_text(conf.replace("server jointscan:8000;", "server 127.0.0.1:9;"))
+    (tmp_path / "site.conf").write_text(conf.replace("server web:8000;", "server 127.0.0.1:9;"))
     (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
                                          f"events {{}}\nhttp {{\n include {tmp_path}/site.conf;\n}}\n")
     result = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],

@@ -290,7 +290,7 @@ def test_upload_both_models_result_compare_and_api(make_app, spine_models_dir):
         db.session.add(row)
         db.session.commit()
     headers = {"Authorization": f"Bearer {token}"}
-    api = client.post("/api/v1/analyze", headers=headers, content_type="multipart/form-data",
+    api = client.post("/api/v1/analyze?wait=true", headers=headers, content_type="multipart/form-data",
                       data={"task": "spine", "file": (io.BytesIO(data), "slice.png"),
                             "model_ids": f"{ATT},{REF}", "structure": "vertebra"})
     assert api.status_code == 201, api.data[:500]

@@ -18,7 +18,8 @@ from flask_wtf.csrf import ValidationError, validate_csrf
 from config import FALSE_WORDS, TRUE_WORDS
 from database import ApiToken, Run, RunStatus, User, db, disabled_model_ids
 from model_loader import current_registry
-from predict import Analysis, ImageReadError, PredictionError, analyze, recognise_upload
+from jobs import current_executor, wait_until_settled
+from predict import Analysis, ImageReadError, PredictionError, recognise_upload, submit
 from storage import results_dir, upload_limits
 from tasks import all_tasks, get_task
 from web.access import owned_run_or_404
@@ -105,6 +106,28 @@ def iso_utc(value) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value else None
 
 
+def progress_of(run: Run) -> dict[str, Any]:
+    """Where the run's job is: its status, each stage with its state (done, current, waiting, or failed where
+    it stopped), and the reason of a failure. The status endpoint's body and the progress page's list."""
+    stages = [list(s) for s in run.stages or []]
+    keys = [key for key, _label in stages]
+    at = keys.index(run.stage) if run.stage in keys else (len(keys) if run.status == RunStatus.DONE else 0)
+    failed = run.status == RunStatus.FAILED
+    rows = []
+    for i, (key, label) in enumerate(stages):
+        if run.status == RunStatus.DONE or i < at:
+            state = "done"
+        elif i == at:
+            state = "failed" if failed else "current"
+        else:
+            state = "waiting"
+        rows.append({"key": key, "label": label, "state": state})
+    return {"id": run.public_id, "status": run.status, "stage": run.stage, "stages": rows,
+            "attempts": run.attempts, "error": run.error, "settled": run.settled,
+            "created_at": iso_utc(run.created_at), "started_at": iso_utc(run.started_at),
+            "finished_at": iso_utc(run.finished_at)}
+
+
 def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
     task = get_task(run.task)
     meta = run.input_meta or {}
@@ -121,6 +144,7 @@ def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
         "created_at": iso_utc(run.created_at),
         "finished_at": iso_utc(run.finished_at),
         "options": run.options or {},
+        "progress": {k: v for k, v in progress_of(run).items() if k in ("stage", "stages", "attempts")},
         "timings": run.timings or {},
         "summary": run.summary or {},
         # What the image recogniser took the upload for (null: not checked), and an override of it.
@@ -139,6 +163,7 @@ def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
             "images": _images(run, r.images, task, include_heatmaps) if done else {},
         } for r in run.results],
         "links": {"self": url_for("api.get_run", public_id=run.public_id, _external=True),
+                  "status": url_for("api.run_status", public_id=run.public_id, _external=True),
                   "html": url_for("scans.result", public_id=run.public_id, _external=True)},
     }
     if run.status == RunStatus.FAILED:
@@ -212,21 +237,51 @@ def analyze_scan(user):
         return json_error(400, "analyse_anyway must be true or false.")
     # Task options (see GET /api/v1/tasks) are plain form fields named as the option.
     options = {spec.name: request.form.get(spec.name, "") for spec in getattr(task, "options", ())}
+    wait = _flag(request.args.get("wait"), default=False)
+    if wait is None:
+        return json_error(400, "wait must be true or false.")
     data = upload.read()
+    executor = current_executor()
     try:
-        run = analyze(user, data, Analysis(task_name, model_ids, options, analyse_anyway=analyse_anyway),
-                      registry=current_registry(), results_dir=results_dir(), limits=upload_limits())
+        run = submit(user, data, Analysis(task_name, model_ids, options, analyse_anyway=analyse_anyway),
+                     registry=current_registry(), results_dir=results_dir(), limits=upload_limits(),
+                     enqueue=executor.submit, held_here=executor.holds_queue)
     except (ImageReadError, PredictionError) as exc:
         audit_upload_failure(exc, model_ids, user=user)
         recognised = getattr(exc, "recognised", None)
         return json_error(exc.status, exc.message, details={"recognised": recognised} if recognised else None)
     record("upload", user=user, resource=run_resource(run), models=model_versions_of(run),
            detail=upload_detail(run, " via API"))
-    response = jsonify(run_json(run, include_heatmaps))
-    response.status_code = 201
-    response.headers["Location"] = url_for("api.get_run", public_id=run.public_id, _external=True)
     g.no_store = True
+    location = url_for("api.get_run", public_id=run.public_id, _external=True)
+    if wait:
+        run = wait_until_settled(run, float(current_app.config["API_WAIT_S"]))
+        if run.status == RunStatus.FAILED:
+            return json_error(500, f"The analysis failed: {run.error}", {"Location": location},
+                              details={"run": run_json(run, include_heatmaps)})
+        if run.status == RunStatus.DONE:
+            response = jsonify(run_json(run, include_heatmaps))
+            response.status_code = 201
+            response.headers["Location"] = location
+            return response
+    # Accepted: the run is queued or running; poll its status (or the run) until it is done or failed.
+    response = jsonify(run_json(run, include_heatmaps))
+    response.status_code = 202
+    response.headers["Location"] = location
+    response.headers["Retry-After"] = "1"
     return response
+
+
+@bp.get("/v1/runs/<public_id>/status")
+@authenticated
+def run_status(user, public_id: str):
+    """A small body to poll while a run is queued or running: its status and stages (no results)."""
+    run = owned_run_or_404(public_id, user)
+    g.no_store = True
+    body = progress_of(run)
+    body["links"] = {"run": url_for("api.get_run", public_id=run.public_id, _external=True),
+                     "html": url_for("scans.result", public_id=run.public_id, _external=True)}
+    return jsonify(body)
 
 
 @bp.post("/v1/recognise")

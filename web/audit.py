@@ -28,9 +28,13 @@ def client_addr() -> str | None:
 
 
 def model_versions_of(run: Run | None) -> list[str] | None:
+    """The models that produced the run's results; before they exist (a queued run), the models chosen."""
     if run is None:
         return None
-    return [f"{r.model_id}@{r.model_version}" for r in run.results] or None
+    if run.results:
+        return [f"{r.model_id}@{r.model_version}" for r in run.results]
+    reg = current_registry()
+    return [f"{mid}@{e.version}" for mid in run.model_ids or [] if (e := reg.get(mid)) is not None] or None
 
 
 def run_resource(run: Run | str) -> str:

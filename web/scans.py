@@ -18,11 +18,12 @@ from wtforms import BooleanField, SelectField, SelectMultipleField, SubmitField
 from database import RunStatus, disabled_model_ids
 from imaging.errors import size_text
 from model_loader import current_registry
-from predict import Analysis, ImageReadError, PredictionError, analyze
+from jobs import current_executor, wait_until_settled
+from predict import Analysis, ImageReadError, PredictionError, submit
 from storage import results_dir, upload_limits
 from tasks import all_tasks, get_task
 from web.access import no_store, owned_run_or_404, run_image_files, visible_run_or_404
-from web.api import authenticated, iso_utc, run_json
+from web.api import authenticated, iso_utc, progress_of, run_json
 from web.audit import audit_upload_failure, model_versions_of, record, run_resource, upload_detail
 from web.errors import error_text, handle_http_error
 from web.filters import group_results, model_problem, result_context
@@ -128,10 +129,12 @@ def upload():
     options = {spec.name: request.form.get(option_field(task_name, spec.name), "")
                for spec in task.options}
     data = form.scan.data.read()
+    executor = current_executor()
     try:
-        run = analyze(current_user._get_current_object(), data,
-                      Analysis(task_name, model_ids, options, analyse_anyway=bool(form.analyse_anyway.data)),
-                      registry=reg, results_dir=results_dir(), limits=upload_limits())
+        run = submit(current_user._get_current_object(), data,
+                     Analysis(task_name, model_ids, options, analyse_anyway=bool(form.analyse_anyway.data)),
+                     registry=reg, results_dir=results_dir(), limits=upload_limits(),
+                     enqueue=executor.submit, held_here=executor.holds_queue)
     except (ImageReadError, PredictionError) as exc:
         audit_upload_failure(exc, model_ids)
         if getattr(exc, "run_public_id", None):   # a stored run failed: show it with its reason
@@ -140,6 +143,8 @@ def upload():
         return _render_upload(form, error=exc.message, status=exc.status,
                               refused=getattr(exc, "recognised", None) is not None)
     record("upload", resource=run_resource(run), models=model_versions_of(run), detail=upload_detail(run))
+    # The run is queued: its page shows the progress (or, after a short wait where configured, the result).
+    wait_until_settled(run, float(current_app.config["UPLOAD_WAIT_S"]))
     return redirect(url_for("scans.result", public_id=run.public_id))
 
 
@@ -171,7 +176,7 @@ def owned_run_page(rule: str):
 @owned_run_page("/runs/<public_id>")
 def result(run):
     record("view_run", resource=run_resource(run), models=model_versions_of(run))
-    return render_template("scans/result.html", run=run, **result_context(run), disagree=set(),
+    return render_template("scans/result.html", run=run, **result_context(run), disagree=set(), progress=progress_of(run),
                            comparable=_comparable_roles(run), share_form=ShareForm(), reviews=review_rows(run),
                            review_summary=review_summary(run))
 

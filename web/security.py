@@ -8,8 +8,8 @@
   (`throttle_login`; a locked account still lets in a correct password from an
   address without failures of its own), sign-ups per address. The counts live in
   a SQLite file in the instance folder that every gunicorn worker shares
-  (web/ratelimit_sqlite.py), or where JOINTSCAN_RATELIMIT_STORAGE_URI says
-  (redis://... for several hosts).
+  (web/ratelimit_sqlite.py), or where JOINTSCAN_RATELIMIT_STORAGE_URI says, or
+  in the jobs' Redis when REDIS_URL is set (shared by every web node).
 - Cookies: the session cookie is Secure when configured, and whenever the
   request itself came over HTTPS (X-Forwarded-Proto is trusted only when
   JOINTSCAN_PROXY_FIX_HOPS is set, by ProxyFix; gunicorn is started with
@@ -234,9 +234,11 @@ class SessionInterface(SecureCookieSessionInterface):
 
 
 def ratelimit_storage_uri(app: Flask) -> str:
-    """The configured storage, else a SQLite file in the instance folder that every worker shares."""
+    """The configured storage; else the job Redis, which every web node shares (stateless web nodes); else a
+    SQLite file in the instance folder that the workers of this one host share."""
     shared_file = Path(app.instance_path) / RATELIMIT_FILE
-    return app.config.get("RATELIMIT_STORAGE_URI") or f"{SQLITE_STORAGE_SCHEME}:///{shared_file}"
+    return (app.config.get("RATELIMIT_STORAGE_URI") or app.config.get("REDIS_URL")
+            or f"{SQLITE_STORAGE_SCHEME}:///{shared_file}")
 
 
 def install_rate_limits(app: Flask) -> Limiter:

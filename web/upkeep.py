@@ -1,10 +1,11 @@
-"""Upkeep while the server runs: runs whose worker died are marked failed without waiting for a restart.
+"""Upkeep while the server runs: runs that lost their job are rescued or settled without waiting for a restart.
 
-A worker killed mid-analysis (out of memory, the worker time-out, `kill -9`) leaves its run `pending`.
-Every SWEEP_EVERY_S seconds, the first request a process serves sweeps the runs pending for longer than
-RUN_STALE_AFTER_S (the time an analysis may take: the worker time-out plus a margin), by compare-and-set
-(predict.sweep_interrupted_runs): a run that finished first keeps its result, one still running when
-swept discards its late result. Each process sweeps on its own clock; two sweeps at once settle each run once.
+A job's process can die (out of memory, `kill -9`, a restart) with runs queued in it or running. Every
+SWEEP_EVERY_S seconds, the first request a process serves sweeps (predict.sweep_runs): a run whose holder
+stopped beating is handed to this process's executor, whose job takes it over by compare-and-set (or fails
+it after JOB_MAX_ATTEMPTS); a run running past the time limit, or waiting in the broker's queue past
+JOB_QUEUE_TIMEOUT_S, fails with that reason. Each process sweeps on its own clock; two sweeps at once settle
+or take over each run once.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import time
 
 from flask import Flask, current_app
 
-from predict import sweep_interrupted_runs
+from jobs import current_executor, job_settings
+from predict import sweep_runs
 from storage import results_dir
 
 log = logging.getLogger("jointscan.upkeep")
@@ -31,8 +33,8 @@ def init_app(app: Flask) -> None:
             return
         try:
             state["next"] = now + float(current_app.config["SWEEP_EVERY_S"])
-            sweep_interrupted_runs(int(current_app.config["RUN_STALE_AFTER_S"]), results_dir())
+            sweep_runs(job_settings(current_app.config), results_dir(), resubmit=current_executor().submit)
         except Exception:  # upkeep never fails the request that happened to trigger it
-            log.exception("sweeping interrupted runs failed")
+            log.exception("sweeping runs failed")
         finally:
             _LOCK.release()
