@@ -94,6 +94,26 @@ def redis(root: Path) -> Iterator[str]:
         proc.wait(20)
 
 
+@contextmanager
+def started(root: Path) -> Iterator[dict[str, str]]:
+    """Every installed server, each in a folder of its own under `root`: {environment key: URL}. One that is
+    not installed, or does not start, is reported and left out."""
+    os.chmod(root, 0o755)       # the cluster's owner (postgres, when run as root) works inside it
+    urls: dict[str, str] = {}
+    with ExitStack() as stack:
+        for name, start, key in (("PostgreSQL", postgres, "JOINTSCAN_TEST_POSTGRES_URL"),
+                                 ("Redis", redis, "JOINTSCAN_TEST_REDIS_URL")):
+            folder = root / name.lower()
+            folder.mkdir()
+            try:
+                urls[key] = stack.enter_context(start(folder))
+                print(f"ops.services: {name} at {urls[key]}", flush=True)
+            except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+                detail = exc.stderr.decode(errors="replace")[-300:] if getattr(exc, "stderr", None) else exc
+                print(f"ops.services: {name} not started ({detail}); its tests skip", flush=True)
+        yield urls
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:
@@ -101,22 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         print(__doc__.splitlines()[2].strip())
         return 2
-    env = dict(os.environ)
     root = Path(tempfile.mkdtemp(prefix="jointscan-services-"))
-    os.chmod(root, 0o755)       # the cluster's owner (postgres, when run as root) works inside it
     try:
-        with ExitStack() as stack:
-            for name, start, key in (("PostgreSQL", postgres, "JOINTSCAN_TEST_POSTGRES_URL"),
-                                     ("Redis", redis, "JOINTSCAN_TEST_REDIS_URL")):
-                folder = root / name.lower()
-                folder.mkdir()
-                try:
-                    env[key] = stack.enter_context(start(folder))
-                    print(f"ops.services: {name} at {env[key]}", flush=True)
-                except (FileNotFoundError, subprocess.CalledProcessError) as exc:
-                    detail = exc.stderr.decode(errors="replace")[-300:] if getattr(exc, "stderr", None) else exc
-                    print(f"ops.services: {name} not started ({detail}); its tests skip", flush=True)
-            return subprocess.run(argv, env=env).returncode
+        with started(root) as urls:
+            return subprocess.run(argv, env={**os.environ, **urls}).returncode
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
