@@ -73,6 +73,10 @@ class Config:
     # ?wait=true waits up to API_WAIT_S for the run to end (else 202, as without it).
     UPLOAD_WAIT_S = 0
     API_WAIT_S = 120
+    # Timelines flag a change larger than a measure's smallest detectable change (web/timeline.py): the knee's
+    # continuous KL grade in grades, the hand's GUSS in points. A clinic that measured its own sets them here.
+    KNEE_KL_SDC = 0.5
+    HAND_SDC = 20.0
 
 
 # How a yes/no value is written in the environment or a request.
@@ -92,7 +96,7 @@ def load_environment(app: Flask) -> None:
                 "ANALYSIS_LIMITS_PER_ADDRESS"):
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = os.environ[f"JOINTSCAN_{key}"]
-    for key in ("UPLOAD_WAIT_S", "JOB_HEARTBEAT_S"):      # seconds, fractions allowed
+    for key in ("UPLOAD_WAIT_S", "JOB_HEARTBEAT_S", "KNEE_KL_SDC", "HAND_SDC"):      # fractions allowed
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = float(os.environ[f"JOINTSCAN_{key}"])
     # REDIS_URL as Docker images and platforms name it; JOINTSCAN_REDIS_URL wins when both are set.

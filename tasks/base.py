@@ -49,6 +49,22 @@ class TaskOutput:
     images: dict[str, np.ndarray] = field(default_factory=dict)  # run-level images (the input as shown)
 
 
+@dataclass
+class Findings:
+    """One model's findings in words and numbers, for the PDF report (reports/pdf.py lays them out):
+    label/value lines, notes (a withheld answer, a warning), tables as (title, header, rows), and the
+    model's pictures as (image key, caption), most telling first."""
+
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+    images: list[tuple[str, str]] = field(default_factory=list)
+
+
+def percent(value: Any, digits: int = 0) -> str:
+    return f"{float(value) * 100:.{digits}f}%" if isinstance(value, (int, float)) else "-"
+
+
 @dataclass(frozen=True)
 class RoleSpec:
     name: str
@@ -70,6 +86,46 @@ class OptionSpec:
     default: str = ""
     help: str = ""
     max_length: int = 64
+
+
+# The two options that let a task's runs be followed over time (web/timeline.py): one pseudonym groups a
+# patient's runs, a date orders them. The pseudonym is the user's own study code, never a name.
+PSEUDONYM_OPTION = OptionSpec("pseudonym", "Patient pseudonym (optional)", kind="text", max_length=40,
+                              help="A study code or pseudonym, NOT the patient's name: it groups this patient's "
+                                   "scans in the timeline and is visible only to you.")
+TIMEPOINT_OPTION = OptionSpec("timepoint", "Date of the scan (optional)", kind="date",
+                              help="Orders the scans of one pseudonym over time; the upload date is used when empty.")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A longitudinal measure of a task: a number read from each run, followed over time per pseudonym.
+
+    `field` is a dotted key in the result of the first model of `role`; `split_by` a result field that makes one
+    series per value (a knee's side). A change between consecutive points larger than the smallest detectable
+    change (config `sdc_setting`, default `sdc`) is flagged: progression when it goes the way disease goes
+    (`worse_when` "higher" or "lower"), improvement otherwise. `columns` are further (label, dotted key) values
+    shown beside it in the table (the integer grade beside the continuous one)."""
+
+    name: str
+    title: str
+    unit: str
+    role: str
+    field: str
+    sdc_setting: str
+    sdc: float
+    worse_when: str = "higher"
+    split_by: str | None = None
+    split_names: Mapping[str, str] = field(default_factory=dict)
+    columns: tuple[tuple[str, str], ...] = ()
+    axis: tuple[float, float] | None = None
+
+
+def dotted(value: Any, key: str) -> Any:
+    """`value["a"]["b"]` for key "a.b", None where a step is missing."""
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
 
 
 @dataclass(frozen=True)
@@ -146,6 +202,9 @@ class Task(Protocol):
 
     def disagreements(self, comparison: Mapping[str, Any]) -> set[str]:
         """The result fields `agreement_fields` mark as disagreed on in a summary's "comparison"."""
+
+    def report_findings(self, role: str, result: Mapping[str, Any]) -> Findings:
+        """One model's findings in words and numbers for the PDF report."""
 
 
 @dataclass
@@ -275,6 +334,9 @@ class TaskBase:
     max_pixels: ClassVar[int] = 4_000_000
     # The headline figures of a batch's CSV (ops/batch.py): (column, model role, dotted result key).
     batch_columns: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+    # What the timeline follows over time for one pseudonym (web/timeline.py); a task that declares measures
+    # takes PSEUDONYM_OPTION and TIMEPOINT_OPTION among its options.
+    longitudinal: ClassVar[tuple[Measure, ...]] = ()
 
     @property
     def result_template(self) -> str:
@@ -291,6 +353,15 @@ class TaskBase:
     def is_explanation(self, image_name: str) -> bool:
         """Whether a stored image explains a decision (the API leaves these out on include_heatmaps=false)."""
         return image_name in self.explanation_images
+
+    def report_findings(self, role: str, result: Mapping[str, Any]) -> Findings:
+        """A model's findings for the report; tasks say it in their own words. This default lists the
+        result's plain figures under their labels (the same fallback as the generic template partial)."""
+        if result.get("withheld"):
+            return Findings(notes=[f"Withheld: {result['withheld']}"])
+        lines = [(self.field_labels.get(k, k.replace("_", " ").capitalize()), str(v)) for k, v in result.items()
+                 if isinstance(v, (str, int, float, bool))]
+        return Findings(lines=lines[:30])
 
     def disagreements(self, comparison: Mapping[str, Any]) -> set[str]:
         """Result fields the models disagree on, from a summary's "comparison"."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import cv2
@@ -24,8 +25,8 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import boxes_overlay, heatmap_overlay
 from model_loader import LoadedModel
-from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, explaining,
-                        run_role, timed_model)
+from tasks.base import (PSEUDONYM_OPTION, TIMEPOINT_OPTION, Findings, ModelOutput, RoleSpec, TaskBase,
+                        TaskInputError, TaskOutput, explaining, percent, run_role, timed_model)
 from tasks.calibration import (calibrated_probabilities, calibration_record, head_spec,
                                sigmoid_with_temperature, temperature_of)
 from tasks.metrics import coral_rank
@@ -252,6 +253,10 @@ def anatomy_check(centres: dict[str, tuple[float, float] | None], p_right: float
 
 
 # -- colours --------------------------------------------------------------------------------
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 def guss_colour(guss: float | None) -> tuple[int, int, int]:
     """Green (200, intact) through amber (about 120) to red (0); grey when there is no score."""
     if guss is None:
@@ -284,13 +289,7 @@ class HandTask(TaskBase):
                    "stage. Add a pseudonym and a date to follow a patient over time.")
     roles = (RoleSpec("detector", "Finger-joint detection"),
              RoleSpec("scorer", "Per-joint GUSS scoring"))
-    options = (
-        OptionSpec("pseudonym", "Patient pseudonym (optional)", kind="text", max_length=40,
-                   help="A study code or pseudonym, NOT the patient's name: it groups this patient's scans "
-                        "in the longitudinal view and is visible only to you."),
-        OptionSpec("timepoint", "Date of the radiograph (optional)", kind="date",
-                   help="Orders the scans of one pseudonym over time; the upload date is used when empty."),
-    )
+    options = (PSEUDONYM_OPTION, TIMEPOINT_OPTION)
     order = 40
     recognised_as = "hand_radiograph"
     accepted_modalities = (None, "CR", "DX", "RG", "DR", "OT")
@@ -322,6 +321,36 @@ class HandTask(TaskBase):
         if not summary.get("confident", True):
             text += " (not confident)"
         return text
+
+    def report_findings(self, role: str, result: Mapping[str, Any]) -> Findings:
+        joints = result.get("joints") or []
+        if role == "detector" and result.get("withheld"):
+            return Findings(notes=[f"Joints withheld: {result['withheld']}"])
+        if role == "detector":
+            found = Findings(lines=[("Joints found", f"{result.get('n_found', 0)} of 8 (unsure {result.get('n_unsure', 0)}, "
+                                                     f"missing {result.get('n_missing', 0)})"),
+                                    ("Hand", f"{result.get('side') or 'n/a'}"),
+                                    ("Finger anatomy", "consistent" if result.get("anatomy_ok") else "broken"),
+                                    ("Image like the training data", "no" if result.get("out_of_distribution") else "yes")],
+                             tables=[("Joints", ["Joint", "Status", "Confidence"],
+                                      [[j["name"], j.get("status", ""), percent(j.get("confidence"))] for j in joints])],
+                             images=[("detections", "Detected joints")])
+            found.notes += [f"Anatomy: {p}" for p in result.get("anatomy_problems") or []]
+            if result.get("out_of_distribution"):
+                found.notes.append("Unlike the hands the detector was trained on: boxes for orientation only, no "
+                                   "joint is scored.")
+            return found
+        scored = Findings(lines=[("Joints scored", f"{result.get('n_scored', 0)} of 8"),
+                                 ("GUSS total (scored joints)", str(result.get("guss_total", "n/a")))],
+                          tables=[("GUSS per joint (0-200, 200 intact)",
+                                   ["Joint", "Plate", "Space", "GUSS", "P(intact)"],
+                                   [[j["name"], _dash(j.get("plate")), _dash(j.get("space")),
+                                     str(j["guss"]) if j.get("guss") is not None else (j.get("withheld") or "not scored"),
+                                     percent(j.get("peak_probability"))] for j in joints])],
+                          images=[("scored_joints", "Joints coloured by GUSS")])
+        if result.get("withheld"):
+            scored.notes.append(f"Scores withheld: {result['withheld']}")
+        return scored
 
     # ------------------------------------------------------------------------------------
     def run(self, image: DecodedImage, models: dict[str, list[LoadedModel]],

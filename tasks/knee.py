@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
@@ -31,8 +32,8 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import heatmap_overlay
 from model_loader import LoadedModel, sha256_of
-from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskInputError, TaskOutput, explaining,
-                        run_role, timed_model)
+from tasks.base import (PSEUDONYM_OPTION, TIMEPOINT_OPTION, Findings, Measure, ModelOutput, OptionSpec, RoleSpec,
+                        TaskBase, TaskInputError, TaskOutput, explaining, percent, run_role, timed_model)
 from tasks.calibration import calibrated_probabilities, calibration_record, head_spec
 from tasks.knee_catalogue import load_catalogue
 from tasks.metrics import coral_expected, coral_rank
@@ -200,7 +201,14 @@ class KneeTask(TaskBase):
     roles = (RoleSpec("grader", "KL grade and phenotype"),)
     options = (OptionSpec("side", "Knee side", "choice",
                           (("auto", "Detect from the image"), ("L", "Left knee"), ("R", "Right knee")), "auto",
-                          "Medial and lateral follow from the side; when unknown the model reads it from the image."),)
+                          "Medial and lateral follow from the side; when unknown the model reads it from the image."),
+               PSEUDONYM_OPTION, TIMEPOINT_OPTION)
+    # The continuous grade per side; 0.5 grade: half a KL step, above the grader's spread between a knee and
+    # its mirror image (a setting, KNEE_KL_SDC, for a clinic that measures its own).
+    longitudinal = (Measure("kl", "Kellgren-Lawrence grade (continuous)", "grade", role="grader", field="value",
+                            sdc_setting="KNEE_KL_SDC", sdc=0.5, worse_when="higher", split_by="side",
+                            split_names={"L": "left knee", "R": "right knee"}, columns=(("KL grade", "grade_name"),),
+                            axis=(0.0, 4.0)),)
     order = 30
     recognised_as = "knee_radiograph"
     batch_columns = (("kl_grade", "grader", "grade"), ("kl_value", "grader", "value"),
@@ -243,6 +251,24 @@ class KneeTask(TaskBase):
         return "Done"
 
     @timed_model
+    def report_findings(self, role: str, result: Mapping[str, Any]) -> Findings:
+        if result.get("withheld"):
+            return Findings(notes=[f"Kellgren-Lawrence grade and phenotype withheld: {result['withheld']}"])
+        phenotype = result.get("phenotype") or {}
+        lines = [("Kellgren-Lawrence grade", f"{result.get('grade_name')}: {result.get('grade_meaning', '')}"),
+                 ("Continuous grade", f"{result.get('value', 0):.2f}"),
+                 ("Probability of the grade", percent(result.get("confidence"))),
+                 ("Side", f"{result.get('side_name', result.get('side'))} knee ("
+                          + ("as given on the form" if result.get("side_source") == "form"
+                             else f"detected, P(left) {percent(result.get('p_left'))}") + ")"),
+                 ("Phenotype", f"{phenotype.get('name') or 'none'}"
+                               + (f" (membership strength {percent(phenotype.get('strength'))})"
+                                  if phenotype.get("assigned") else f" ({phenotype.get('reason', 'not assigned')})"))]
+        return Findings(lines=lines,
+                        tables=[("Grade probabilities (CORAL head)", ["Grade", "Probability"],
+                                 [[name, percent(p)] for name, p in (result.get("grade_probabilities") or {}).items()])],
+                        images=[("gradcam_grade", f"Grad-CAM of {result.get('grade_name')}")])
+
     def _grade(self, model: LoadedModel, img: np.ndarray, side_option: str) -> ModelOutput:
         spec = model.entry.input
         size = int(spec["shape"][0])

@@ -7,6 +7,7 @@ both training and serving.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import cv2
@@ -17,8 +18,8 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
 from model_loader import LoadedModel
-from tasks.base import (ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, explaining, run_role,
-                        timed_model)
+from tasks.base import (Findings, ModelOutput, ReviewScale, RoleSpec, TaskBase, TaskOutput, explaining, percent,
+                        run_role, timed_model)
 from tasks.calibration import calibration_record, softmax_with_temperature, temperature_of
 from tasks.metrics import dice
 from tasks.ood import OodVerdict, run_checked, withheld_reason
@@ -151,6 +152,31 @@ class SacroiliacTask(TaskBase):
 
     # ---------------------------------------------------------------------
     @timed_model
+    def report_findings(self, role: str, result: Mapping[str, Any]) -> Findings:
+        if result.get("withheld"):
+            what = "Joint region" if role == "segmenter" else "AS status and stage"
+            return Findings(notes=[f"{what} withheld: {result['withheld']}"])
+        if role == "segmenter":
+            return Findings(lines=[("Joint region", "found" if result.get("found") else "not found"),
+                                   ("Area", f"{result.get('area_px', 0):,} px ({percent(result.get('area_fraction'), 1)} "
+                                            "of the image)"),
+                                   ("Mean confidence", percent(result.get("mean_confidence")))],
+                            images=[("mask_overlay", "Joint-region mask over the scan")])
+        stages = result.get("stage_probabilities") or {}
+        found = Findings(lines=[("AS status", f"AS {result.get('as_status')} (confidence "
+                                              f"{percent(result.get('as_confidence'))})"),
+                                ("AS probability", percent(result.get("as_probability"))),
+                                ("Stage", f"{result.get('stage_name')} (probability "
+                                          f"{percent(stages.get(result.get('stage_name')))})")],
+                         tables=[("Stage probabilities", ["Stage", "Probability"],
+                                  [[name, percent(p)] for name, p in stages.items()])],
+                         images=[("gradcam_as", f"Grad-CAM: AS status ({result.get('as_status')})"),
+                                 ("focused_gradcam_as", "Focused Grad-CAM in the joint region: AS status"),
+                                 ("gradcam_stage", f"Grad-CAM: stage ({result.get('stage_name')})")])
+        if not result.get("joint_region_found", True):
+            found.notes.append("No joint region was found: the classifier read the whole image.")
+        return found
+
     def _segment(self, model: LoadedModel, img: np.ndarray) -> tuple[ModelOutput, np.ndarray]:
         size = model.entry.input_shape[0]
         x = segmenter_input(img, size)

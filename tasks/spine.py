@@ -13,6 +13,7 @@ evaluation (benchmarks/spine_figures.py) and serving.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
@@ -23,8 +24,8 @@ from imaging.io import DecodedImage
 from imaging.normalize import to_model_input
 from imaging.overlay import disagreement_overlay, gradcam_overlays, mask_overlay
 from model_loader import LoadedModel
-from tasks.base import (ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskOutput, explaining, run_role,
-                        timed_model)
+from tasks.base import (Findings, ModelOutput, OptionSpec, RoleSpec, TaskBase, TaskOutput, explaining, percent,
+                        run_role, timed_model)
 from tasks.metrics import dice
 from tasks.ood import run_checked, withheld_reason
 
@@ -250,6 +251,23 @@ class SpineTask(TaskBase):
             **gradcam_overlays(img, cam_full, region),
         }
         return ModelOutput(model.entry.id, "segmenter", result, images), lab
+
+    def report_findings(self, role: str, result: Mapping[str, Any]) -> Findings:
+        if result.get("withheld"):
+            return Findings(notes=[f"Vertebrae, discs and canal withheld: {result['withheld']}"])
+        counts, areas = result.get("counts") or {}, result.get("areas_px") or {}
+        mm2, conf = result.get("areas_mm2"), result.get("mean_confidence") or {}
+        rows = [[title, f"{areas.get(name, 0):,}", f"{mm2[name]:,.1f}" if mm2 else "-", percent(conf.get(name))]
+                for name, title in (("vertebra", "Vertebrae"), ("disc", "Discs"), ("canal", "Spinal canal"))]
+        found = Findings(lines=[("Vertebrae found", str(counts.get("vertebrae", 0))),
+                                ("Discs found", str(counts.get("discs", 0)))],
+                         tables=[("Structures", ["Structure", "Area (px)", "Area (mm²)", "Mean confidence"], rows)],
+                         images=[("mask_overlay", "Vertebrae, discs and canal over the scan"),
+                                 ("gradcam", f"Grad-CAM: {result.get('structure', 'structure')}"),
+                                 ("focused_gradcam", "Grad-CAM within the predicted structure")])
+        if not mm2:
+            found.notes.append("Areas in mm² need a DICOM with pixel spacing.")
+        return found
 
     def _compare(self, a: np.ndarray, b: np.ndarray, res_a: dict[str, Any], res_b: dict[str, Any]) -> dict[str, Any]:
         """Agreement of the first two segmenters, flat for the comparison page: <structure>_dice

@@ -19,7 +19,8 @@ from tests.conftest import ALL_MODELS, PASSWORD, create_user, login, upload
 
 RUN_ARGS = ("public_id", "run_id")
 # Routes the matrix must find (others found in the url_map are tried as well).
-EXPECTED = {"scans.result", "scans.compare", "scans.run_image", "scans.export", "api.get_run",
+EXPECTED = {"scans.result", "scans.compare", "scans.run_image", "scans.export", "scans.report", "api.get_run",
+            "api.run_report",
             "reviews.run_page", "reviews.submit", "reviews.share", "reviews.unshare"}
 # Routes that act on a run for its owner but answer with a redirect.
 OWNER_POSTS = {"reviews.share", "reviews.unshare"}

@@ -117,6 +117,7 @@ def _csrf_recipes(w, scan_png):
         "account.revoke_token": ("ivy", f"/account/tokens/{w['token']}/revoke", dict, 302),
         "scans.upload": ("ivy", "/upload", lambda: _scan_form(scan_png), 302),
         "hand.index": ("ivy", "/hand/timeline", lambda: {"pseudonym": "P-17"}, 302),
+        "timeline.index": ("ivy", "/timeline/", lambda: {"pseudonym": "P-17"}, 302),
         "reviews.submit": ("rhea", f"/review/runs/{w['shared']}", lambda: {"verdict": "agree"}, 302),
         "reviews.share": ("ivy", f"/runs/{w['unshared']}/share", dict, 302),
         "reviews.unshare": ("ivy", f"/runs/{w['shared']}/unshare", dict, 302),

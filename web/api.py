@@ -27,6 +27,7 @@ from web.audit import audit_upload_failure, model_versions_of, record, run_resou
 from web.errors import is_api_request, json_error
 from web.filters import image_url, model_problem
 from web.login import login_manager
+from web.report import report_response
 from web.security import analysis_retry_after, too_many_analyses
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -164,6 +165,7 @@ def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
         } for r in run.results],
         "links": {"self": url_for("api.get_run", public_id=run.public_id, _external=True),
                   "status": url_for("api.run_status", public_id=run.public_id, _external=True),
+                  "report": url_for("api.run_report", public_id=run.public_id, _external=True),
                   "html": url_for("scans.result", public_id=run.public_id, _external=True)},
     }
     if run.status == RunStatus.FAILED:
@@ -307,6 +309,15 @@ def recognise_scan(user):
     record("recognise", user=user, detail=f"recognised as {found['recognised']['kind']}")
     g.no_store = True
     return jsonify(found)
+
+
+@bp.get("/v1/runs/<public_id>/report.pdf")
+@authenticated
+def run_report(user, public_id: str):
+    """The run's PDF report (web/report.py), for its owner."""
+    run = owned_run_or_404(public_id, user)
+    g.no_store = True
+    return report_response(run, user)
 
 
 @bp.get("/v1/runs/<public_id>")

@@ -1,72 +1,31 @@
 """Longitudinal view of the hand task: each finger joint's GUSS over time for one patient pseudonym.
 
-Only the signed-in user's own hand runs are read. The pseudonym never appears in a URL: it is sent
-by a POST form (CSRF-protected) and the page lives at an opaque key, an HMAC of the user id and the
-pseudonym under the app's SECRET_KEY, which cannot be turned back into the pseudonym and means
-nothing for another user. A change between consecutive scored timepoints larger than the smallest
+Only the signed-in user's own hand runs are read. The pseudonym never appears in a URL: the page lives
+at the same opaque key as the patient's timeline (web/timeline.py: an HMAC of the user id and the
+pseudonym). A change between consecutive scored timepoints larger than the smallest
 detectable change (config HAND_SDC, default 20 GUSS points) is flagged: a fall as progression, a
 rise as remodelling.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from flask_wtf import FlaskForm
 from markupsafe import Markup
-from wtforms import StringField, SubmitField
-from wtforms.validators import DataRequired, Length
 
-from database import Run, RunStatus
+from database import Run
 from tasks.hand import DEFAULT_SDC, JOINT_NAMES
 from web.access import no_store
+from web.timeline import PseudonymForm, own_done_runs, pseudonym_for_key, pseudonym_key, pseudonym_of, run_date
 
 bp = Blueprint("hand", __name__, url_prefix="/hand")
 
-KEY_LENGTH = 32
-
-
-class TimelineForm(FlaskForm):
-    pseudonym = StringField("Patient pseudonym", validators=[DataRequired("Enter the pseudonym used at upload."),
-                                                              Length(max=40)],
-                            description="Exactly as entered when the radiographs were uploaded.")
-    submit = SubmitField("Show the timeline")
-
-
-def timeline_key(user_id: int, pseudonym: str) -> str:
-    """Opaque, per-user key for a pseudonym: HMAC-SHA256(SECRET_KEY, user id + pseudonym), hex, 32 chars."""
-    secret = str(current_app.config["SECRET_KEY"]).encode()
-    msg = f"hand-timeline\x00{int(user_id)}\x00{pseudonym.strip()}".encode()
-    return hmac.new(secret, msg, hashlib.sha256).hexdigest()[:KEY_LENGTH]
-
-
 def _sdc() -> float:
     return float(current_app.config.get("HAND_SDC", DEFAULT_SDC))
-
-
-def _own_hand_runs(user_id: int) -> list[Run]:
-    return (Run.query.filter_by(user_id=user_id, task="hand", status=RunStatus.DONE)
-            .order_by(Run.created_at.asc(), Run.id.asc()).all())
-
-
-def _pseudonym_of(run: Run) -> str:
-    return str((run.options or {}).get("pseudonym") or "").strip()
-
-
-def _run_date(run: Run) -> date:
-    raw = (run.options or {}).get("timepoint")
-    if raw:
-        try:
-            return date.fromisoformat(str(raw))
-        except ValueError:
-            pass
-    return run.created_at.date()
 
 
 @dataclass
@@ -108,7 +67,7 @@ def build_timeline(runs: list[Run], model_id: str | None, sdc: float) -> tuple[l
         if result is None:
             continue
         raw = (run.options or {}).get("timepoint")
-        points.append(Point(run, _run_date(run), not raw, {j["name"]: j for j in result.get("joints", [])}))
+        points.append(Point(run, run_date(run), not raw, {j["name"]: j for j in result.get("joints", [])}))
     points.sort(key=lambda p: (p.when, p.run.created_at, p.run.id))
     series = []
     for name in JOINT_NAMES:
@@ -158,20 +117,13 @@ def chart(series: JointSeries, points: list[Point], width: int = 260, height: in
             "x0": pad_l, "x1": width - pad_r}
 
 
-def _pseudonym_for_key(user_id: int, key: str, runs: list[Run]) -> str | None:
-    for pseudonym in {_pseudonym_of(r) for r in runs}:
-        if pseudonym and hmac.compare_digest(timeline_key(user_id, pseudonym), key):
-            return pseudonym
-    return None
-
-
 @bp.app_template_global("hand_timeline_url")
 def hand_timeline_url(run: Run) -> str | None:
     """The opaque timeline URL for a run's pseudonym (None without one)."""
-    pseudonym = _pseudonym_of(run)
+    pseudonym = pseudonym_of(run)
     if not pseudonym:
         return None
-    return url_for("hand.timeline", key=timeline_key(run.user_id, pseudonym))
+    return url_for("hand.timeline", key=pseudonym_key(run.user_id, pseudonym))
 
 
 @bp.app_template_global("hand_timeline_form")
@@ -187,21 +139,21 @@ def hand_timeline_form(run: Run):
 @login_required
 @no_store
 def index():
-    form = TimelineForm()
-    runs = _own_hand_runs(current_user.id)
+    form = PseudonymForm()
+    runs = own_done_runs(current_user.id, "hand")
     if form.validate_on_submit():
         pseudonym = form.pseudonym.data.strip()
-        if not any(_pseudonym_of(r) == pseudonym for r in runs):
+        if not any(pseudonym_of(r) == pseudonym for r in runs):
             form.pseudonym.errors.append("None of your hand analyses has this pseudonym.")
         else:
-            return redirect(url_for("hand.timeline", key=timeline_key(current_user.id, pseudonym)))
+            return redirect(url_for("hand.timeline", key=pseudonym_key(current_user.id, pseudonym)))
     seen: dict[str, dict[str, Any]] = {}
     for r in runs:
-        p = _pseudonym_of(r)
+        p = pseudonym_of(r)
         if p:
-            item = seen.setdefault(p, {"count": 0, "last": None, "key": timeline_key(current_user.id, p)})
+            item = seen.setdefault(p, {"count": 0, "last": None, "key": pseudonym_key(current_user.id, p)})
             item["count"] += 1
-            item["last"] = max(item["last"] or _run_date(r), _run_date(r))
+            item["last"] = max(item["last"] or run_date(r), run_date(r))
     patients = sorted(seen.items(), key=lambda kv: kv[1]["last"], reverse=True)
     status = 400 if request.method == "POST" else 200
     return render_template("hand/index.html", form=form, patients=patients), status
@@ -211,13 +163,9 @@ def index():
 @login_required
 @no_store
 def timeline(key: str):
-    if len(key) != KEY_LENGTH or not all(c in "0123456789abcdef" for c in key):
-        abort(404)
-    runs = _own_hand_runs(current_user.id)
-    pseudonym = _pseudonym_for_key(current_user.id, key, runs)
-    if pseudonym is None:
-        abort(404)
-    runs = [r for r in runs if _pseudonym_of(r) == pseudonym]
+    runs = own_done_runs(current_user.id, "hand")
+    pseudonym = pseudonym_for_key(current_user.id, key, runs)
+    runs = [r for r in runs if pseudonym_of(r) == pseudonym]
     scorer_ids = Counter(r.model_id for run in runs for r in run.results if r.role == "scorer")
     model_id = request.args.get("model")
     if model_id not in scorer_ids:

@@ -27,6 +27,7 @@ from web.api import authenticated, iso_utc, progress_of, run_json
 from web.audit import audit_upload_failure, model_versions_of, record, run_resource, upload_detail
 from web.errors import error_text, handle_http_error
 from web.filters import group_results, model_problem, result_context
+from web.report import report_response
 from web.reviews import ShareForm, review_rows, review_summary
 from web.security import analysis_retry_after, role_required, too_many_analyses
 
@@ -191,6 +192,12 @@ def compare(run):
     return render_template("scans/compare.html", run=run, **result_context(run), disagree=_disagreements(run),
                            comparable=comparable, comparison=(run.summary or {}).get("comparison") or {},
                            dice_threshold=DICE_AGREEMENT)
+
+
+@owned_run_page("/runs/<public_id>/report.pdf")
+def report(run):
+    """The run as a PDF report (web/report.py), as a download."""
+    return report_response(run)
 
 
 @bp.get("/runs/<public_id>/images/<name>")
