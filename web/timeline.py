@@ -198,5 +198,5 @@ def chart(key: str, task_name: str, measure_name: str):
         abort(404)
     png = timeline_png([ChartSeries(s.label, [p.when for p in s.points], [p.value for p in s.points],
                                     [bool(p.change and p.change["flag"]) for p in s.points]) for s in series],
-                       f"{task.title}: {measure.title}", measure.unit, measure.axis)
+                       measure.title, measure.unit, measure.axis)
     return Response(png, mimetype="image/png")
