@@ -75,6 +75,11 @@ class Config:
     API_WAIT_S = 120
     # Timelines flag a change larger than a measure's smallest detectable change (web/timeline.py): the knee's
     # continuous KL grade in grades, the hand's GUSS in points. A clinic that measured its own sets them here.
+    # A DICOMweb server (a PACS) to search, retrieve studies from and store results in (web/pacs.py); empty:
+    # the "From PACS" page says that none is configured.
+    DICOMWEB_URL = ""
+    DICOMWEB_USER = ""
+    DICOMWEB_PASSWORD = ""
     KNEE_KL_SDC = 0.5
     HAND_SDC = 20.0
 
@@ -93,7 +98,7 @@ def load_environment(app: Flask) -> None:
             app.config[key] = int(os.environ[f"JOINTSCAN_{key}"])
     for key in ("MODELS_DIR", "ENV_NAME", "RESULTS_DIR", "RATELIMIT_STORAGE_URI", "LOGIN_LIMITS_PER_ACCOUNT",
                 "LOGIN_LIMITS_PER_ADDRESS", "SIGNUP_LIMITS_PER_ADDRESS", "ANALYSIS_LIMITS_PER_USER",
-                "ANALYSIS_LIMITS_PER_ADDRESS"):
+                "ANALYSIS_LIMITS_PER_ADDRESS", "DICOMWEB_URL", "DICOMWEB_USER", "DICOMWEB_PASSWORD"):
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = os.environ[f"JOINTSCAN_{key}"]
     for key in ("UPLOAD_WAIT_S", "JOB_HEARTBEAT_S", "KNEE_KL_SDC", "HAND_SDC"):      # fractions allowed

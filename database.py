@@ -377,7 +377,7 @@ def set_setting(key: str, value: str, user_id: int | None) -> None:
 AUDIT_ACTIONS = (
     "login_ok", "login_failed", "logout", "logout_all", "signup", "password_change",
     "upload", "view_run", "view_image", "export", "share", "unshare", "review",
-    "admin_change", "token_create", "token_revoke", "recognise",
+    "admin_change", "token_create", "token_revoke", "recognise", "pacs_search",
 )
 AUDIT_OUTCOMES = ("ok", "denied", "failed", "throttled", "error")
 

@@ -66,6 +66,9 @@ class Analysis:
     options: dict[str, Any] = field(default_factory=dict)
     # The user's explicit choice to analyse an upload that the recogniser takes for another kind.
     analyse_anyway: bool = False
+    # Where the scan came from when not uploaded (a PACS: its study, series and image UIDs and accession
+    # number, nothing else), kept with the run so that results can go back beside it.
+    source: dict[str, str] | None = None
 
 
 def clean_options(task_name: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +179,8 @@ def submit(user: User, data: bytes, request: Analysis, *, registry: ModelRegistr
         log.error("could not queue an upload: %s", type(exc).__name__)
         raise PredictionError(f"The upload could not be queued: {_failure_reason(exc)}", 507) from exc
     run = Run(public_id=public_id, user_id=user.id, task=task.name, status=RunStatus.QUEUED, input_kind=image.kind,
-              input_meta=_input_facts(image), options=options, summary=checks, timings=timings,
+              input_meta={**_input_facts(image), **({"source": dict(request.source)} if request.source else {})},
+              options=options, summary=checks, timings=timings,
               model_ids=[e.id for e in entries], stages=job_stages(task, entries), stage=QUEUED_STAGE,
               heartbeat_at=utcnow() if held_here else None)
     try:

@@ -1,10 +1,11 @@
-"""Throw-away PostgreSQL and Redis for the tests: started on loopback in a temporary folder, stopped after.
+"""Throw-away PostgreSQL, Redis and Orthanc for the tests: started on loopback in a temporary folder, stopped after.
 
     python -m ops.services -- python -m pytest -q -m services
 
-Starts what is installed (Debian's `postgresql` and `redis-server` packages; `.ci/run` installs them
-when they are missing), puts their URLs in the environment of the command (JOINTSCAN_TEST_POSTGRES_URL,
-JOINTSCAN_TEST_REDIS_URL), runs it, stops the servers and removes their data, and exits with the
+Starts what is installed (Debian's `postgresql`, `redis-server`, `orthanc` and `orthanc-dicomweb` packages;
+`.ci/run` installs them when they are missing), puts their URLs in the environment of the command
+(JOINTSCAN_TEST_POSTGRES_URL, JOINTSCAN_TEST_REDIS_URL, JOINTSCAN_TEST_ORTHANC_URL with
+JOINTSCAN_TEST_ORTHANC_AUTH as "user:password"), runs it, stops the servers and removes their data, and exits with the
 command's status. A server that is not installed is reported and left out; the tests that need it skip
 and say so. The PostgreSQL cluster trusts local connections from its own user only: it listens on
 127.0.0.1 and a socket in the temporary folder, and lives as long as the command.
@@ -12,7 +13,9 @@ and say so. The PostgreSQL cluster trusts local connections from its own user on
 from __future__ import annotations
 
 import glob
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -94,6 +97,45 @@ def redis(root: Path) -> Iterator[str]:
         proc.wait(20)
 
 
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+@contextmanager
+def orthanc(root: Path) -> Iterator[str]:
+    """An Orthanc PACS with its DICOMweb plugin, answering on loopback only and to one user; yields
+    "URL user:password" (its DICOMweb root is URL/dicom-web)."""
+    binary = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+    if binary is None or not Path(ORTHANC_DICOMWEB_PLUGIN).exists():
+        raise FileNotFoundError("Orthanc with DICOMweb is not installed (Debian: orthanc orthanc-dicomweb)")
+    port, password = free_port(), secrets.token_hex(12)
+    config = {"Name": "JointScanTestPACS", "StorageDirectory": str(root / "storage"),
+              "IndexDirectory": str(root / "index"), "HttpPort": port, "DicomPort": free_port(),
+              "DicomAet": "JSTESTPACS", "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
+              "RegisteredUsers": {"jointscan": password}, "Plugins": [ORTHANC_DICOMWEB_PLUGIN],
+              "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
+              "StableAge": 1, "HttpCompressionEnabled": False, "LogExportedResources": False}
+    (root / "orthanc.json").write_text(json.dumps(config))
+    log = (root / "orthanc.log").open("wb")
+    proc = subprocess.Popen([binary, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        if proc.poll() is not None:
+            raise subprocess.CalledProcessError(proc.returncode, binary, stderr=(root / "orthanc.log").read_bytes())
+        yield f"http://127.0.0.1:{port} jointscan:{password}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @contextmanager
 def started(root: Path) -> Iterator[dict[str, str]]:
     """Every installed server, each in a folder of its own under `root`: {environment key: URL}. One that is
@@ -102,11 +144,15 @@ def started(root: Path) -> Iterator[dict[str, str]]:
     urls: dict[str, str] = {}
     with ExitStack() as stack:
         for name, start, key in (("PostgreSQL", postgres, "JOINTSCAN_TEST_POSTGRES_URL"),
-                                 ("Redis", redis, "JOINTSCAN_TEST_REDIS_URL")):
+                                 ("Redis", redis, "JOINTSCAN_TEST_REDIS_URL"),
+                                 ("Orthanc", orthanc, "JOINTSCAN_TEST_ORTHANC_URL")):
             folder = root / name.lower()
             folder.mkdir()
             try:
-                urls[key] = stack.enter_context(start(folder))
+                url = stack.enter_context(start(folder))
+                if name == "Orthanc":
+                    url, urls["JOINTSCAN_TEST_ORTHANC_AUTH"] = url.split(" ", 1)
+                urls[key] = url
                 print(f"ops.services: {name} at {urls[key]}", flush=True)
             except (FileNotFoundError, subprocess.CalledProcessError) as exc:
                 detail = exc.stderr.decode(errors="replace")[-300:] if getattr(exc, "stderr", None) else exc

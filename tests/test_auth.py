@@ -118,6 +118,13 @@ def _csrf_recipes(w, scan_png):
         "scans.upload": ("ivy", "/upload", lambda: _scan_form(scan_png), 302),
         "hand.index": ("ivy", "/hand/timeline", lambda: {"pseudonym": "P-17"}, 302),
         "timeline.index": ("ivy", "/timeline/", lambda: {"pseudonym": "P-17"}, 302),
+        # No PACS in this app: with the token the forms get past CSRF to the page that says so.
+        "pacs.index": ("ivy", "/pacs/", lambda: {"accession": "A1"}, 200),
+        "pacs.study": ("ivy", "/pacs/study", lambda: {"study_uid": "1.2.3"}, 200),
+        "pacs.analyse": ("ivy", "/pacs/analyse", lambda: {"study_uid": "1.2.3", "series_uid": "1.2.3.4",
+                                                          "task": "knee"}, 200),
+        "pacs.store": ("ivy", f"/pacs/runs/{w['unshared']}/store", dict, 302),
+        "api.store_in_pacs": ("ivy", f"/api/v1/runs/{w['unshared']}/pacs", dict, 409),
         "reviews.submit": ("rhea", f"/review/runs/{w['shared']}", lambda: {"verdict": "agree"}, 302),
         "reviews.share": ("ivy", f"/runs/{w['unshared']}/share", dict, 302),
         "reviews.unshare": ("ivy", f"/runs/{w['shared']}/unshare", dict, 302),

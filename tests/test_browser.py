@@ -26,6 +26,7 @@ import pytest
 import requests
 
 from tests.data_gate import data_dir, need
+from tests.test_pacs import loaded, orthanc  # noqa: F401  (fixtures: the test PACS and what it holds)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("JOINTSCAN_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
@@ -68,6 +69,10 @@ def server(tmp_path_factory):
            "PORT": str(_free_port()), "WORKERS": "1", "PYTHONPATH": str(REPO)}
     for key in ("JOINTSCAN_RESULTS_DIR", "JOINTSCAN_MODELS_DIR", "DATABASE_URL", "REDIS_URL"):
         env.pop(key, None)
+    if os.environ.get("JOINTSCAN_TEST_ORTHANC_URL"):        # the second pass: the test PACS is running
+        user, password = os.environ["JOINTSCAN_TEST_ORTHANC_AUTH"].split(":", 1)
+        env.update({"JOINTSCAN_DICOMWEB_URL": os.environ["JOINTSCAN_TEST_ORTHANC_URL"] + "/dicom-web",
+                    "JOINTSCAN_DICOMWEB_USER": user, "JOINTSCAN_DICOMWEB_PASSWORD": password})
     for args in (["prepare"], ["create-user", "root", "--role", "admin", "--password", PASSWORD],
                  ["create-user", "rhea", "--role", "reviewer", "--password", PASSWORD]):
         subprocess.run([sys.executable, "-m", "flask", *args], cwd=REPO, env=env, check=True, capture_output=True,
@@ -314,3 +319,24 @@ def test_the_admin_pages(browser, server):
         assert admin.page.url.endswith(path.rstrip("/")) or admin.page.url.endswith(path)
         admin.check(f"40-admin-{n}-{path.strip('/').replace('/', '-') or 'index'}")
     admin.close()
+
+
+@pytest.mark.services
+def test_the_pacs_page_against_the_test_orthanc(clinician, loaded):  # noqa: F811
+    """Search, pick the series, analyse, send the results back: the second pass, with the test Orthanc."""
+    page = clinician.page
+    page.goto("/pacs/")
+    clinician.check("50-pacs-search")
+    page.get_by_label("Accession number").fill(loaded["knee"])
+    page.get_by_role("button", name="Search the PACS").click()
+    page.wait_for_selector("text=Show its series")
+    assert "Gonzalez" not in page.content()
+    clinician.check("51-pacs-studies")
+    page.get_by_role("button", name=re.compile("Show its series")).first.click()
+    page.wait_for_selector("text=Series of the study")
+    clinician.check("52-pacs-series")
+    page.get_by_role("button", name=re.compile("^Analyse")).first.click()
+    clinician.wait_result()
+    page.get_by_role("button", name="Send the results to the PACS").click()
+    page.wait_for_selector("text=Sent to the PACS")
+    clinician.check("53-pacs-sent")

@@ -11,10 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIPPED_DIRS = {".venv", ".git", "migrations", "notebooks", "node_modules"}
-SERVING = {"app", "wsgi", "cli", "worker", "jobs", "reports", "config", "storage", "database", "predict",
+SERVING = {"app", "wsgi", "cli", "worker", "jobs", "reports", "pacs", "config", "storage", "database", "predict",
            "model_loader", "web", "tasks", "imaging", "ops"}
 # The one-way flow, outermost first: a module may import those after it, never one before it.
-LAYERS = [{"wsgi", "worker"}, {"app", "cli"}, {"web", "ops"}, {"jobs", "reports"}, {"predict"}, {"tasks"},
+LAYERS = [{"wsgi", "worker"}, {"app", "cli"}, {"web", "ops"}, {"jobs", "reports", "pacs"}, {"predict"}, {"tasks"},
           {"model_loader", "imaging"}]
 NOT_FOR_SERVING = {"training", "benchmarks", "tests"}
 

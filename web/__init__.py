@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import Flask
 
 from web import (account, admin, api, auth, errors, filters, hand_timeline, history, knee_catalogue, login,
-                 models_page, params, reviews, scans, security, timeline, upkeep)
+                 models_page, pacs, params, reviews, scans, security, timeline, upkeep)
 
 
 def init_app(app: Flask) -> None:
@@ -19,6 +19,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(history.bp)
     app.register_blueprint(models_page.bp)
     app.register_blueprint(timeline.bp)
+    app.register_blueprint(pacs.bp)
     app.register_blueprint(hand_timeline.bp)
     app.register_blueprint(knee_catalogue.bp)
     app.register_blueprint(reviews.bp)

@@ -22,11 +22,13 @@ from jobs import current_executor, wait_until_settled
 from predict import Analysis, ImageReadError, PredictionError, recognise_upload, submit
 from storage import results_dir, upload_limits
 from tasks import all_tasks, get_task
+from pacs.client import PacsError
 from web.access import owned_run_or_404
 from web.audit import audit_upload_failure, model_versions_of, record, run_resource, upload_detail
 from web.errors import is_api_request, json_error
 from web.filters import image_url, model_problem
 from web.login import login_manager
+from web.pacs import store_results
 from web.report import report_response
 from web.security import analysis_retry_after, too_many_analyses
 
@@ -152,7 +154,9 @@ def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
         "recognised": (run.summary or {}).get("recognised"),
         "analysed_anyway": bool((run.summary or {}).get("analysed_anyway")),
         "input": {"width": meta.get("width"), "height": meta.get("height"),
-                  "modality": meta.get("modality"), "kind": run.input_kind},
+                  "modality": meta.get("modality"), "kind": run.input_kind,
+                  # a PACS image: its study, series and image UIDs and accession number (no other header)
+                  **({"source": meta["source"]} if meta.get("source") else {})},
         "images": images,
         "results": [{
             "model_id": r.model_id,
@@ -318,6 +322,21 @@ def run_report(user, public_id: str):
     run = owned_run_or_404(public_id, user)
     g.no_store = True
     return report_response(run, user)
+
+
+@bp.post("/v1/runs/<public_id>/pacs")
+@authenticated
+def store_in_pacs(user, public_id: str):
+    """Send a finished run's results back to the PACS its image came from: SEG, SR, secondary capture, PDF."""
+    problem = _session_csrf_problem()
+    if problem is not None:
+        return problem
+    run = owned_run_or_404(public_id, user)
+    try:
+        stored = store_results(run, user)
+    except PacsError as exc:
+        return json_error(exc.status, f"Nothing was sent: {exc.message}")
+    return jsonify({"id": run.public_id, "stored": stored})
 
 
 @bp.get("/v1/runs/<public_id>")
