@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, render_template, request, url_for
 from flask_login import current_user, login_required
 from markupsafe import Markup
 
 from database import Run
 from tasks.hand import DEFAULT_SDC, JOINT_NAMES
 from web.access import no_store
-from web.timeline import PseudonymForm, own_done_runs, pseudonym_for_key, pseudonym_key, pseudonym_of, run_date
+from web.timeline import own_done_runs, pseudonym_for_key, pseudonym_key, pseudonym_of, pseudonym_page, run_date
 
 bp = Blueprint("hand", __name__, url_prefix="/hand")
 
@@ -139,24 +139,8 @@ def hand_timeline_form(run: Run):
 @login_required
 @no_store
 def index():
-    form = PseudonymForm()
-    runs = own_done_runs(current_user.id, "hand")
-    if form.validate_on_submit():
-        pseudonym = form.pseudonym.data.strip()
-        if not any(pseudonym_of(r) == pseudonym for r in runs):
-            form.pseudonym.errors.append("None of your hand analyses has this pseudonym.")
-        else:
-            return redirect(url_for("hand.timeline", key=pseudonym_key(current_user.id, pseudonym)))
-    seen: dict[str, dict[str, Any]] = {}
-    for r in runs:
-        p = pseudonym_of(r)
-        if p:
-            item = seen.setdefault(p, {"count": 0, "last": None, "key": pseudonym_key(current_user.id, p)})
-            item["count"] += 1
-            item["last"] = max(item["last"] or run_date(r), run_date(r))
-    patients = sorted(seen.items(), key=lambda kv: kv[1]["last"], reverse=True)
-    status = 400 if request.method == "POST" else 200
-    return render_template("hand/index.html", form=form, patients=patients), status
+    return pseudonym_page(own_done_runs(current_user.id, "hand"), "hand.timeline", "Hand OA over time: GUSS per joint",
+                          "hand analyses")
 
 
 @bp.get("/timeline/<key>")

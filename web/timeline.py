@@ -147,17 +147,16 @@ def _sections(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 # -- pages -------------------------------------------------------------------------------------
-@bp.route("/", methods=["GET", "POST"])
-@login_required
-@no_store
-def index():
+def pseudonym_page(runs: list[Run], found_endpoint: str, heading: str, what: str):
+    """The form that finds a pseudonym among `runs` (POSTed, then a redirect to `found_endpoint` at its key)
+    and the list of the user's pseudonyms; the general timeline and the hand's GUSS pages both use it."""
     form = PseudonymForm()
-    runs = [r for r in own_done_runs(current_user.id) if pseudonym_of(r)]
+    runs = [r for r in runs if pseudonym_of(r)]
     if form.validate_on_submit():
         pseudonym = form.pseudonym.data.strip()
         if any(pseudonym_of(r) == pseudonym for r in runs):
-            return redirect(url_for("timeline.patient", key=pseudonym_key(current_user.id, pseudonym)))
-        form.pseudonym.errors.append("None of your analyses has this pseudonym.")
+            return redirect(url_for(found_endpoint, key=pseudonym_key(current_user.id, pseudonym)))
+        form.pseudonym.errors.append(f"None of your {what} has this pseudonym.")
     seen: dict[str, dict[str, Any]] = {}
     for r in runs:
         item = seen.setdefault(pseudonym_of(r), {"count": 0, "last": run_date(r), "tasks": set(),
@@ -166,8 +165,15 @@ def index():
         item["last"] = max(item["last"], run_date(r))
         item["tasks"].add(get_task(r.task).title if get_task(r.task) else r.task)
     patients = sorted(seen.items(), key=lambda kv: kv[1]["last"], reverse=True)
-    return render_template("timeline/index.html", form=form, patients=patients), \
-        400 if request.method == "POST" else 200
+    return render_template("timeline/index.html", form=form, patients=patients, found_endpoint=found_endpoint,
+                           heading=heading, what=what), 400 if request.method == "POST" else 200
+
+
+@bp.route("/", methods=["GET", "POST"])
+@login_required
+@no_store
+def index():
+    return pseudonym_page(own_done_runs(current_user.id), "timeline.patient", "Patients over time", "analyses")
 
 
 @bp.get("/<key>")
