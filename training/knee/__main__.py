@@ -3,6 +3,10 @@
     python -m training.knee [--quick] [--out DIR] [--size 160] [--budget-min 55 | --epochs N] [--seed 0]
                             [--stage all|train|export] [--work DIR] [--init CKPT] [--lr LR]
     python -m training.knee --stage export --members WORK1 WORK2 [--out DIR]
+
+A stopped training run continues from its last finished epoch when the same command is started again with the
+same --work (training.knee.train: the weights, optimiser and epoch kept beside the checkpoint, the history and
+the wall time of every sitting in train_state.json).
 """
 from __future__ import annotations
 

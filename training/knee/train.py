@@ -1,5 +1,10 @@
 """Training the knee grader: augmented batches, warm-up + cosine schedule over epochs or a wall-clock
 budget, validation every few epochs, the best weights by val QWK kept.
+
+Resumable: with a checkpoint path, a stopped run (killed, or out of time) continues from its last finished epoch
+when the same command is started again: Keras' BackupAndRestore keeps the weights, the optimiser and the epoch
+beside the checkpoint, and `train_state.json` the history, the best epoch so far and the wall time of every
+sitting, so that the schedule (by epochs or by wall-clock budget) goes on where it stopped.
 """
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -49,17 +54,21 @@ class GraderBatches(ShuffledBatches):
         return (np.stack(xs)[..., None], np.ascontiguousarray(np.stack(x2))[..., None]), y
 
 
-def _schedule_callback(cfg: Config, steps_per_epoch: int, log: Callable[[str], None]):
+def _schedule_callback(cfg: Config, steps_per_epoch: int, log: Callable[[str], None], prior_wall_s: float = 0.0):
     class Schedule(keras.callbacks.Callback):
-        """Warm-up + cosine on the fraction of the run done: steps (--epochs) or wall clock (--budget-min)."""
+        """Warm-up + cosine on the fraction of the run done: steps (--epochs) or wall clock (--budget-min),
+        counted over every sitting of a resumed run."""
 
         def on_train_begin(self, logs=None):
             self.t0, self.step = time.perf_counter(), 0
 
+        def on_epoch_begin(self, epoch, logs=None):
+            self.step = epoch * steps_per_epoch        # a resumed run starts at its restored epoch
+
         def frac(self) -> float:
             if cfg.epochs:
                 return self.step / max(1, cfg.epochs * steps_per_epoch)
-            return (time.perf_counter() - self.t0) / (60.0 * cfg.budget_min)
+            return (prior_wall_s + time.perf_counter() - self.t0) / (60.0 * cfg.budget_min)
 
         def on_train_batch_begin(self, batch, logs=None):
             self.model.optimizer.learning_rate.assign(warmup_cosine(self.frac(), cfg.lr, floor=0.02,
@@ -73,7 +82,8 @@ def _schedule_callback(cfg: Config, steps_per_epoch: int, log: Callable[[str], N
     return Schedule()
 
 
-def train(cfg: Config, train_set, val_set, log: Callable[[str], None] = print, ckpt: Path | None = None):
+def train(cfg: Config, train_set, val_set, log: Callable[[str], None] = print, ckpt: Path | None = None,
+          callbacks: Sequence[keras.callbacks.Callback] = ()):
     """Fit; evaluates val (TTA, regression/coral/mean) every `eval_every` epochs and keeps the best by QWK."""
     keras.utils.set_random_seed(cfg.seed)
     model = build(cfg)
@@ -106,7 +116,7 @@ def train(cfg: Config, train_set, val_set, log: Callable[[str], None] = print, c
             row = {"epoch": epoch + 1, "loss": round(float(logs.get("loss", np.nan)), 4),
                    "lr": float(self.model.optimizer.learning_rate.numpy()), "side_acc": round(side_acc, 4),
                    **{f"{h}_{k}": figs[h][k] for h in DECISION_HEADS for k in ("accuracy", "qwk", "mae")},
-                   "elapsed_s": round(time.perf_counter() - t0, 1)}
+                   "elapsed_s": round(prior["wall_s"] + time.perf_counter() - t0, 1)}
             history.append(row)
             log(json.dumps(row))
             if figs[head]["qwk"] > best["qwk"]:
@@ -116,13 +126,38 @@ def train(cfg: Config, train_set, val_set, log: Callable[[str], None] = print, c
 
     steps = len(batches)
     epochs = cfg.epochs or 1000
+    state_path = ckpt.parent / "train_state.json" if ckpt is not None else None
+    backup = ckpt.parent / "backup" if ckpt is not None else None
+    prior = {"wall_s": 0.0, "sittings": 0}
+    if state_path is not None and state_path.exists() and backup.exists():
+        prior = json.loads(state_path.read_text())          # a stopped run: go on where it stopped
+        history.extend(prior.get("history", []))
+        if prior.get("best_epoch") and ckpt.exists():
+            best.update(qwk=prior["best_qwk"], epoch=prior["best_epoch"], head=prior["best_head"],
+                        weights=keras.models.load_model(ckpt, compile=False).get_weights())
+        log(f"resuming after epoch {history[-1]['epoch'] if history else 0} "
+            f"({prior['wall_s']:.0f} s in {prior['sittings']} sitting(s) so far)")
+
+    def save_state(wall_so_far: float) -> None:
+        if state_path is not None:
+            state_path.write_text(json.dumps({"wall_s": round(wall_so_far, 1), "sittings": prior["sittings"] + 1,
+                                              "history": history, "best_qwk": best["qwk"],
+                                              "best_epoch": best["epoch"], "best_head": best["head"]}))
+
+    class SaveState(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            save_state(prior["wall_s"] + time.perf_counter() - t0)
+
+    fit_callbacks = [_schedule_callback(cfg, steps, log, prior["wall_s"]), Evaluate(), SaveState()]
+    if backup is not None:
+        fit_callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
     t0 = time.perf_counter()
-    trainer.fit(batches, epochs=epochs, verbose=0,
-              callbacks=[_schedule_callback(cfg, steps, log), Evaluate()])
-    wall = time.perf_counter() - t0
+    trainer.fit(batches, epochs=epochs, verbose=0, callbacks=fit_callbacks + list(callbacks))
+    wall = prior["wall_s"] + time.perf_counter() - t0
+    save_state(wall)
     if best["weights"] is not None:
         model.set_weights(best["weights"])
-    log(f"trained {len(history)} epochs in {wall:.0f} s; best val QWK {best['qwk']:.4f} at epoch {best['epoch']} "
-        f"({best['head']} head)")
+    log(f"trained {len(history)} epochs in {wall:.0f} s over {prior['sittings'] + 1} sitting(s); best val QWK "
+        f"{best['qwk']:.4f} at epoch {best['epoch']} ({best['head']} head)")
     return model, {"history": history, "best_epoch": best["epoch"], "wall_time_s": round(wall, 1),
-                   "epochs_run": len(history)}
+                   "epochs_run": len(history), "sittings": prior["sittings"] + 1}
