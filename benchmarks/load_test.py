@@ -311,7 +311,8 @@ def db_rows(db_path: Path, sql: str, args: tuple = ()) -> list[tuple]:
 
 
 def folders(results: Path) -> set[str]:
-    return {p.name for p in results.iterdir()} if results.exists() else set()
+    """Run folders under results (the job machinery's own, hidden, folders are not runs)."""
+    return {p.name for p in results.iterdir() if not p.name.startswith(".")} if results.exists() else set()
 
 
 # -- drills ------------------------------------------------------------------------------------------
@@ -381,11 +382,13 @@ def drill_locked_db(server: Server, db_path: Path, results: Path, pngs, models, 
         if expect_ok:
             passed = len(ok) == len(clients) and after - before == len(ok) and not orphan and pending == 0
             observed = (f"{len(ok)}/{len(clients)} uploads waited and succeeded "
-                        f"(latency {max(o[1] for o in outcomes):.1f} s), {after - before} runs stored")
+                        f"(latency {max(o[1] for o in outcomes):.1f} s), {after - before} runs stored"
+                        + ("" if passed else f"; first answer HTTP {outcomes[0][0]} {outcomes[0][2][:120]!r}"))
         else:
             passed = len(refused) == len(clients) and after == before and not orphan and pending == 0
             observed = (f"{len(refused)}/{len(clients)} refused with 503 'database busy, nothing was saved' "
-                        f"after {min(o[1] for o in outcomes):.1f} s; {after - before} runs, {len(orphan)} stray files")
+                        f"after {min(o[1] for o in outcomes):.1f} s; {after - before} runs, {len(orphan)} stray files"
+                        + ("" if passed else f"; first answer HTTP {outcomes[0][0]} {outcomes[0][2][:120]!r}"))
         rows.append({"drill": f"database write-locked {seconds:.0f} s",
                      "expected": "wait and succeed" if expect_ok else "clean 503, nothing stored",
                      "observed": observed, "passed": passed})
@@ -499,7 +502,9 @@ def drill_full_disk(make_server, env: dict[str, str], work: Path, db_path: Path,
     try:
         results = mount / "results"
         results.mkdir()
-        server = make_server({**env, "JOINTSCAN_RESULTS_DIR": str(results)})
+        # The disk floor (MIN_FREE_DISK_BYTES) would refuse every upload on a 2 MiB disk: this drill is about a
+        # write that fails for want of space, so the floor is off here.
+        server = make_server({**env, "JOINTSCAN_RESULTS_DIR": str(results), "JOINTSCAN_MIN_FREE_DISK_BYTES": "0"})
         server.start()
         client = Client(server.base, user)
         client.login()
