@@ -10,6 +10,7 @@ import html
 import io
 import os
 import re
+import uuid
 from pathlib import Path
 
 import cv2
@@ -75,12 +76,14 @@ def loaded(orthanc):
     files = [p.read_bytes() for p in sorted((data_dir() / "sij_mri_dicom" / "patient1").glob("*.dcm"))]
     knee = cv2.imread(str(sorted((data_dir() / "knee_kl" / "val" / "3").glob("*.jpg"))[0]), cv2.IMREAD_GRAYSCALE)
     spine = cv2.imread(str(sorted((data_dir() / "spine_mri" / "images").glob("*.png"))[40]), cv2.IMREAD_GRAYSCALE)
-    files.append(_dicom(knee, "CR", "ACCKNEE01", PixelSpacing=[0.15, 0.15], BodyPartExamined="KNEE"))
-    files.append(_dicom(spine, "MR", "ACCSPINE1", PixelSpacing=[0.6875, 0.6875], SliceThickness=4.0,
+    # Accession numbers of their own: another module (the browser test) loads its studies into the same PACS.
+    accessions = {"knee": f"K{uuid.uuid4().hex[:10].upper()}", "spine": f"S{uuid.uuid4().hex[:10].upper()}"}
+    files.append(_dicom(knee, "CR", accessions["knee"], PixelSpacing=[0.15, 0.15], BodyPartExamined="KNEE"))
+    files.append(_dicom(spine, "MR", accessions["spine"], PixelSpacing=[0.6875, 0.6875], SliceThickness=4.0,
                         ImageOrientationPatient=[0, 1, 0, 0, 0, -1], ImagePositionPatient=[0, -100, 100]))
     for data in files:
         assert requests.post(f"{url}/instances", data=data, auth=auth, timeout=30).status_code == 200
-    return {"knee": "ACCKNEE01", "spine": "ACCSPINE1"}
+    return accessions
 
 
 @pytest.fixture
@@ -133,16 +136,16 @@ def _dump(app) -> str:
         return "\n".join(db.session.connection().connection.driver_connection.iterdump())
 
 
-def test_a_knee_from_the_pacs_is_analysed_and_its_results_go_back(pacs_app, orthanc):
+def test_a_knee_from_the_pacs_is_analysed_and_its_results_go_back(pacs_app, orthanc, loaded):
     app, client = pacs_app
-    public_id = _analyse(client, "ACCKNEE01", "knee")
+    public_id = _analyse(client, loaded["knee"], "knee")
     with app.app_context():
         run = Run.query.filter_by(public_id=public_id).one()
         assert run.status == RunStatus.DONE, run.error
         source = run.input_meta["source"]
         grader = ModelResult.query.filter_by(run_id=run.id, role="grader").first()
         result, model = grader.result, (grader.model_id, grader.model_version, grader.model_sha256)
-    assert source["accession"] == "ACCKNEE01" and UID(source["study_uid"]).is_valid
+    assert source["accession"] == loaded["knee"] and UID(source["study_uid"]).is_valid
     assert leaked_text(_dump(app)) == []                    # the retrieved header left nothing identifying
     page = client.get(f"/runs/{public_id}").get_data(as_text=True)
     assert "Send the results to the PACS" in page and "Gonzalez" not in page
@@ -175,9 +178,9 @@ def test_a_knee_from_the_pacs_is_analysed_and_its_results_go_back(pacs_app, orth
     assert public_id in text and "Gonzalez" not in text
 
 
-def test_spine_masks_go_back_as_a_segmentation_on_the_source_grid(pacs_app, orthanc):
+def test_spine_masks_go_back_as_a_segmentation_on_the_source_grid(pacs_app, orthanc, loaded):
     app, client = pacs_app
-    public_id = _analyse(client, "ACCSPINE1", "spine")
+    public_id = _analyse(client, loaded["spine"], "spine")
     with app.app_context():
         run = Run.query.filter_by(public_id=public_id).one()
         assert run.status == RunStatus.DONE, run.error
