@@ -134,7 +134,7 @@ def _picture_grid(pictures: list[Picture], s: dict[str, ParagraphStyle], per_row
     if not cells:
         return []
     rows = [cells[i:i + per_row] for i in range(0, len(cells), per_row)]
-    grid = [[c for c in row] + [""] * (per_row - len(row)) for row in rows]
+    grid = [row + [""] * (per_row - len(row)) for row in rows]
     table = Table(grid, colWidths=[width + 4 * mm] * per_row)
     table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
                                ("BOTTOMPADDING", (0, 0), (-1, -1), 3)]))

@@ -168,7 +168,7 @@ def test_a_knee_from_the_pacs_is_analysed_and_its_results_go_back(pacs_app, orth
     if result.get("withheld"):
         assert "Answer withheld" in flat
     else:
-        values = dict(_all_numeric(by_class[SR_UID][0]))
+        values = {name: value for name, value, _ in _numbers(by_class[SR_UID][0])}
         assert values["Kellgren-Lawrence grade"] == pytest.approx(result["grade"])
         assert values["Kellgren-Lawrence grade, continuous"] == pytest.approx(result["value"], abs=1e-6)
     assert model[0] in flat and model[1] in flat and f"sha256 {model[2]}" in flat
@@ -208,21 +208,24 @@ def test_spine_masks_go_back_as_a_segmentation_on_the_source_grid(pacs_app, orth
         mask = np.asarray(frames)[0, :, :, 0].astype(bool)
         assert mask.shape == stored.shape and np.array_equal(mask, stored == value), label
     sr = next(ds for ds in held if str(ds.SOPClassUID) == SR_UID)
-    areas = [v for k, v in _all_numeric(sr) if k == "Area"]
+    areas = [value for name, value, _ in _numbers(sr) if name == "Area"]
     assert sorted(areas) == pytest.approx(sorted(areas_mm2.values()), abs=1e-6)
 
 
-def _all_numeric(ds: Dataset) -> list[tuple[str, float]]:
-    out = []
+def _numbers(sr) -> list[tuple[str, float, list[str]]]:
+    """(concept, value, finding-site meanings of its group) for every NUM item of an SR."""
+    found = []
 
-    def walk(items):
+    def walk(items, sites):
         for item in items or []:
+            here = sites + [s.ConceptCodeSequence[0].CodeMeaning for s in item.get("ContentSequence") or []
+                            if s.ConceptNameCodeSequence[0].CodeMeaning == "Finding Site"]
             if item.get("ValueType") == "NUM":
-                out.append((item.ConceptNameCodeSequence[0].CodeMeaning,
-                            float(item.MeasuredValueSequence[0].NumericValue)))
-            walk(item.get("ContentSequence"))
-    walk(ds.ContentSequence)
-    return out
+                found.append((item.ConceptNameCodeSequence[0].CodeMeaning,
+                              float(item.MeasuredValueSequence[0].NumericValue), here))
+            walk(item.get("ContentSequence"), here)
+    walk(sr.ContentSequence, [])
+    return found
 
 
 def test_the_real_sacroiliac_series_is_analysed_at_its_middle_slice(pacs_app):

@@ -3,7 +3,6 @@ PACS: written and read back with pydicom, parsed with highdicom, the source imag
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import cv2
 import highdicom as hd
@@ -13,7 +12,7 @@ from pydicom import dcmread
 from pydicom.uid import UID
 
 from pacs.export import ModelFacts, RunFacts, build, kinds
-from tests.test_pacs import _dicom
+from tests.test_pacs import _dicom, _numbers
 
 SHA = "c0ffee" + "0" * 58
 
@@ -32,22 +31,6 @@ def _round_trip(objects):
         ds.save_as(buf, enforce_file_format=True)
         out.append(dcmread(io.BytesIO(buf.getvalue())))
     return out
-
-
-def _numbers(sr) -> list[tuple[str, float, list[str]]]:
-    """(concept, value, finding-site meanings of its group) for every NUM item of an SR."""
-    found = []
-
-    def walk(items, sites):
-        for item in items or []:
-            here = sites + [s.ConceptCodeSequence[0].CodeMeaning for s in item.get("ContentSequence") or []
-                            if s.ConceptNameCodeSequence[0].CodeMeaning == "Finding Site"]
-            if item.get("ValueType") == "NUM":
-                found.append((item.ConceptNameCodeSequence[0].CodeMeaning,
-                              float(item.MeasuredValueSequence[0].NumericValue), here))
-            walk(item.get("ContentSequence"), here)
-    walk(sr.ContentSequence, [])
-    return found
 
 
 def test_a_sacroiliac_run_gives_seg_sr_sc_and_pdf_on_the_source_grid(tmp_path):

@@ -18,18 +18,19 @@ from flask_wtf.csrf import ValidationError, validate_csrf
 from config import FALSE_WORDS, TRUE_WORDS
 from database import ApiToken, Run, RunStatus, User, db, disabled_model_ids
 from model_loader import current_registry
-from jobs import current_executor, wait_until_settled
-from predict import Analysis, ImageReadError, PredictionError, recognise_upload, submit
-from storage import results_dir, upload_limits
+from jobs import wait_until_settled
+from predict import Analysis, ImageReadError, PredictionError, recognise_upload
+from storage import upload_limits
 from tasks import all_tasks, get_task
 from pacs.client import PacsError
 from web.access import owned_run_or_404
-from web.audit import audit_upload_failure, model_versions_of, record, run_resource, upload_detail
+from web.audit import model_versions_of, record, run_resource
 from web.errors import is_api_request, json_error
 from web.filters import image_url, model_problem
 from web.login import login_manager
 from web.pacs import store_results
 from web.report import report_response
+from web.uploads import queue_upload
 from web.security import analysis_retry_after, too_many_analyses
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -247,17 +248,12 @@ def analyze_scan(user):
     if wait is None:
         return json_error(400, "wait must be true or false.")
     data = upload.read()
-    executor = current_executor()
     try:
-        run = submit(user, data, Analysis(task_name, model_ids, options, analyse_anyway=analyse_anyway),
-                     registry=current_registry(), results_dir=results_dir(), limits=upload_limits(),
-                     enqueue=executor.submit, held_here=executor.holds_queue)
+        run = queue_upload(user, data, Analysis(task_name, model_ids, options, analyse_anyway=analyse_anyway),
+                           via=" via API")
     except (ImageReadError, PredictionError) as exc:
-        audit_upload_failure(exc, model_ids, user=user)
         recognised = getattr(exc, "recognised", None)
         return json_error(exc.status, exc.message, details={"recognised": recognised} if recognised else None)
-    record("upload", user=user, resource=run_resource(run), models=model_versions_of(run),
-           detail=upload_detail(run, " via API"))
     g.no_store = True
     location = url_for("api.get_run", public_id=run.public_id, _external=True)
     if wait:

@@ -10,8 +10,6 @@ is stored.
 from __future__ import annotations
 
 import io
-import re
-from pathlib import Path
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -21,17 +19,17 @@ from wtforms import DateField, HiddenField, SelectField, StringField, SubmitFiel
 from wtforms.validators import Length, Optional, Regexp
 
 from database import Run, RunStatus
-from jobs import current_executor, wait_until_settled
-from model_loader import current_registry
+from jobs import wait_until_settled
 from pacs.client import Pacs, PacsError, PacsSettings, pick_image
 from pacs.export import ModelFacts, RunFacts, build, kinds
-from predict import Analysis, ImageReadError, PredictionError, submit
+from predict import Analysis, ImageReadError, PredictionError
 from reports.pdf import render
-from storage import results_dir, upload_limits
-from tasks import all_tasks, get_task
+from storage import results_dir
+from tasks import all_tasks
 from web.access import no_store, owned_run_or_404
-from web.audit import audit_upload_failure, model_versions_of, record, run_resource, upload_detail
+from web.audit import model_versions_of, record, run_resource
 from web.report import report_of
+from web.uploads import queue_upload
 from web.security import analysis_retry_after, role_required, too_many_analyses
 
 bp = Blueprint("pacs", __name__, url_prefix="/pacs")
@@ -138,35 +136,27 @@ def analyse():
     dcmwrite(buf, image, enforce_file_format=False)
     source = {"kind": "pacs", "study_uid": form.study_uid.data, "series_uid": form.series_uid.data,
               "sop_uid": str(image.SOPInstanceUID), "accession": (form.accession.data or "")[:16]}
-    executor = current_executor()
     try:
-        run = submit(current_user._get_current_object(), buf.getvalue(), Analysis(form.task.data, source=source),
-                     registry=current_registry(), results_dir=results_dir(), limits=upload_limits(),
-                     enqueue=executor.submit, held_here=executor.holds_queue)
+        run = queue_upload(current_user._get_current_object(), buf.getvalue(), Analysis(form.task.data, source=source),
+                           via=" from PACS")
     except (ImageReadError, PredictionError) as exc:
-        audit_upload_failure(exc, [])
         if getattr(exc, "run_public_id", None):
             flash(exc.message, "error")
             return redirect(url_for("scans.result", public_id=exc.run_public_id))
         return _page(form=SearchForm(formdata=None), error=exc.message), exc.status
-    record("upload", resource=run_resource(run), models=model_versions_of(run),
-           detail=f"{upload_detail(run)} from PACS")
     wait_until_settled(run, float(current_app.config["UPLOAD_WAIT_S"]))     # as an upload does
     return redirect(url_for("scans.result", public_id=run.public_id))
 
 
 # -- results back ------------------------------------------------------------------------------------
 def run_facts(run: Run) -> RunFacts:
-    task = get_task(run.task)
+    """The run as pacs.export reads it; the overlay pictures are the report's own (each model's findings)."""
     folder = results_dir() / run.public_id
-    models, pictures = [], []
-    for mr in run.results:
-        images = {k: folder / v for k, v in (mr.images or {}).items()}
-        models.append(ModelFacts(mr.model_id, str(mr.model_version), mr.model_sha256 or "", mr.role,
-                                 mr.result or {}, images))
-        pictures += [(images[key], caption) for key, caption in task.report_findings(mr.role, mr.result or {}).images
-                     if key in images]
-    return RunFacts(run.public_id, run.task, models, pictures, render(report_of(run)))
+    report = report_of(run)
+    models = [ModelFacts(mr.model_id, str(mr.model_version), mr.model_sha256 or "", mr.role, mr.result or {},
+                         {k: folder / v for k, v in (mr.images or {}).items()}) for mr in run.results]
+    pictures = [(p.path, p.caption) for section in report.models for p in section.pictures]
+    return RunFacts(run.public_id, run.task, models, pictures, render(report))
 
 
 def store_results(run: Run, user) -> dict[str, int]:

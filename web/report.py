@@ -5,7 +5,6 @@ token; both audited as an export. The report names the run by its id and the use
 holds no header text of the scan (none is stored)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flask import Response

@@ -18,17 +18,18 @@ from wtforms import BooleanField, SelectField, SelectMultipleField, SubmitField
 from database import RunStatus, disabled_model_ids
 from imaging.errors import size_text
 from model_loader import current_registry
-from jobs import current_executor, wait_until_settled
-from predict import Analysis, ImageReadError, PredictionError, submit
-from storage import results_dir, upload_limits
+from jobs import wait_until_settled
+from predict import Analysis, ImageReadError, PredictionError
+from storage import results_dir
 from tasks import all_tasks, get_task
 from web.access import no_store, owned_run_or_404, run_image_files, visible_run_or_404
 from web.api import authenticated, iso_utc, progress_of, run_json
-from web.audit import audit_upload_failure, model_versions_of, record, run_resource, upload_detail
+from web.audit import model_versions_of, record, run_resource
 from web.errors import error_text, handle_http_error
 from web.filters import group_results, model_problem, result_context
 from web.report import report_response
 from web.reviews import ShareForm, review_rows, review_summary
+from web.uploads import queue_upload
 from web.security import analysis_retry_after, role_required, too_many_analyses
 
 bp = Blueprint("scans", __name__)
@@ -130,20 +131,15 @@ def upload():
     options = {spec.name: request.form.get(option_field(task_name, spec.name), "")
                for spec in task.options}
     data = form.scan.data.read()
-    executor = current_executor()
     try:
-        run = submit(current_user._get_current_object(), data,
-                     Analysis(task_name, model_ids, options, analyse_anyway=bool(form.analyse_anyway.data)),
-                     registry=reg, results_dir=results_dir(), limits=upload_limits(),
-                     enqueue=executor.submit, held_here=executor.holds_queue)
+        run = queue_upload(current_user._get_current_object(), data,
+                           Analysis(task_name, model_ids, options, analyse_anyway=bool(form.analyse_anyway.data)))
     except (ImageReadError, PredictionError) as exc:
-        audit_upload_failure(exc, model_ids)
         if getattr(exc, "run_public_id", None):   # a stored run failed: show it with its reason
             flash(exc.message, "error")
             return redirect(url_for("scans.result", public_id=exc.run_public_id))
         return _render_upload(form, error=exc.message, status=exc.status,
                               refused=getattr(exc, "recognised", None) is not None)
-    record("upload", resource=run_resource(run), models=model_versions_of(run), detail=upload_detail(run))
     # The run is queued: its page shows the progress (or, after a short wait where configured, the result).
     wait_until_settled(run, float(current_app.config["UPLOAD_WAIT_S"]))
     return redirect(url_for("scans.result", public_id=run.public_id))

@@ -196,8 +196,8 @@ def chart(key: str, task_name: str, measure_name: str):
     measure = next((m for m in getattr(task, "longitudinal", ()) if m.name == measure_name), None)
     if measure is None:
         abort(404)
-    runs = own_done_runs(current_user.id, task.name)
-    pseudonym = pseudonym_for_key(current_user.id, key, own_done_runs(current_user.id))
+    runs = own_done_runs(current_user.id, task.name)       # a pseudonym without runs of this task: 404
+    pseudonym = pseudonym_for_key(current_user.id, key, runs)
     series = measure_series(measure, [r for r in runs if pseudonym_of(r) == pseudonym],
                             smallest_detectable_change(measure))
     if not series:
