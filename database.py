@@ -271,14 +271,16 @@ class Run(db.Model):
         return int(attempt)
 
     @classmethod
-    def note_stage(cls, run_id: int, attempt: int, stage: str) -> None:
+    def note_stage(cls, run_id: int, attempt: int, stage: str) -> bool:
         """Record the stage the holding attempt has reached (and that it is alive), committed at once so that
-        the status page sees it while the job works."""
-        db.session.execute(db.update(cls).where(cls.id == run_id, cls.status == RunStatus.RUNNING,
+        the status page sees it while the job works. False when the attempt no longer holds the run (a sweep
+        failed it, or another attempt took it over)."""
+        result = db.session.execute(db.update(cls).where(cls.id == run_id, cls.status == RunStatus.RUNNING,
                                                 cls.attempts == attempt)
                            .values(stage=stage[:80], heartbeat_at=utcnow())
                            .execution_options(synchronize_session=False))
         db.session.commit()
+        return result.rowcount == 1
 
     @classmethod
     def beat(cls, queued: list[str], running: list[tuple[str, int]]) -> None:

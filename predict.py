@@ -292,7 +292,8 @@ def execute_run(public_id: str, *, registry: ModelRegistry, results_dir: Path,
         t_pred = time.perf_counter()
         if t_pred - t0 > settings.time_limit_s:
             raise TimeLimitExceeded()
-        Run.note_stage(run.id, attempt, "storing")
+        if not Run.note_stage(run.id, attempt, "storing"):
+            raise RunSettled(public_id)        # lost while the models ran: write nothing for it
         db.session.refresh(run)
         _store(run, image, output, {**output.summary, **(run.summary or {})}, {e.id: e for e in entries}, staging)
         timings = {**(run.timings or {}), "read_ms": _ms(t0, t_read), "load_ms": _ms(t_read, t_ready),
