@@ -82,6 +82,9 @@ class Config:
     DICOMWEB_PASSWORD = ""
     KNEE_KL_SDC = 0.5
     HAND_SDC = 20.0
+    # Smallest detectable change of the sacroiliac oedema volume in mL (the timeline flags larger changes): the
+    # order of the readers' own disagreement on one study (benchmarks/sacroiliac_oedema.py prints it).
+    SIJ_BME_SDC_ML = 0.5
 
 
 # How a yes/no value is written in the environment or a request.
@@ -101,7 +104,7 @@ def load_environment(app: Flask) -> None:
                 "ANALYSIS_LIMITS_PER_ADDRESS", "DICOMWEB_URL", "DICOMWEB_USER", "DICOMWEB_PASSWORD"):
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = os.environ[f"JOINTSCAN_{key}"]
-    for key in ("UPLOAD_WAIT_S", "JOB_HEARTBEAT_S", "KNEE_KL_SDC", "HAND_SDC"):      # fractions allowed
+    for key in ("UPLOAD_WAIT_S", "JOB_HEARTBEAT_S", "KNEE_KL_SDC", "HAND_SDC", "SIJ_BME_SDC_ML"):   # fractions
         if f"JOINTSCAN_{key}" in os.environ:
             app.config[key] = float(os.environ[f"JOINTSCAN_{key}"])
     # REDIS_URL as Docker images and platforms name it; JOINTSCAN_REDIS_URL wins when both are set.

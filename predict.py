@@ -14,16 +14,18 @@ import logging
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from database import UNSETTLED, ModelResult, Run, RunStatus, User, db, disabled_model_ids, utcnow
 from imaging.errors import rounded_size
 from imaging.io import DecodedImage, ImageReadError, fit_pixels, read_image
+from imaging.volume import (ZIP_MAGIC, Study, StudyLimits, is_nifti, read_study, single_slice_study, study_bytes,
+                            study_from_bytes)
 
 from imaging.overlay import encode_png, grey_to_rgb
 from model_loader import UNAVAILABLE_FOR_USERS, ModelEntry, ModelRegistry, ModelUnavailable
@@ -57,6 +59,7 @@ class Limits:
     max_pixels: int = 40_000_000
     min_free_disk_bytes: int = 0                 # refuse analyses when the results disk has less free space
     storage_quota_bytes: int | None = None       # a user's stored results, unless their account sets another
+    study: StudyLimits = field(default_factory=StudyLimits)   # a whole study (series, zip, NIfTI)
 
 
 @dataclass
@@ -144,10 +147,20 @@ class Outcome(enum.StrEnum):
     MISSING = "missing"            # no such run
 
 
-def submit(user: User, data: bytes, request: Analysis, *, registry: ModelRegistry, results_dir: Path,
-           limits: Limits = Limits(), enqueue: Callable[[str], None], held_here: bool) -> Run:
+# An upload: one file's bytes, or several files as (bytes, file name) pairs (a series, or STIR and T1 volumes).
+# File names only tell which NIfTI volume is which sequence; they are never stored.
+UploadFiles = Union[bytes, list[tuple[bytes, Optional[str]]]]
+
+
+def upload_files(data: UploadFiles) -> list[tuple[bytes, str | None]]:
+    return [(bytes(data), None)] if isinstance(data, (bytes, bytearray)) else list(data)
+
+
+def submit(user: User, data: UploadFiles, request: Analysis, *, registry: ModelRegistry,
+           results_dir: Path, limits: Limits = Limits(), enqueue: Callable[[str], None], held_here: bool) -> Run:
     """Check an upload and queue its run: decode, the task's input checks, the models and options, the
-    recogniser, then a `queued` Run and its decoded input on disk, then `enqueue(public id)`.
+    recogniser, then a `queued` Run and its decoded input on disk, then `enqueue(public id)`. A task that reads
+    studies (`reads_studies`) takes several files (a DICOM series, a zip, NIfTI volumes) or one slice.
 
     Raises ImageReadError / PredictionError before anything is stored. `held_here`: the caller's process holds
     the queue (the in-process executor beats for its queued runs; a broker holds Celery's, which no process
@@ -159,13 +172,26 @@ def submit(user: User, data: bytes, request: Analysis, *, registry: ModelRegistr
         raise PredictionError(f"Unknown task '{request.task}'.", 400)
     _check_free_space(results_dir, limits.min_free_disk_bytes)
     _check_quota(user, limits.storage_quota_bytes)
-    image = fit_pixels(read_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels), task.max_pixels)
-    try:
-        task.check_input(image)
-    except TaskInputError as exc:
-        raise PredictionError(exc.message, exc.status) from exc
-    entries = choose_models(registry, request.task, request.model_ids)
+    files = upload_files(data)
     options = clean_options(request.task, request.options)
+    study: Study | None = None
+    if getattr(task, "reads_studies", False):
+        study = read_study_upload(files, limits, options)
+        try:
+            task.check_study(study)
+        except TaskInputError as exc:
+            raise PredictionError(exc.message, exc.status) from exc
+        image = study_picture(study)
+    else:
+        if len(files) != 1:
+            raise PredictionError(f"{task.title} reads one image per upload; send a single file.", 400)
+        image = fit_pixels(read_image(files[0][0], max_bytes=limits.max_bytes, max_pixels=limits.max_pixels),
+                           task.max_pixels)
+        try:
+            task.check_input(image)
+        except TaskInputError as exc:
+            raise PredictionError(exc.message, exc.status) from exc
+    entries = choose_models(registry, request.task, request.model_ids)
     t_check = time.perf_counter()
     checks = recognition_summary(task, *recognise_image(registry, image), request.analyse_anyway)
     timings = {"decode_ms": _ms(t0, t_check), "check_ms": _ms(t_check, time.perf_counter())}
@@ -173,13 +199,19 @@ def submit(user: User, data: bytes, request: Analysis, *, registry: ModelRegistr
     public_id = uuid.uuid4().hex
     queued = queued_input(results_dir, public_id)
     try:
-        _save_input(queued, image.pixels)
+        if study is not None:
+            private_dir(queued.parent)
+            write_private(queued, study_bytes(study))
+        else:
+            _save_input(queued, image.pixels)
     except OSError as exc:
         queued.unlink(missing_ok=True)
         log.error("could not queue an upload: %s", type(exc).__name__)
         raise PredictionError(f"The upload could not be queued: {_failure_reason(exc)}", 507) from exc
-    run = Run(public_id=public_id, user_id=user.id, task=task.name, status=RunStatus.QUEUED, input_kind=image.kind,
-              input_meta={**_input_facts(image), **({"source": dict(request.source)} if request.source else {})},
+    facts = _study_facts(study) if study is not None else _input_facts(image)
+    run = Run(public_id=public_id, user_id=user.id, task=task.name, status=RunStatus.QUEUED,
+              input_kind=STUDY_KIND if study is not None else image.kind,
+              input_meta={**facts, **({"source": dict(request.source)} if request.source else {})},
               options=options, summary=checks, timings=timings,
               model_ids=[e.id for e in entries], stages=job_stages(task, entries), stage=QUEUED_STAGE,
               heartbeat_at=utcnow() if held_here else None)
@@ -234,7 +266,50 @@ def _save_input(path: Path, pixels) -> None:
     write_private(path, buffer.getvalue())
 
 
-def _load_input(run: Run, path: Path) -> DecodedImage:
+STUDY_KIND = "study"
+
+
+def read_study_upload(files: list[tuple[bytes, str | None]], limits: Limits, options: dict[str, Any]) -> Study:
+    """A study from an upload: NIfTI volumes, a DICOM series or a zip (imaging.volume), or one image (a PNG,
+    JPEG or single DICOM slice, read and de-identified as every single upload is) as a study of one slice.
+    The `sequence` option names the sequence of a volume whose file does not say."""
+    blobs = [b for b, _ in files]
+    if len(files) == 1 and not (is_nifti(blobs[0]) or blobs[0][:4] == ZIP_MAGIC):
+        image = read_image(blobs[0], max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
+        if image.pixels.ndim != 2:
+            raise PredictionError("Expected a grey MRI slice or a study.", 400)
+        study = single_slice_study(image.pixels, {**image.meta, "modality": image.modality, "format": image.kind})
+    else:
+        study = read_study(blobs, limits.study, [n for _, n in files])
+    named = options.get("sequence") or ""
+    unknown = [v for v in study.volumes if v.sequence is None]
+    if named and len(unknown) == 1 and study.by_sequence(named) is None:
+        study = Study(tuple(replace(v, sequence=named) if v is unknown[0] else v for v in study.volumes), study.kind)
+    return study
+
+
+def study_picture(study: Study) -> DecodedImage:
+    """The study's middle slice as one image (what the recogniser looks at, and the run's input picture)."""
+    volume = study.volumes[0]
+    middle = volume.voxels[volume.n_slices // 2]
+    lo, hi = np.percentile(volume.voxels, [1.0, 99.5])
+    pixels = np.clip((middle - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+    return DecodedImage(pixels=pixels, kind=STUDY_KIND, modality=volume.meta.get("modality") or "MR",
+                        meta={"format": study.kind})
+
+
+def _study_facts(study: Study) -> dict[str, Any]:
+    first = study.volumes[0]
+    return {"width": int(first.voxels.shape[2]), "height": int(first.voxels.shape[1]),
+            "modality": first.meta.get("modality") or "MR", "format": study.kind, "slices": first.n_slices,
+            "series": [{"sequence": v.sequence, **{k: v.meta[k] for k in ("slices", "rows", "cols", "spacing_mm",
+                                                                           "plane") if k in v.meta}}
+                       for v in study.volumes]}
+
+
+def _load_input(run: Run, path: Path) -> DecodedImage | Study:
+    if run.input_kind == STUDY_KIND:
+        return study_from_bytes(path.read_bytes())
     pixels = np.load(path, allow_pickle=False)
     meta = {k: v for k, v in (run.input_meta or {}).items() if k not in ("width", "height", "modality")}
     return DecodedImage(pixels=pixels, kind=run.input_kind, modality=(run.input_meta or {}).get("modality"), meta=meta)
@@ -445,10 +520,14 @@ def recognise_upload(data: bytes, *, registry: ModelRegistry, limits: Limits = L
 def _store(run: Run, image: DecodedImage, output: TaskOutput, summary: dict[str, Any],
            entries: dict[str, ModelEntry], staging: Path) -> None:
     private_dir(staging)      # 0700, its images 0600: scans are health data
-    _write_png(staging / "input.png", grey_to_rgb(image.pixels))
+    picture = output.input_picture if output.input_picture is not None else image.pixels
+    _write_png(staging / "input.png", grey_to_rgb(picture))
     run.input_image = "input.png"
-    run.summary = summary
     run.images = {name: _write_png(staging / f"run_{name}.png", img) for name, img in output.images.items()}
+    if output.files:        # masks as NIfTI volumes on the input's grid: listed in the summary, served as downloads
+        summary = {**summary, "files": {name: _write_file(staging / f"file_{name}", blob)
+                                        for name, blob in output.files.items()}}
+    run.summary = summary
     for position, mo in enumerate(output.models):
         entry = entries[mo.model_id]
         files = {name: _write_png(staging / f"m{position}_{name}.png", img) for name, img in mo.images.items()}
@@ -460,6 +539,11 @@ def _store(run: Run, image: DecodedImage, output: TaskOutput, summary: dict[str,
 
 def _write_png(path: Path, img) -> str:
     write_private(path, encode_png(img))
+    return path.name
+
+
+def _write_file(path: Path, blob: bytes) -> str:
+    write_private(path, blob)
     return path.name
 
 

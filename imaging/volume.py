@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import posixpath
 import stat
 import zipfile
@@ -449,3 +450,40 @@ def _nifti_study(blobs: list[tuple[bytes, str | None]], limits: StudyLimits) -> 
     if len(shapes) > 1:
         raise ImageReadError("The volumes of the study are on different grids.", 400)
     return Study(tuple(volumes), "nifti")
+
+
+# -- a decoded study on disk (a queued run's input) -----------------------------------
+def study_bytes(study: Study) -> bytes:
+    """The study's volumes, geometry and coded facts as one .npz (no pickle: arrays and a JSON header only)."""
+    header = {"kind": study.kind, "volumes": [
+        {"spacing_mm": list(v.spacing_mm), "plane": v.plane, "sequence": v.sequence,
+         "axes": list(v.reorientation.axes), "flips": list(v.reorientation.flips), "meta": v.meta}
+        for v in study.volumes]}
+    arrays = {f"voxels{i}": np.ascontiguousarray(v.voxels, dtype=np.float32) for i, v in enumerate(study.volumes)}
+    arrays.update({f"affine{i}": np.asarray(v.affine, dtype=np.float64) for i, v in enumerate(study.volumes)})
+    buffer = io.BytesIO()
+    np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+def study_from_bytes(data: bytes) -> Study:
+    """The study `study_bytes` wrote."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        header = json.loads(archive["header"].tobytes().decode())
+        volumes = tuple(
+            Volume(archive[f"voxels{i}"], tuple(v["spacing_mm"]), v["plane"], v["sequence"], archive[f"affine{i}"],
+                   Reorientation(tuple(v["axes"]), tuple(v["flips"])), v["meta"])
+            for i, v in enumerate(header["volumes"]))
+    return Study(volumes, header["kind"])
+
+
+def single_slice_study(pixels: np.ndarray, meta: dict[str, Any], sequence: str | None = None) -> Study:
+    """A study of one slice (a PNG, JPEG or single DICOM image already decoded by imaging.io): its pixel size is
+    not known, so its volumes are counted in pixels, and it is never written back as a NIfTI on a scanner grid."""
+    voxels = np.asarray(pixels, dtype=np.float32)[None]
+    spacing = tuple(float(s) for s in (meta.get("pixel_spacing_mm") or (1.0, 1.0)))[:2]
+    affine = np.diag([spacing[1], spacing[0], 1.0, 1.0])
+    facts = {**meta, "slices": 1, "rows": int(voxels.shape[1]), "cols": int(voxels.shape[2]), "single_slice": True,
+             "spacing_known": bool(meta.get("pixel_spacing_mm"))}
+    return Study((Volume(voxels, (1.0, spacing[0], spacing[1]), "coronal", sequence, affine,
+                         Reorientation((0, 1, 2), (False, False, False)), facts),), "slice")

@@ -47,6 +47,10 @@ class TaskOutput:
     summary: dict[str, Any]                     # run-level facts (e.g. which mask focused the Grad-CAM)
     models: list[ModelOutput]
     images: dict[str, np.ndarray] = field(default_factory=dict)  # run-level images (the input as shown)
+    # A study's run: the picture that stands for the input (its middle slice, as shown), and files offered as
+    # downloads (masks as NIfTI volumes on the input's grid), by name.
+    input_picture: np.ndarray | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -197,6 +201,14 @@ class Task(Protocol):
     def headline(self, summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
         """One line for the history list; `results` are dicts with model_id, role and result."""
 
+    def check_study(self, study: Any) -> None:
+        """A study task's input checks (the modality); tasks with further limits extend this."""
+        for volume in study.volumes:
+            modality = volume.meta.get("modality")
+            if modality not in self.accepted_modalities and modality is not None:
+                raise TaskInputError(f"This task reads {self.reads}; the file is a {modality} image. "
+                                     "Choose the task that matches the scan.")
+
     def is_explanation(self, image_name: str) -> bool:
         """Whether the image named so is one of `explanation_images`."""
 
@@ -337,6 +349,9 @@ class TaskBase:
     # What the timeline follows over time for one pseudonym (web/timeline.py); a task that declares measures
     # takes PSEUDONYM_OPTION and TIMEPOINT_OPTION among its options.
     longitudinal: ClassVar[tuple[Measure, ...]] = ()
+    # A task that reads whole studies (imaging.volume.Study: NIfTI volumes, DICOM series, or one slice as a study
+    # of one) gets the study in `run` instead of one DecodedImage, checked by `check_study`.
+    reads_studies: ClassVar[bool] = False
 
     @property
     def result_template(self) -> str:
@@ -349,6 +364,14 @@ class TaskBase:
                                  "Choose the task that matches the scan.")
         if image.pixels.ndim != 2:
             raise TaskInputError(f"Expected a single grey {self.single_image}.")
+
+    def check_study(self, study: Any) -> None:
+        """A study task's input checks (the modality); tasks with further limits extend this."""
+        for volume in study.volumes:
+            modality = volume.meta.get("modality")
+            if modality not in self.accepted_modalities and modality is not None:
+                raise TaskInputError(f"This task reads {self.reads}; the file is a {modality} image. "
+                                     "Choose the task that matches the scan.")
 
     def is_explanation(self, image_name: str) -> bool:
         """Whether a stored image explains a decision (the API leaves these out on include_heatmaps=false)."""

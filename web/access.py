@@ -62,6 +62,14 @@ def run_image_files(run: Run) -> set[str]:
     return names
 
 
+def run_download_files(run: Run) -> dict[str, str]:
+    """The downloads a finished run offers (a study's masks as NIfTI), by name: the only ones its file route
+    serves."""
+    if run.status != RunStatus.DONE:
+        return {}
+    return dict((run.summary or {}).get("files") or {})
+
+
 def no_store(view):
     """Mark a view's response `Cache-Control: no-store` (pages and images showing runs)."""
 

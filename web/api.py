@@ -9,6 +9,7 @@ Errors are always `{"error": {"status": n, "message": "..."}}`.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request, url_for
@@ -19,7 +20,7 @@ from config import FALSE_WORDS, TRUE_WORDS
 from database import ApiToken, Run, RunStatus, User, db, disabled_model_ids
 from model_loader import current_registry
 from jobs import wait_until_settled
-from predict import Analysis, ImageReadError, PredictionError, recognise_upload
+from predict import STUDY_KIND, Analysis, ImageReadError, PredictionError, recognise_upload
 from storage import upload_limits
 from tasks import all_tasks, get_task
 from pacs.client import PacsError
@@ -102,8 +103,9 @@ def is_heatmap(task: Any, name: str) -> bool:
 
 
 def _images(run: Run, images: dict[str, str] | None, task: Any, include_heatmaps: bool) -> dict[str, str]:
+    # A study's slice pictures are listed per slice (study_json), not here.
     return {name: image_url(run, file_name, external=True) for name, file_name in (images or {}).items()
-            if include_heatmaps or not is_heatmap(task, name)}
+            if (include_heatmaps or not is_heatmap(task, name)) and not SLICE_IMAGE.fullmatch(name)}
 
 
 def iso_utc(value) -> str | None:
@@ -173,9 +175,30 @@ def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
                   "report": url_for("api.run_report", public_id=run.public_id, _external=True),
                   "html": url_for("scans.result", public_id=run.public_id, _external=True)},
     }
+    if run.input_kind == STUDY_KIND:
+        body["study"] = study_json(run, meta, done)
     if run.status == RunStatus.FAILED:
         body["error"] = run.error
     return body
+
+
+SLICE_IMAGE = re.compile(r"s(\d{2,3})_(image|region|oedema)")
+
+
+def study_json(run: Run, meta: dict[str, Any], done: bool) -> dict[str, Any]:
+    """A study's run: its series (coded facts), one row per slice with the slice viewer's pictures, and the
+    masks as NIfTI volumes on the input's grid."""
+    summary = run.summary or {}
+    pictures: dict[int, dict[str, str]] = {}
+    for name, file_name in (run.images or {}).items() if done else ():
+        match = SLICE_IMAGE.fullmatch(name)
+        if match:
+            pictures.setdefault(int(match.group(1)) + 1, {})[match.group(2)] = image_url(run, file_name,
+                                                                                       external=True)
+    return {"series": meta.get("series") or [], "slices": meta.get("slices"),
+            "per_slice": [{**row, "images": pictures.get(row["slice"], {})} for row in summary.get("per_slice") or []],
+            "files": {name: url_for("scans.run_file", public_id=run.public_id, name=name, _external=True)
+                      for name in (summary.get("files") or {})} if done else {}}
 
 
 def _flag(raw: str | None, default: bool) -> bool | None:
@@ -224,9 +247,10 @@ def analyze_scan(user):
     retry_after = analysis_retry_after(user.id)
     if retry_after is not None:
         return json_error(429, too_many_analyses(retry_after), {"Retry-After": str(retry_after)})
-    upload = request.files.get("file")        # a body over MAX_CONTENT_LENGTH raises 413 here
-    if upload is None:
-        return json_error(400, "Send the scan as the multipart form field 'file'.")
+    uploads = [f for f in request.files.getlist("file") if f]    # a body over MAX_CONTENT_LENGTH raises 413 here
+    if not uploads:
+        return json_error(400, "Send the scan as the multipart form field 'file' (repeat it for the files of a "
+                               "study).")
     task_name = (request.form.get("task") or "").strip()
     if not task_name:
         names = ", ".join(all_tasks())
@@ -247,7 +271,8 @@ def analyze_scan(user):
     wait = _flag(request.args.get("wait"), default=False)
     if wait is None:
         return json_error(400, "wait must be true or false.")
-    data = upload.read()
+    files = [(f.read(), f.filename) for f in uploads]
+    data = files[0][0] if len(files) == 1 and not task.reads_studies else files
     try:
         run = queue_upload(user, data, Analysis(task_name, model_ids, options, analyse_anyway=analyse_anyway),
                            via=" via API")
@@ -298,9 +323,10 @@ def recognise_scan(user):
     retry_after = analysis_retry_after(user.id)
     if retry_after is not None:
         return json_error(429, too_many_analyses(retry_after), {"Retry-After": str(retry_after)})
-    upload = request.files.get("file")        # a body over MAX_CONTENT_LENGTH raises 413 here
-    if upload is None:
-        return json_error(400, "Send the scan as the multipart form field 'file'.")
+    uploads = [f for f in request.files.getlist("file") if f]    # a body over MAX_CONTENT_LENGTH raises 413 here
+    if not uploads:
+        return json_error(400, "Send the scan as the multipart form field 'file' (repeat it for the files of a "
+                               "study).")
     try:
         found = recognise_upload(upload.read(), registry=current_registry(), limits=upload_limits())
     except (ImageReadError, PredictionError) as exc:

@@ -12,7 +12,7 @@ from flask import (Blueprint, abort, current_app, flash, jsonify, make_response,
                    send_from_directory, url_for)
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from flask_wtf.file import FileField, FileRequired
+from flask_wtf.file import FileRequired, MultipleFileField
 from wtforms import BooleanField, SelectField, SelectMultipleField, SubmitField
 
 from database import RunStatus, disabled_model_ids
@@ -22,7 +22,7 @@ from jobs import wait_until_settled
 from predict import Analysis, ImageReadError, PredictionError
 from storage import results_dir
 from tasks import all_tasks, get_task
-from web.access import no_store, owned_run_or_404, run_image_files, visible_run_or_404
+from web.access import no_store, owned_run_or_404, run_download_files, run_image_files, visible_run_or_404
 from web.api import authenticated, iso_utc, progress_of, run_json
 from web.audit import model_versions_of, record, run_resource
 from web.errors import error_text, handle_http_error
@@ -40,8 +40,10 @@ class UploadForm(FlaskForm):
     task = SelectField("Task")
     # Rendered by hand as checkboxes grouped by task and role (see templates/scans/upload.html).
     model_ids = SelectMultipleField("Models", validate_choice=False)
-    scan = FileField("Scan file", validators=[FileRequired("Choose a scan file to upload.")],
-                     description="PNG, JPEG or DICOM.")
+    # One file, or a whole study for a task that reads studies: the files of a DICOM series, a zip of one,
+    # or NIfTI volumes (a STIR and a T1 may come together).
+    scan = MultipleFileField("Scan file(s)", validators=[FileRequired("Choose a scan file to upload.")],
+                             description="PNG, JPEG or DICOM; for a study also NIfTI, a series or a zip.")
     # Shown only after the recogniser refused an upload: the user's explicit choice to go on.
     analyse_anyway = BooleanField("Analyse anyway")
     submit = SubmitField("Analyse")
@@ -130,7 +132,10 @@ def upload():
     task = get_task(task_name)
     options = {spec.name: request.form.get(option_field(task_name, spec.name), "")
                for spec in task.options}
-    data = form.scan.data.read()
+    uploaded = [f for f in form.scan.data if f]
+    # The file name only tells a NIfTI volume's sequence (tasks that read studies); it is never stored.
+    files = [(f.read(), f.filename) for f in uploaded]
+    data = files[0][0] if len(files) == 1 and not task.reads_studies else files
     try:
         run = queue_upload(current_user._get_current_object(), data,
                            Analysis(task_name, model_ids, options, analyse_anyway=bool(form.analyse_anyway.data)))
@@ -207,6 +212,22 @@ def run_image(user, public_id: str, name: str):
     record("view_image", user=user, resource=f"{run_resource(run)}/{name}", models=model_versions_of(run),
            detail=None if as_role == "owner" else "as reviewer")
     return send_from_directory(results_dir() / run.public_id, name, mimetype="image/png", max_age=0)
+
+
+@bp.get("/runs/<public_id>/files/<name>")
+@no_store
+@authenticated
+def run_file(user, public_id: str, name: str):
+    """A study's mask as a NIfTI volume on the input's grid, as a download (owner, or a reviewer of a shared run)."""
+    run, as_role = visible_run_or_404(public_id, user)
+    stored = run_download_files(run).get(name)
+    if stored is None:
+        abort(404)
+    record("export", user=user, resource=f"{run_resource(run)}/{name}", models=model_versions_of(run),
+           detail="mask as NIfTI" if as_role == "owner" else "mask as NIfTI, as reviewer")
+    download = f"jointscan-{run.public_id[:8]}-{name}"
+    return send_from_directory(results_dir() / run.public_id, stored, mimetype="application/gzip", max_age=0,
+                               as_attachment=True, download_name=download)
 
 
 @owned_run_page("/runs/<public_id>/export.json")
