@@ -504,13 +504,19 @@ def recognition_summary(task: Any, found: Recognition | None, not_checked: str |
 
 def recognise_upload(data: bytes, *, registry: ModelRegistry, limits: Limits = Limits()) -> dict[str, Any]:
     """What an upload looks like and which task suits it, storing nothing (the upload page's suggestion)."""
-    image = read_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
+    if is_nifti(data) or data[:4] == ZIP_MAGIC:       # a study: its middle slice is what it looks like
+        image = study_picture(read_study([data], limits.study))
+    else:
+        image = read_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
     t0 = time.perf_counter()
     found, not_checked = recognise_image(registry, image)
     if found is None:
         raise PredictionError(f"Cannot recognise the image: {not_checked}.", 503)
     tasks = all_tasks()
-    suggested = next((name for name, task in tasks.items() if task.recognised_as == found.kind), None)
+    # A study goes to a task that reads studies; one image to the first task that reads its kind.
+    readers = sorted((name for name, task in tasks.items() if task.recognised_as == found.kind),
+                     key=lambda name: getattr(tasks[name], "reads_studies", False) != (image.kind == STUDY_KIND))
+    suggested = readers[0] if readers else None
     return {"recognised": found.as_dict(), "suggested_task": suggested if found.probability >= REFUSE_AT else None,
             "refusals": {name: refusal(task, found) for name, task in tasks.items()},
             "elapsed_ms": _ms(t0, time.perf_counter()),

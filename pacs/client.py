@@ -171,8 +171,8 @@ def _int(value: Any) -> int | None:
 
 def pick_image(datasets: list[Dataset]) -> Dataset:
     """The image to analyse from a series: the middle one by position along the slice normal (by instance
-    number where positions are missing), so that a series of slices gives a slice through the joints.
-    A series read as one study waits for the study reader (the sacroiliac and spine tasks' volumes)."""
+    number where positions are missing), so that a series of slices gives a slice through the joints. A task
+    that reads studies gets the whole series (web/pacs.py); this image then stands for it when results go back."""
     def order(ds: Dataset) -> tuple:
         pos, ori = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
         if pos is not None and ori is not None and len(ori) == 6:

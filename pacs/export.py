@@ -233,7 +233,31 @@ def sacroiliac_groups(model: ModelFacts, source: Dataset) -> list:
                                r.get("as_probability", 0.0), ucum("1", "no units"), model)])]
 
 
-GROUPS = {"knee": knee_groups, "hand": hand_groups, "spine": spine_groups, "sacroiliac": sacroiliac_groups}
+def sacroiliac_study_groups(model: ModelFacts, source: Dataset) -> list:
+    """A study's disease region and, inside it, the oedema: its volume (mL), lesions and the ASAS definition."""
+    r = model.result
+    site = [hd.sr.FindingSite(codes.SCT.SacroiliacJoint)]
+    ml = ucum("ml", "milliliter")
+    measurements = [_measure(local("SIJREGION", "Sacroiliac disease region volume"), r.get("region_ml") or 0.0, ml,
+                             model)]
+    evaluations = []
+    oedema = r.get("oedema") or {}
+    if oedema.get("measured"):
+        measurements += [_measure(local("BMEVOL", "Volume of hyperintense bone marrow oedema"), oedema["volume_ml"],
+                                  ml, model),
+                         _measure(local("BMELES", "Number of bone marrow oedema lesions"), oedema["lesions"],
+                                  ucum("{count}", "count"), model),
+                         _measure(local("SPARCCX", "SPARCC-style oedema count (research)"),
+                                  oedema["sparcc_like"]["total"], ucum("{score}", "score"), model)]
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            local("ASASMRI", "ASAS definition of active sacroiliitis on MRI"),
+            codes.SCT.Positive if oedema["asas"]["positive"] else codes.SCT.Negative))
+    return [_group("Sacroiliac disease region and oedema", model, source, sites=site, measurements=measurements,
+                   evaluations=evaluations)]
+
+
+GROUPS = {"knee": knee_groups, "hand": hand_groups, "spine": spine_groups, "sacroiliac": sacroiliac_groups,
+          "sacroiliac_study": sacroiliac_study_groups}
 
 
 def measurement_report(source: Dataset, facts: RunFacts, numbers: _Numbers) -> hd.sr.Comprehensive3DSR:

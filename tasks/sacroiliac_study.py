@@ -223,6 +223,8 @@ class SacroiliacStudyTask(TaskBase):
         return "Done"
 
     def report_findings(self, role: str, result: Mapping[str, Any]) -> Findings:
+        if result.get("withheld"):
+            return Findings(notes=[f"Disease region and oedema withheld: {result['withheld']}"])
         oedema = result.get("oedema") or {}
         lines = [("Disease region", f"{'found' if result.get('found') else 'not found'}, "
                                     f"{result.get('region_ml', 0):.1f} mL on {len(result.get('slices_with_region') or [])}"

@@ -51,6 +51,12 @@ def world(tmp_path_factory, tiny_models_dir, shared_registry, scan_png):
         assert login(clients[name], name).status_code == 302
     response = upload(clients["alice"], scan_png, model_ids=ALL_MODELS)
     run_id = re.search(r"/runs/([0-9a-f]{32})$", response.headers["Location"]).group(1)
+    # A download as a study's run offers one (its masks as NIfTI), so the file route is in the matrix too.
+    with app.app_context():
+        run = Run.query.filter_by(public_id=run_id).one()
+        (root / "results" / run_id / "file_region.nii.gz").write_bytes(b"\x1f\x8b mask")
+        run.summary = {**run.summary, "files": {"region.nii.gz": "file_region.nii.gz"}}
+        db.session.commit()
     return app, clients, run_id
 
 
@@ -71,7 +77,8 @@ def build(app, rule, run_id: str) -> str:
         if arg in RUN_ARGS:
             values[arg] = run_id
         elif arg == "name":
-            values[arg] = "input.png"          # a file every finished run stores
+            # a file every finished run stores; the download the matrix's run offers
+            values[arg] = "region.nii.gz" if rule.endpoint == "scans.run_file" else "input.png"
         elif isinstance(rule._converters.get(arg), IntegerConverter):
             values[arg] = 0
         else:
@@ -134,7 +141,7 @@ def test_shared_run_owner_and_reviewers(world):
     with app.app_context():
         Run.query.filter_by(public_id=run_id).update({"shared_at": utcnow()})
         db.session.commit()
-    reviewer_ok = {"reviews.run_page", "reviews.submit", "scans.run_image"}
+    reviewer_ok = {"reviews.run_page", "reviews.submit", "scans.run_image", "scans.run_file"}
     for endpoint, method, rule in run_routes(app):
         url = build(app, rule, run_id)
         if endpoint in OWNER_POSTS:

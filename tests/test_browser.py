@@ -256,6 +256,48 @@ def test_each_task_upload_and_result(clinician, scans, task):
     assert run_id in page.url
 
 
+def test_a_study_and_its_slice_viewer_with_the_keyboard(clinician, tmp_path):
+    """A whole sacroiliac study (STIR and T1 NIfTI together) through the upload page; on its result the slice
+    viewer moves with the arrow keys, its overlays toggle from the keyboard, and every slice picture it shows is
+    served."""
+    root = data_dir() / "sij_mri_nifti" / "images" / "pre"
+    need(root / "1007_STIR.nii.gz")
+    page = clinician.page
+    page.goto("/upload?task=sacroiliac_study")
+    page.select_option("#task-select", "sacroiliac_study")
+    page.set_input_files("input[type=file]", [str(root / "1007_STIR.nii.gz"), str(root / "1007_T1W.nii.gz")])
+    page.click("#analyse-button")
+    clinician.wait_result()
+    viewer = page.locator("#slice-viewer")
+    assert viewer.count() == 1
+    clinician.check("12-result-sacroiliac-study")
+    first = page.locator("#slice-label").inner_text()
+    start = int(re.search(r"slice (\d+) of", first).group(1))
+    page.focus("#slice-next")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowLeft")
+    n = int(viewer.get_attribute("data-slices"))
+    expected = min(start + 1, n)
+    assert page.locator("#slice-label").inner_text() == f"slice {expected} of {n}"
+    assert page.locator(f'tr[data-slice="{expected}"]').get_attribute("aria-current") == "true"
+    src_with = page.get_attribute("#slice-picture", "src")
+    page.focus("#layer-oedema")
+    page.keyboard.press("Space")                    # oedema off
+    page.focus("#layer-region")
+    page.keyboard.press("Space")                    # region off: the bare slice
+    src_bare = page.get_attribute("#slice-picture", "src")
+    assert src_bare != src_with
+    for src in (src_with, src_bare):
+        answer = page.request.get(src)
+        assert answer.status == 200 and answer.headers["content-type"] == "image/png", src
+    clinician.check("13-slice-viewer-bare")
+    link = page.locator('a[href$="/files/region.nii.gz"]')
+    with page.expect_download() as download:
+        link.click()
+    assert download.value.suggested_filename.endswith("region.nii.gz")
+
+
 def test_comparison_history_and_report(clinician, scans):
     run_id = clinician.upload("sacroiliac", scans["sacroiliac"],
                               models=["sij-attention-unet", "sij-unet-ref", "sij-dual-head", "sij-cnn3-ref"])

@@ -43,15 +43,15 @@ def echo_task(tmp_path, monkeypatch):
     tasks._discovered.cache_clear()
 
 
-def test_the_four_tasks_are_found_in_their_order():
-    assert list(tasks.all_tasks()) == ["sacroiliac", "spine", "knee", "hand"]
+def test_the_tasks_are_found_in_their_order():
+    assert list(tasks.all_tasks()) == ["sacroiliac", "sacroiliac_study", "spine", "knee", "hand"]
     assert tasks.get_task("knee").result_template == "tasks/knee.html"
     assert tasks.get_task("nope") is None
 
 
 def test_modules_without_a_task_are_not_tasks():
     names = set(tasks.all_tasks())
-    assert not names & {"base", "metrics", "knee_catalogue", "sacroiliac_inflammation"}
+    assert not names & {"base", "metrics", "knee_catalogue", "sacroiliac_inflammation", "sacroiliac_region"}
 
 
 def test_a_new_module_is_a_new_task_on_the_form_and_in_the_api(echo_task, alice):

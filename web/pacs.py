@@ -25,7 +25,7 @@ from pacs.export import ModelFacts, RunFacts, build, kinds
 from predict import Analysis, ImageReadError, PredictionError
 from reports.pdf import render
 from storage import results_dir
-from tasks import all_tasks
+from tasks import all_tasks, get_task
 from web.access import no_store, owned_run_or_404
 from web.audit import model_versions_of, record, run_resource
 from web.report import report_of
@@ -129,16 +129,20 @@ def analyse():
         return _page(form=SearchForm(formdata=None), error=too_many_analyses(retry_after)), 429
     try:
         pacs = Pacs(pacs_settings())
-        image = pick_image(pacs.retrieve_series(form.study_uid.data, form.series_uid.data))
+        instances = pacs.retrieve_series(form.study_uid.data, form.series_uid.data)
+        image = pick_image(instances)
     except PacsError as exc:
         return _page(form=SearchForm(formdata=None), error=exc.message), exc.status
-    buf = io.BytesIO()
-    dcmwrite(buf, image, enforce_file_format=False)
+    task = get_task(form.task.data)
+    # A task that reads studies analyses the whole series (its middle image stands for it when results go back);
+    # the others one image of it. Each file is read and de-identified as an upload is.
+    chosen = instances if task is not None and task.reads_studies else [image]
+    files = [(_dicom_bytes(ds), None) for ds in chosen]
     source = {"kind": "pacs", "study_uid": form.study_uid.data, "series_uid": form.series_uid.data,
               "sop_uid": str(image.SOPInstanceUID), "accession": (form.accession.data or "")[:16]}
     try:
-        run = queue_upload(current_user._get_current_object(), buf.getvalue(), Analysis(form.task.data, source=source),
-                           via=" from PACS")
+        run = queue_upload(current_user._get_current_object(), files if task is not None and task.reads_studies
+                           else files[0][0], Analysis(form.task.data, source=source), via=" from PACS")
     except (ImageReadError, PredictionError) as exc:
         if getattr(exc, "run_public_id", None):
             flash(exc.message, "error")
@@ -146,6 +150,12 @@ def analyse():
         return _page(form=SearchForm(formdata=None), error=exc.message), exc.status
     wait_until_settled(run, float(current_app.config["UPLOAD_WAIT_S"]))     # as an upload does
     return redirect(url_for("scans.result", public_id=run.public_id))
+
+
+def _dicom_bytes(ds) -> bytes:
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=False)
+    return buf.getvalue()
 
 
 # -- results back ------------------------------------------------------------------------------------

@@ -173,7 +173,27 @@ def card_sections(entry: dict[str, Any], others: dict[str, dict[str, Any]]) -> d
         limits.append("The whole slice is downsampled to 128 px, halving the resolution at which small early lesions "
                       "are seen.")
     sections["Known failure modes and limits"] = "\n".join(f"- {s}" for s in limits)
+    sections["On real studies: withheld"] = _real_studies_note(entry)
     return sections
+
+
+def _real_studies_note(entry: dict[str, Any]) -> str:
+    """What this phantom-trained model does on real MRI: it answers nowhere, and the card says why, with the figures
+    of its training-data check on the real studies."""
+    figures = (entry.get("ood") or {}).get("figures") or {}
+    what = "joint region" if entry["role"] == "segmenter" else "AS status and stage"
+    counts = ""
+    if figures.get("n_sij_real_nifti"):
+        counts = (f" Its training-data check refuses {figures['sij_real_nifti_refused']:.1%} of the "
+                  f"{figures['n_sij_real_nifti']} slices of the real studies (`sij_mri_nifti`) and "
+                  f"{figures.get('sij_real_dicom_refused', 0):.0%} of the {figures.get('n_sij_real_dicom', 0)} real DICOM "
+                  "slices (`sij_mri_dicom`), so on a real slice its answer is withheld with that reason.")
+    return (f"This model has only seen phantoms, and its {what} has not been validated on any real MRI.{counts} "
+            "Every real patient in the shared data has spondyloarthritis and every real study has slices without "
+            "oedema, so its AS status could not earn its place on them; it is not run on real studies at all. The "
+            "study task (`sacroiliac_study`) reads real studies with the disease-region segmenters trained on the "
+            "real masks (`sij-study-region-attention-unet`, `sij-study-region-unet-ref`), and a study's status comes "
+            "from the measured bone marrow oedema and the ASAS definition instead.")
 
 
 def _image_steps(entry: dict[str, Any]) -> int:

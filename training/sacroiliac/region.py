@@ -178,12 +178,14 @@ def export_region(work: Path, config: RegionConfig, out_dir: Path, cases: list[C
     """Ship `work`/final's model into `out_dir` (registry entry and model card); returns the entry."""
     from training.export import register_model, save_for_shipping, write_model_card
 
+    record = json.loads((work / "final" / "run.json").read_text())
+    # The configuration the final model was trained with (not the command line's), so the entry says what ran.
+    config = RegionConfig(**{**record["config"], "filters": tuple(record["config"]["filters"])})
     model_id = MODEL_IDS[config.architecture]
     trained = keras.models.load_model(work / "final" / f"{build_segmenter(config).name}.keras", compile=False)
     path = save_for_shipping(trained, out_dir / f"{model_id}.keras")
     shipped = keras.models.load_model(path, compile=False)
     cv = json.loads((work / "cross_validation.json").read_text()) if (work / "cross_validation.json").exists() else {}
-    record = json.loads((work / "final" / "run.json").read_text())
     # The shipped file's own figures on the cases it learnt (a check that the export kept the model, not a
     # held-out figure: those are the cross-validated ones).
     fitted = summarise(evaluate_cases(shipped, cases, config.size))
@@ -206,9 +208,9 @@ def export_region(work: Path, config: RegionConfig, out_dir: Path, cases: list[C
                      "seed": config.seed, "epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch,
                      "batch_size": config.batch_size, "learning_rate": config.lr, "loss": "Dice + binary cross-entropy",
                      "command": (f"python -m training.sacroiliac.region --architecture {config.architecture} "
-                                 f"--folds 0,1,2 --final --work /tmp/jointscan_sij_region && python -m "
-                                 f"training.sacroiliac.region --architecture {config.architecture} --folds none "
-                                 f"--export models/ --work /tmp/jointscan_sij_region"),
+                                 f"--epochs {config.epochs} --folds 0,1,2 --final --work /tmp/jointscan_sij_region "
+                                 f"&& python -m training.sacroiliac.region --architecture {config.architecture} "
+                                 f"--folds none --export models/ --work /tmp/jointscan_sij_region"),
                      "wall_time_s": record.get("wall_s"), "n_train": record.get("n_examples"), "quick": False},
         "metrics": {"cross_validated": cv.get("summary", {}), "per_case": cv.get("per_case", {}),
                     "shipped_on_its_training_cases": fitted},
