@@ -187,3 +187,85 @@ def sparcc_like(mask: np.ndarray, region: np.ndarray, stir: np.ndarray, col_spac
                     deep[side] = True
         scored.append(SparccSlice(k, quadrants, intense, deep))
     return SparccResult(sum(s.score for s in scored), tuple(scored))
+
+
+# -- the learned lesion segmenter's inputs (shared by serving and training) -------------
+LESION_PIXEL_MM = 0.595          # the in-plane pixel size it was trained at (the real studies' own)
+LESION_CROP_MARGIN = 12          # pixels around the region's box, at LESION_PIXEL_MM
+LESION_MULTIPLE = 8              # crops are padded to a multiple of this (three poolings)
+STIR_SCALE = 10.0                # STIR in lower spreads above normal marrow, divided by this
+T1_CHANNEL = 2
+
+
+@dataclass(frozen=True)
+class LesionFrame:
+    """Where the lesion segmenter's crop lies: the study grid's box, the scale to the training pixel size and
+    the padded crop size."""
+
+    box: tuple[int, int, int, int]           # y1, y2, x1, x2 on the study's grid
+    scale: float                             # crop pixels per study pixel
+    shape: tuple[int, int]                   # (rows, cols) of the model input, padded
+
+
+def lesion_frame(region: np.ndarray, pixel_mm: float) -> LesionFrame:
+    """The crop around the region's box over all slices, rescaled to the training pixel size."""
+    rows, cols = np.nonzero(np.asarray(region, bool).any(axis=0))
+    scale = float(pixel_mm) / LESION_PIXEL_MM
+    margin = int(np.ceil(LESION_CROP_MARGIN / scale))
+    h, w = region.shape[1:]
+    y1, y2 = max(0, rows.min() - margin), min(h, rows.max() + 1 + margin)
+    x1, x2 = max(0, cols.min() - margin), min(w, cols.max() + 1 + margin)
+    size = [int(np.ceil(round(n * scale) / LESION_MULTIPLE) * LESION_MULTIPLE) for n in (y2 - y1, x2 - x1)]
+    return LesionFrame((int(y1), int(y2), int(x1), int(x2)), scale, (size[0], size[1]))
+
+
+def _to_frame(slices: np.ndarray, frame: LesionFrame, interpolation: int) -> np.ndarray:
+    import cv2
+
+    y1, y2, x1, x2 = frame.box
+    out = np.zeros((len(slices), *frame.shape), np.float32)
+    h, w = round((y2 - y1) * frame.scale), round((x2 - x1) * frame.scale)
+    for k, s in enumerate(slices):
+        out[k, :h, :w] = cv2.resize(np.ascontiguousarray(s[y1:y2, x1:x2], np.float32), (w, h),
+                                    interpolation=interpolation)
+    return out
+
+
+def lesion_input(stir: np.ndarray, region: np.ndarray, frame: LesionFrame, t1: np.ndarray | None = None,
+                 reference: MarrowReference | None = None) -> np.ndarray:
+    """(slices, rows, cols, 3) float32: STIR in lower spreads above the region's normal marrow (/ STIR_SCALE),
+    the region, and T1 (volume percentiles to 0-1) or zeros when the study has no T1."""
+    import cv2
+
+    reference = reference or marrow_reference(stir, region)
+    spread = max(reference.lower_spread, 1e-6)
+    z = np.clip((np.asarray(stir, np.float32) - reference.mode) / spread / STIR_SCALE, -1.0, 3.0)
+    channels = [_to_frame(z, frame, cv2.INTER_AREA), _to_frame(region.astype(np.float32), frame, cv2.INTER_NEAREST)]
+    if t1 is not None:
+        lo, hi = np.percentile(t1, [1.0, 99.5])
+        channels.append(_to_frame(np.clip((t1 - lo) / max(float(hi - lo), 1e-6), 0.0, 1.5), frame, cv2.INTER_AREA))
+    else:
+        channels.append(np.zeros_like(channels[0]))
+    return np.stack(channels, axis=-1)
+
+
+def lesion_target(mask: np.ndarray, frame: LesionFrame) -> np.ndarray:
+    import cv2
+
+    return _to_frame(np.asarray(mask, np.float32), frame, cv2.INTER_AREA)[..., None]
+
+
+def lesion_mask(probabilities: np.ndarray, region: np.ndarray, frame: LesionFrame,
+                threshold: float = 0.5) -> np.ndarray:
+    """The segmenter's (slices, rows, cols[, 1]) output back on the study's grid, inside the region."""
+    import cv2
+
+    probs = np.asarray(probabilities, np.float32)
+    if probs.ndim == 4:
+        probs = probs[..., 0]
+    y1, y2, x1, x2 = frame.box
+    h, w = round((y2 - y1) * frame.scale), round((x2 - x1) * frame.scale)
+    out = np.zeros(region.shape, bool)
+    for k, p in enumerate(probs):
+        out[k, y1:y2, x1:x2] = cv2.resize(p[:h, :w], (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR) > threshold
+    return out & np.asarray(region, bool)

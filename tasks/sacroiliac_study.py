@@ -34,12 +34,27 @@ from tasks.base import (PSEUDONYM_OPTION, TIMEPOINT_OPTION, Findings, Measure, M
                         TaskBase, TaskInputError, TaskOutput, explaining, run_role)
 from tasks.metrics import dice
 from tasks.sacroiliac_inflammation import (DEFAULT_MARGIN_SD, DEFAULT_MIN_LESION_VOXELS, asas_positive,
-                                           lesions_on_slice, marrow_reference, oedema_mask, sparcc_like)
+                                           lesion_frame, lesion_input, lesion_mask, lesions_on_slice,
+                                           marrow_reference, oedema_mask, sparcc_like)
 from tasks.sacroiliac_region import normalise_volume, region_mask, slice_stacks
 
 REGION_COLOURS = {1: (255, 200, 0)}
 OEDEMA_COLOURS = {1: (255, 200, 0), 2: (255, 40, 40)}
 INFERENCE_BATCH = 16
+INTENSITY, LEARNED = "intensity", "learned"
+METHOD_NAMES = {INTENSITY: "intensity above the study's normal-marrow reference",
+                LEARNED: "the learned oedema segmenter"}
+# Which method speaks for the study (status, ASAS, the slice viewer, the timeline) when both ran: the one that
+# agreed better with the readers in cross-validation (models/cards/sij-study-oedema-unet.md, and
+# benchmarks/sacroiliac_oedema.py for the intensity method).
+DEFAULT_METHOD = INTENSITY
+SPEAKER = "segmenter" if DEFAULT_METHOD == INTENSITY else "lesion"     # the role whose result carries it
+METHOD_OPTION = OptionSpec("oedema_method", "Oedema method that speaks for the study", choices=(
+    (DEFAULT_METHOD, f"{METHOD_NAMES[DEFAULT_METHOD]} (default)"),
+    *((m, METHOD_NAMES[m]) for m in (INTENSITY, LEARNED) if m != DEFAULT_METHOD)),
+    default=DEFAULT_METHOD,
+    help="Both methods are reported when the learned segmenter is chosen; this one sets the status, the ASAS "
+         "result, the slice viewer's oedema and the timeline.")
 SEQUENCE_OPTION = OptionSpec("sequence", "Sequence, where the file does not say", choices=(
     ("", "as the file says"), ("STIR", "STIR (fat-suppressed, for oedema)"), ("T1", "T1-weighted")),
     help="Names the sequence of a volume whose file does not say (a NIfTI file without STIR or T1 in its name, "
@@ -68,30 +83,49 @@ def region_probabilities(model: LoadedModel, volumes: list[Volume]) -> np.ndarra
 
 def measure_oedema(stir: Volume, region: np.ndarray, margin_sd: float = DEFAULT_MARGIN_SD,
                    min_voxels: int = DEFAULT_MIN_LESION_VOXELS) -> tuple[dict[str, Any], np.ndarray]:
-    """Oedema inside `region` on a STIR volume: the figures for the page and the mask (slices, rows, cols)."""
+    """Oedema inside `region` on a STIR volume by the intensity principle: the figures and the mask."""
     if int(region.sum()) < 100:
         return {"measured": False, "reason": "the region is too small to estimate normal marrow"}, \
             np.zeros(region.shape, bool)
     reference = marrow_reference(stir.voxels, region)
     mask = oedema_mask(stir.voxels, region, reference, margin_sd, min_voxels)
+    figures = oedema_figures(stir, region, mask)
+    figures.update(method=INTENSITY, reference={
+        "mode": round(reference.mode, 3), "lower_spread": round(reference.lower_spread, 3),
+        "threshold": round(reference.threshold(margin_sd), 3), "margin_sd": margin_sd})
+    return figures, mask
+
+
+def learned_oedema(model: LoadedModel, stir: Volume, region: np.ndarray, t1: Volume | None
+                   ) -> tuple[dict[str, Any], np.ndarray]:
+    """Oedema inside `region` by the learned lesion segmenter: the figures and the mask."""
+    if int(region.sum()) < 100:
+        return {"measured": False, "reason": "the region is too small to estimate normal marrow"}, \
+            np.zeros(region.shape, bool)
+    frame = lesion_frame(region, stir.spacing_mm[2])
+    x = lesion_input(stir.voxels, region, frame, t1.voxels if t1 is not None and t1.voxels.shape == stir.voxels.shape
+                     else None)
+    probs = np.concatenate([np.asarray(model(x[i:i + 4])) for i in range(0, len(x), 4)])
+    mask = lesion_mask(probs, region, frame)
+    return {**oedema_figures(stir, region, mask), "method": LEARNED}, mask
+
+
+def oedema_figures(stir: Volume, region: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """An oedema mask's figures: volume, lesions, slices, the ASAS rule, the SPARCC-style count, per slice."""
     asas = asas_positive(mask)
     _, n_lesions = ndimage.label(mask)
     sparcc = sparcc_like(mask, region, stir.voxels, stir.spacing_mm[2])
-    per_slice = [{"slice": k + 1, "ml": round(stir.volume_ml(m), 3), "lesions": asas.lesions_per_slice[k]}
-                 for k, m in enumerate(mask)]
     return {
         "measured": True,
-        "method": "intensity above the study's normal-marrow reference",
         "volume_ml": round(stir.volume_ml(mask), 3),
         "lesions": int(n_lesions),
         "slices": [k + 1 for k, m in enumerate(mask) if m.any()],
-        "reference": {"mode": round(reference.mode, 3), "lower_spread": round(reference.lower_spread, 3),
-                      "threshold": round(reference.threshold(margin_sd), 3), "margin_sd": margin_sd},
         "asas": {"positive": asas.positive, "slices": [k + 1 for k in asas.slices], "reason": asas.reason},
         "sparcc_like": {"total": sparcc.total, "slices": [s.slice + 1 for s in sparcc.slices],
                         "per_slice": [s.score for s in sparcc.slices]},
-        "per_slice": per_slice,
-    }, mask
+        "per_slice": [{"slice": k + 1, "ml": round(stir.volume_ml(m), 3), "lesions": asas.lesions_per_slice[k]}
+                      for k, m in enumerate(mask)],
+    }
 
 
 def status_of(oedema: Mapping[str, Any] | None) -> str:
@@ -107,8 +141,9 @@ class SacroiliacStudyTask(TaskBase):
                    "or either alone; one slice also works). Segments the disease region on every slice, measures "
                    "bone marrow oedema on STIR in mL, applies the ASAS definition of active sacroiliitis, and shows "
                    "the study slice by slice.")
-    roles = (RoleSpec("segmenter", "Disease-region segmentation"),)
-    options = (SEQUENCE_OPTION, PSEUDONYM_OPTION, TIMEPOINT_OPTION)
+    roles = (RoleSpec("segmenter", "Disease-region segmentation"),
+             RoleSpec("lesion", "Oedema segmentation (learned)", required=False))
+    options = (METHOD_OPTION, SEQUENCE_OPTION, PSEUDONYM_OPTION, TIMEPOINT_OPTION)
     order = 11
     reads_studies = True
     recognised_as = "sacroiliac_mri"
@@ -116,10 +151,11 @@ class SacroiliacStudyTask(TaskBase):
     reads, single_image = "MRI", "MRI slice"
     explanation_images = frozenset({"gradcam", "focused_gradcam"})
     field_labels = {"volume_ml": "Oedema volume (mL)", "region_ml": "Region volume (mL)"}
-    batch_columns = (("status", "segmenter", "status"), ("oedema_ml", "segmenter", "oedema.volume_ml"),
-                     ("lesions", "segmenter", "oedema.lesions"), ("asas_positive", "segmenter", "oedema.asas.positive"),
+    # The default method's figures (the segmenter's result carries the intensity method's, a lesion model's its own).
+    batch_columns = (("status", SPEAKER, "status"), ("oedema_ml", SPEAKER, "oedema.volume_ml"),
+                     ("lesions", SPEAKER, "oedema.lesions"), ("asas_positive", SPEAKER, "oedema.asas.positive"),
                      ("region_ml", "segmenter", "region_ml"))
-    longitudinal = (Measure("bme", "Bone marrow oedema volume", "mL", role="segmenter", field="oedema.volume_ml",
+    longitudinal = (Measure("bme", "Bone marrow oedema volume", "mL", role=SPEAKER, field="oedema.volume_ml",
                             sdc_setting="SIJ_BME_SDC_ML", sdc=0.5, worse_when="higher",
                             columns=(("ASAS", "status"), ("Lesions", "oedema.lesions"))),)
 
@@ -141,6 +177,20 @@ class SacroiliacStudyTask(TaskBase):
         focus_id = next(iter(regions), None)
         region = regions[focus_id][0] if focus_id else np.zeros(picture.shape, bool)
         oedema = regions[focus_id][1] if focus_id else np.zeros(picture.shape, bool)
+        # The learned oedema segmenters read inside the focus region; the chosen method speaks for the study.
+        lesion_outputs, learned = run_role(models, "lesion",
+                                           lambda model: self._lesions(model, stir, study.by_sequence("T1"), region,
+                                                                       focus_id))
+        outputs += lesion_outputs
+        method = options.get("oedema_method") or DEFAULT_METHOD
+        measured = {o.model_id: o for o in lesion_outputs if (o.result.get("oedema") or {}).get("measured")}
+        if method == LEARNED and measured:
+            speaker = next(iter(measured))
+            oedema = learned[speaker]
+            figures = measured[speaker].result["oedema"]
+        else:
+            method = INTENSITY
+            figures = next((o.result.get("oedema") for o in outputs if o.model_id == focus_id), None) or {}
         images: dict[str, np.ndarray] = {}
         per_slice = []
         for k in range(shown.n_slices):
@@ -156,11 +206,17 @@ class SacroiliacStudyTask(TaskBase):
             files["region.nii.gz"] = shown.nifti_bytes(region.astype(np.uint8))
             if stir is not None:
                 files["oedema.nii.gz"] = stir.nifti_bytes(oedema.astype(np.uint8))
+        comparison = self._compare(regions)
+        if measured and focus_id:
+            comparison["intensity_vs_learned_dice"] = round(dice(regions[focus_id][1], learned[next(iter(measured))]),
+                                                            4)
         summary = {"focus_segmenter": focus_id, "slices": shown.n_slices, "shown_sequence": shown.sequence,
+                   "oedema_method": method, "oedema_method_name": METHOD_NAMES[method],
+                   "status": status_of(figures), "oedema": {k: figures.get(k) for k in (
+                       "measured", "reason", "volume_ml", "lesions", "slices", "asas") if k in figures},
                    "sequences": [v.sequence for v in study.volumes], "key_slice": key_hint.get("slice"),
                    "spacing_known": not shown.meta.get("single_slice") or bool(shown.meta.get("spacing_known")),
-                   "per_slice": per_slice, "classifier": CLASSIFIER_WITHHELD,
-                   "comparison": self._compare(regions)}
+                   "per_slice": per_slice, "classifier": CLASSIFIER_WITHHELD, "comparison": comparison}
         return TaskOutput(summary=summary, models=outputs, images=images, input_picture=picture[shown.n_slices // 2],
                           files=files)
 
@@ -203,6 +259,25 @@ class SacroiliacStudyTask(TaskBase):
             images.update(gradcam_overlays(picture[key], cam, region[key]))
         return ModelOutput(model.entry.id, "segmenter", result, images), (region, oedema_mask_)
 
+    def _lesions(self, model: LoadedModel, stir: Volume | None, t1: Volume | None, region: np.ndarray,
+                 focus_id: str | None) -> tuple[ModelOutput, np.ndarray]:
+        if stir is None:
+            oedema = {"measured": False, "reason": "the study has no STIR series: oedema is measured on STIR only"}
+            mask = np.zeros(region.shape, bool)
+        elif not region.any():
+            oedema, mask = {"measured": False, "reason": "no disease region was found"}, np.zeros(region.shape, bool)
+        else:
+            oedema, mask = learned_oedema(model, stir, region, t1)
+        result = {"oedema": oedema, "status": status_of(oedema), "region_from": focus_id, "withheld": None}
+        key = int(np.argmax(mask.sum(axis=(1, 2)))) if mask.any() else None
+        images = {}
+        if key is not None:
+            picture = display_slices(stir)[key]
+            images["oedema_overlay"] = mask_overlay(picture, region[key].astype(np.uint8) + mask[key].astype(np.uint8),
+                                                    OEDEMA_COLOURS)
+            result["key_slice"] = key + 1
+        return ModelOutput(model.entry.id, "lesion", result, images), mask
+
     def _compare(self, regions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
         ids = list(regions)
         if len(ids) < 2:
@@ -211,43 +286,50 @@ class SacroiliacStudyTask(TaskBase):
         return {"segmenter_dice": round(dice(a, b), 4), "oedema_dice": round(dice(oa, ob), 4)}
 
     def headline(self, summary: dict[str, Any], results: list[dict[str, Any]]) -> str:
-        for item in results:
-            if item["role"] == "segmenter":
-                res = item["result"]
-                oedema = res.get("oedema") or {}
-                if not res.get("found"):
-                    return "No disease region found"
-                if not oedema.get("measured"):
-                    return f"Disease region found; oedema not measured ({oedema.get('reason', '')})"
-                return f"{res['status']}: oedema {oedema['volume_ml']:.2f} mL in {oedema['lesions']} lesion(s)"
-        return "Done"
+        segmenter = next((item["result"] for item in results if item["role"] == "segmenter"), None)
+        if segmenter is None:
+            return "Done"
+        if not segmenter.get("found"):
+            return "No disease region found"
+        oedema = summary.get("oedema") or segmenter.get("oedema") or {}
+        if not oedema.get("measured"):
+            return f"Disease region found; oedema not measured ({oedema.get('reason', '')})"
+        by = " (learned oedema)" if summary.get("oedema_method") == LEARNED else ""
+        return f"{status_of(oedema)}: oedema {oedema['volume_ml']:.2f} mL in {oedema['lesions']} lesion(s){by}"
 
     def report_findings(self, role: str, result: Mapping[str, Any]) -> Findings:
         if result.get("withheld"):
             return Findings(notes=[f"Disease region and oedema withheld: {result['withheld']}"])
         oedema = result.get("oedema") or {}
+        if role == "lesion":
+            found = self._oedema_findings(oedema, [("Method", METHOD_NAMES[LEARNED])], [])
+            found.images = [("oedema_overlay", f"Learned oedema on slice {result.get('key_slice')}")]
+            return found
         lines = [("Disease region", f"{'found' if result.get('found') else 'not found'}, "
                                     f"{result.get('region_ml', 0):.1f} mL on {len(result.get('slices_with_region') or [])}"
                                     " slice(s)"),
                  ("Read on", ", ".join(result.get("read_on") or []))]
-        notes = []
+        found = self._oedema_findings(oedema, lines, [CLASSIFIER_WITHHELD])
+        found.images = [("mask_overlay", f"Disease region on slice {result.get('key_slice')}"),
+                        ("focused_gradcam", "Grad-CAM of the region, focused")]
+        return found
+
+    @staticmethod
+    def _oedema_findings(oedema: Mapping[str, Any], lines: list[tuple[str, str]], notes: list[str]) -> Findings:
         tables = []
         if oedema.get("measured"):
-            lines += [("Bone marrow oedema", f"{oedema['volume_ml']:.2f} mL, {oedema['lesions']} lesion(s)"),
-                      ("ASAS MRI definition", f"{'positive' if oedema['asas']['positive'] else 'negative'}: "
-                                              f"{oedema['asas']['reason']}"
-                                              + (f" (slices {', '.join(map(str, oedema['asas']['slices']))})"
-                                                 if oedema['asas']['slices'] else "")),
-                      ("SPARCC-style count (research)", f"{oedema['sparcc_like']['total']} of 72")]
+            asas = oedema["asas"]
+            lines = lines + [
+                ("Bone marrow oedema", f"{oedema['volume_ml']:.2f} mL, {oedema['lesions']} lesion(s)"),
+                ("ASAS MRI definition", f"{'positive' if asas['positive'] else 'negative'}: {asas['reason']}"
+                                        + (f" (slices {', '.join(map(str, asas['slices']))})" if asas["slices"] else "")),
+                ("SPARCC-style count (research)", f"{oedema['sparcc_like']['total']} of 72")]
             tables.append(("Oedema per slice", ["Slice", "Oedema (mL)", "Lesions"],
                            [[str(r["slice"]), f"{r['ml']:.2f}", str(r["lesions"])]
                             for r in oedema["per_slice"] if r["ml"] > 0 or r["lesions"]] or [["-", "none", "0"]]))
         else:
-            notes.append(f"Oedema not measured: {oedema.get('reason', 'no STIR series')}.")
-        notes.append(CLASSIFIER_WITHHELD)
-        return Findings(lines=lines, notes=notes, tables=tables,
-                        images=[("mask_overlay", f"Disease region on slice {result.get('key_slice')}"),
-                                ("focused_gradcam", "Grad-CAM of the region, focused")])
+            notes = [f"Oedema not measured: {oedema.get('reason', 'no STIR series')}.", *notes]
+        return Findings(lines=lines, notes=notes, tables=tables)
 
 
 TASK = SacroiliacStudyTask()

@@ -24,7 +24,7 @@ from tasks.sacroiliac_study import measure_oedema
 from tests.conftest import create_user, login
 from tests.data_gate import data_dir, need
 
-ATT, REF = "sij_study_tiny_att", "sij_study_tiny_ref"
+ATT, REF, LESION_MODEL = "sij_study_tiny_att", "sij_study_tiny_ref", "sij_study_tiny_lesion"
 SIZE = 32
 SPACING = (0.6, 0.6, 3.3)          # the NIfTI affine's voxel axes: columns, rows, slices
 SLICES, ROWS, COLS = 6, 48, 40
@@ -84,6 +84,20 @@ def study_models_dir(tmp_path_factory) -> Path:
             "metrics": {}, "description": "Untrained, region forced everywhere, for tests.",
         }, model=model)
         write_model_card(root, entry, {})
+    model = arch.unet(input_shape=(None, None, 3), filters=(4, 8))
+    last = model.get_layer("mask")
+    kernel, bias = last.get_weights()
+    last.set_weights([np.zeros_like(kernel), np.full_like(bias, 6.0)])         # oedema everywhere in the region
+    save_for_shipping(model, root / f"{LESION_MODEL}.keras")
+    entry = register_model(root, {
+        "id": LESION_MODEL, "task": "sacroiliac_study", "role": "lesion", "version": "0.0.1",
+        "title": "Tiny learned oedema", "architecture": "tiny", "reference": False, "default": False,
+        "file": f"{LESION_MODEL}.keras", "input": {"shape": [None, None, 3], "channels": ["stir", "region", "t1"],
+                                                   "crop": "region box"},
+        "outputs": ["mask"], "gradcam_layer": None, "training": {"command": "none", "seed": 0, "epochs": 0},
+        "metrics": {}, "description": "Untrained, oedema forced everywhere, for tests.",
+    }, model=model)
+    write_model_card(root, entry, {})
     return root
 
 
@@ -232,6 +246,34 @@ def test_the_api_returns_the_study_per_slice_with_mask_links(study_client):
     other = client.post("/api/v1/analyze?wait=true", headers=headers, content_type="multipart/form-data",
                         data={"task": "sacroiliac", "file": [(io.BytesIO(b"a"), "a.png"), (io.BytesIO(b"b"), "b.png")]})
     assert other.status_code == 400 and "single file" in other.get_json()["error"]["message"]
+
+
+def test_the_learned_method_runs_beside_the_intensity_one_and_speaks_when_chosen(study_client):
+    app, client, _ = study_client
+    stir = nifti(stir_canonical())
+    run_ids = []
+    for method in ("", "learned"):
+        form = {"task": "sacroiliac_study", "model_ids": [ATT, LESION_MODEL], "option-sacroiliac_study-oedema_method":
+                method, "scan": [(io.BytesIO(stir), "case_STIR.nii.gz")]}
+        response = client.post("/upload", data=form, content_type="multipart/form-data")
+        assert response.status_code == 302, response.data[:400]
+        run_ids.append(re.search(r"/runs/([0-9a-f]{32})$", response.headers["Location"]).group(1))
+    with app.app_context():
+        default, learned = (Run.query.filter_by(public_id=r).one() for r in run_ids)
+        voxel_ml = np.prod(SPACING) / 1000
+        for run in (default, learned):
+            lesion = next(r for r in run.results if r.role == "lesion").result["oedema"]
+            # Forced everywhere: the learned mask is the whole region (every slice, whole), the intensity one the block.
+            assert lesion["method"] == "learned" and lesion["volume_ml"] == pytest.approx(SLICES * ROWS * COLS * voxel_ml,
+                                                                                         abs=1e-2)
+            assert "intensity_vs_learned_dice" in run.summary["comparison"]
+        assert default.summary["oedema_method"] == "intensity" and default.summary["oedema"]["volume_ml"] < 1
+        assert learned.summary["oedema_method"] == "learned"
+        assert learned.summary["oedema"]["volume_ml"] == pytest.approx(SLICES * ROWS * COLS * voxel_ml, abs=1e-2)
+        assert sum(r["oedema_ml"] for r in learned.summary["per_slice"]) == pytest.approx(
+            learned.summary["oedema"]["volume_ml"], abs=1e-2)
+    page = client.get(f"/runs/{run_ids[1]}").get_data(as_text=True)
+    assert "(learned oedema)" in page and "This method speaks for the study." in page
 
 
 def test_a_corrupt_volume_is_refused_and_nothing_is_stored(study_client):
