@@ -304,3 +304,29 @@ def test_shipped_region_models_find_the_region_on_a_real_study():
         model = registry.load(model_id)
         probs = region_probabilities(model, list(study.volumes))
         assert dice(region_mask(probs[..., None], truth.shape[1:]), truth) > 0.8, model_id
+
+
+def test_the_timeline_follows_the_oedema_volume_and_flags_a_change(app, client):
+    """Three studies of one pseudonym: the oedema volume over time, a rise beyond the smallest detectable change
+    flagged as progression, a fall within it stable, with the ASAS status beside it."""
+    from datetime import datetime
+
+    from database import ModelResult, RunStatus
+
+    alice = create_user(app, "alice")
+    with app.app_context():
+        for when, ml, positive in (("2025-01-10", 1.0, True), ("2025-07-01", 2.4, True), ("2026-01-05", 2.2, True)):
+            run = Run(user_id=alice, task="sacroiliac_study", status=RunStatus.DONE, created_at=datetime(2026, 1, 1),
+                      options={"pseudonym": "SIJ-7", "timepoint": when}, input_image="input.png", input_kind="study")
+            oedema = {"measured": True, "volume_ml": ml, "lesions": 2, "asas": {"positive": positive}}
+            run.results.append(ModelResult(model_id=ATT, model_version="1", model_sha256="0" * 64, role="segmenter",
+                                           position=0, result={"oedema": oedema, "status": "ASAS-positive MRI"}))
+            db.session.add(run)
+        db.session.commit()
+    assert login(client, "alice").status_code == 302
+    response = client.post("/timeline/", data={"pseudonym": "SIJ-7"})
+    key = re.search(r"/timeline/([0-9a-f]{32})$", response.headers["Location"]).group(1)
+    html = client.get(f"/timeline/{key}").get_data(as_text=True)
+    assert "Bone marrow oedema volume" in html and "progression (+1.40)" in html and "stable (-0.20)" in html
+    chart = client.get(f"/timeline/{key}/sacroiliac_study/bme.png")
+    assert chart.status_code == 200 and chart.mimetype == "image/png"

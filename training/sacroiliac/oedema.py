@@ -42,11 +42,11 @@ MODEL_ID = "sij-study-oedema-unet"
 
 @dataclass(frozen=True)
 class OedemaConfig:
-    filters: tuple[int, ...] = (8, 16, 32, 64)
-    epochs: int = 30
+    filters: tuple[int, ...] = (8, 16, 32)
+    epochs: int = 15
     steps_per_epoch: int = 20
     batch_size: int = 8
-    crop: int = 160               # training tiles (pixels at the training pixel size)
+    crop: int = 128               # training tiles (pixels at the training pixel size)
     lr: float = 2e-3
     t1_dropout: float = 0.3       # train without the T1 channel this often: a study may come without T1
     seed: int = 0

@@ -246,7 +246,8 @@ def card_sections(entry: dict[str, Any]) -> dict[str, str]:
             "study's own grid; per-slice Dice over slices where the reference or the prediction holds region):\n\n"
             + "\n".join(rows) + "\n\n" + "\n".join(per_case) + "\n\n"
             "Target: mean per-slice Dice 0.93 (the published model reached 0.94 on its own two test cases, which are "
-            "not in this copy). The reference U-Net beside it was trained on the same folds with the same schedule."),
+            "not in this copy). The attention U-Net and the reference U-Net are trained on the same folds; each "
+            "one's schedule is in its training block."),
         "Known failure modes and limits": (
             "Nine cases from one centre and one protocol: other scanners, field strengths, slice thicknesses or "
             "oblique angles are untested. Slices at the ends of the study, where the joints leave the plane, carry "
