@@ -37,9 +37,16 @@ test: $(STAMP)
 # The knee grader is an ensemble of three graders, each trained in two stages (160 px, then 224 px).
 # Calibration comes last: its temperatures are fitted to the shipped files of the models it calibrates.
 KNEE_WORK = /tmp/jointscan_knee_work
+SIJ_WORK = /tmp/jointscan_sij_region
 models: $(STAMP)
 	$(PY) -m training.sacroiliac --out models
 	$(PY) -m training.sacroiliac.ood --out models
+	$(PY) -m training.sacroiliac.region --architecture attention_unet --epochs 60 --folds 0,1,2 --final --work $(SIJ_WORK)
+	$(PY) -m training.sacroiliac.region --architecture attention_unet --folds none --export models --work $(SIJ_WORK)
+	$(PY) -m training.sacroiliac.region --architecture unet --epochs 30 --folds 0,1,2 --final --work $(SIJ_WORK)
+	$(PY) -m training.sacroiliac.region --architecture unet --folds none --export models --work $(SIJ_WORK)
+	$(PY) -m training.sacroiliac.oedema --folds all --final --work $(SIJ_WORK)/oedema
+	$(PY) -m training.sacroiliac.oedema --folds none --export models --work $(SIJ_WORK)/oedema
 	$(PY) -m training.hand --out models
 	$(PY) -m training.knee --size 160 --budget-min 55 --seed 0 --stage train --work $(KNEE_WORK)/m0_stage1
 	$(PY) -m training.knee --size 224 --budget-min 65 --lr 0.001 --seed 0 --stage train --work $(KNEE_WORK)/m0_stage2 \
@@ -60,6 +67,8 @@ models: $(STAMP)
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/sacroiliac_figures.py
+	$(PY) benchmarks/sacroiliac_oedema.py
+	$(PY) benchmarks/sacroiliac_study_speed.py
 	$(PY) benchmarks/hand_figures.py
 	$(PY) benchmarks/hand_speed.py
 	$(PY) benchmarks/knee_figures.py

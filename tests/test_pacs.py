@@ -24,6 +24,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pypdf import PdfReader
 
 from database import ModelResult, Run, RunStatus, db
+from imaging.dicom_terms import sequence_kind
 from pacs.export import ENCAPSULATED_PDF
 from tests.conftest import create_user, leaked_text, login
 from tests.data_gate import data_dir, need
@@ -283,3 +284,37 @@ def test_pacs_errors_are_clear_and_store_nothing(make_app, orthanc, loaded):
     assert nothing.status_code == 200 and "No study matches" in nothing.get_data(as_text=True)
     with right.app_context():
         assert Run.query.count() == 0
+
+
+def test_a_series_from_the_pacs_is_analysed_as_a_study_and_its_oedema_goes_back(pacs_app, orthanc):
+    """The study task takes the whole STIR series (15 slices, de-identified as uploads are), and the measurement
+    report it sends back carries the oedema volume and the ASAS result of the run."""
+    app, client = pacs_app
+    page = client.post("/pacs/", data={"modality": "MR", "patient_id": "02-01"}).get_data(as_text=True)
+    study_uid = _study_uid(page)
+    series_page = client.post("/pacs/study", data={"study_uid": study_uid}).get_data(as_text=True)
+    files = [dcmread(p, stop_before_pixels=True) for p in (data_dir() / "sij_mri_dicom" / "patient1").glob("*.dcm")]
+    stir = next(f.SeriesInstanceUID for f in files if sequence_kind(f) == "STIR")
+    assert stir in series_page
+    response = client.post("/pacs/analyse", data={"study_uid": study_uid, "series_uid": stir,
+                                                  "task": "sacroiliac_study"})
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+    public_id = re.search(r"/runs/([0-9a-f]{32})$", response.headers["Location"]).group(1)
+    with app.app_context():
+        run = Run.query.filter_by(public_id=public_id).one()
+        assert run.status == RunStatus.DONE, run.error
+        assert run.input_kind == "study" and run.input_meta["slices"] == 15
+        assert run.input_meta["series"][0]["sequence"] == "STIR"
+        result = next(r.result for r in run.results if r.role == "segmenter")
+    dump = _dump(app)
+    assert str(files[0].PatientID) not in dump and str(files[0].PatientName) not in dump
+    stored = client.post(f"/pacs/runs/{public_id}/store")
+    assert stored.status_code == 302
+    reports = [d for d in _held(orthanc, study_uid) if d.Modality == "SR"]
+    numbers = [dict((name, value) for name, value, _ in _numbers(sr)) for sr in reports]
+    ours = [n for n in numbers if n.get("Sacroiliac disease region volume") == pytest.approx(result["region_ml"],
+                                                                                              abs=1e-3)]
+    assert ours, numbers
+    if (result["oedema"] or {}).get("measured"):
+        assert ours[0]["Volume of hyperintense bone marrow oedema"] == pytest.approx(result["oedema"]["volume_ml"],
+                                                                                      abs=1e-3)

@@ -286,6 +286,30 @@ def test_a_corrupt_volume_is_refused_and_nothing_is_stored(study_client):
         assert Run.query.count() == 0
 
 
+def test_a_real_dicom_series_uploads_as_a_study_and_keeps_no_identifier(study_client):
+    app, client, _ = study_client
+    folder = data_dir() / "sij_mri_dicom" / "patient1"
+    need(folder)
+    files = sorted(folder.glob("*.dcm"))
+    form = {"task": "sacroiliac_study", "model_ids": [ATT],
+            "scan": [(io.BytesIO(p.read_bytes()), p.name) for p in files]}
+    response = client.post("/upload", data=form, content_type="multipart/form-data")
+    assert response.status_code == 302, response.data[:400]
+    run_id = re.search(r"/runs/([0-9a-f]{32})$", response.headers["Location"]).group(1)
+    with app.app_context():
+        run = Run.query.filter_by(public_id=run_id).one()
+        assert run.status == "done", run.error
+        assert sorted(s["sequence"] for s in run.input_meta["series"]) == ["STIR", "T1"]
+        assert run.input_meta["slices"] == 15 and len(run.summary["per_slice"]) == 15
+        dump = "\n".join(db.session.connection().connection.driver_connection.iterdump())
+    import pydicom
+
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    for value in (header.get("PatientID"), header.get("StudyInstanceUID"), header.get("InstitutionName")):
+        if value:
+            assert str(value) not in dump
+
+
 # -- real studies ------------------------------------------------------------------------
 def test_shipped_region_models_find_the_region_on_a_real_study():
     from model_loader import ModelRegistry
