@@ -14,6 +14,8 @@ GUSS joint score) use JointScan's local coding scheme (99JSCAN, the DICOM form f
 """
 from __future__ import annotations
 
+import gzip
+
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -73,6 +75,8 @@ class RunFacts:
     models: list[ModelFacts]
     pictures: list[tuple[Path, str]]       # overlay pictures and their captions
     pdf: bytes
+    # A study's masks as NIfTI on the analysed series' grid (the study task's downloads), by segment name.
+    volumes: dict[str, Path] = field(default_factory=dict)
 
 
 class _Numbers:
@@ -339,10 +343,65 @@ def encapsulated_pdf(source: Dataset, pdf: bytes, numbers: _Numbers, title: str)
     return FileDataset(None, ds, file_meta=ds.file_meta, preamble=b"\0" * 128)
 
 
-def build(source: Dataset, facts: RunFacts) -> list[Dataset]:
-    """Every object of the export, SEG first (the SR's evidence is the source image)."""
+STUDY_SEGMENTS = {"region.nii.gz": ("Sacroiliac disease region", codes.SCT.AnatomicalStructure,
+                                     codes.SCT.SacroiliacJoint),
+                  "oedema.nii.gz": ("Bone marrow oedema", codes.SCT.MorphologicallyAbnormalStructure,
+                                    codes.SCT.Edema)}
+
+
+def slice_order(series: list[Dataset]) -> list[Dataset]:
+    """The series' images in the order the study reader stacks them (position along the slice normal), so that
+    frame k of a study mask is the k-th image here."""
+    def along_normal(ds: Dataset) -> float:
+        ori = np.asarray(ds.ImageOrientationPatient, float)
+        return float(np.cross(ori[:3], ori[3:]) @ np.asarray(ds.ImagePositionPatient, float))
+
+    return sorted((d for d in series if "PixelData" in d), key=along_normal)
+
+
+def study_segmentation(series: list[Dataset], facts: RunFacts, numbers: _Numbers) -> list[hd.seg.Segmentation]:
+    """One multi-frame SEG of the whole analysed series: the disease region and the oedema, frame by frame on
+    the source images (their NIfTI masks are stored on the reader's grid: columns, rows, slices)."""
+    import nibabel as nib
+
+    images = slice_order(series)
+    segmenter = next((m for m in facts.models if m.role == "segmenter"), None)
+    if not images or segmenter is None:
+        return []
+    frames, descriptions = [], []
+    for name, (label, category, kind) in STUDY_SEGMENTS.items():
+        path = facts.volumes.get(name)
+        if path is None:
+            continue
+        stored = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(path.read_bytes())).dataobj) > 0
+        if stored.shape != (int(images[0].Columns), int(images[0].Rows), len(images)):
+            raise ValueError(f"the {label.lower()} mask is not on the series' grid")
+        if not stored.any():
+            continue
+        frames.append(np.stack([stored[:, :, k].T for k in range(len(images))]))
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=len(descriptions) + 1, segment_label=label, segmented_property_category=category,
+            segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name=segmenter.model_id, version=segmenter.version, family=codes.cid7162.ArtificialIntelligence,
+                parameters={"sha256": segmenter.sha256})))
+    if not frames:
+        return []
+    return [hd.seg.Segmentation(
+        source_images=images, pixel_array=np.stack(frames, axis=-1).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(), series_number=numbers.next(), sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=segmenter.model_id,
+        software_versions=segmenter.version, device_serial_number=facts.run_id,
+        content_description=f"Disease region and oedema by {segmenter.model_id}"[:64], content_label="JOINTSCAN")]
+
+
+def build(source: Dataset, facts: RunFacts, series: list[Dataset] | None = None) -> list[Dataset]:
+    """Every object of the export, SEG first (the SR's evidence is the source image). A study's run also gets the
+    analysed `series`: its masks go back as one SEG over all of the series' images."""
     numbers = _Numbers()
-    objects: list[Dataset] = list(segmentations(source, facts, numbers))
+    objects: list[Dataset] = (study_segmentation(series, facts, numbers) if series is not None and facts.volumes
+                              else list(segmentations(source, facts, numbers)))
     objects.append(measurement_report(source, facts, numbers))
     objects += secondary_captures(source, facts, numbers)
     objects.append(encapsulated_pdf(source, facts.pdf, numbers, f"JointScan report {facts.run_id[:8]}"))

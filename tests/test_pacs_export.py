@@ -104,3 +104,56 @@ def test_knee_grade_and_side():
     assert numbers == {"Kellgren-Lawrence grade": 3.0, "Kellgren-Lawrence grade, continuous": 2.7}
     texts = " ".join(str(e.value) for e in sr.iterall() if isinstance(e.value, str))
     assert "Knee" in texts and "Left" in texts
+
+
+def test_a_study_run_gives_one_seg_over_the_whole_series_frame_by_frame(tmp_path):
+    """A study's masks (NIfTI on the reader's grid) go back as one SEG referencing every image of the series, each
+    frame on the image it was read from, whatever order the PACS returned them in."""
+    from pydicom.uid import generate_uid
+
+    from imaging.volume import read_study
+
+    series_uid, frame_uid = generate_uid(), generate_uid()
+    pixels = (np.arange(160 * 200).reshape(160, 200) % 251).astype(np.uint16)
+    normal = np.cross([1, 0, 0], [0, 0.8, -0.6])
+    images = []
+    for k in range(4):
+        blob = _dicom(pixels, "MR", "ACC2", PixelSpacing=[0.5, 0.8], SliceThickness=3.0,
+                      ImageOrientationPatient=[1, 0, 0, 0, 0.8, -0.6],
+                      ImagePositionPatient=list(np.array([-50.0, -40.0, 30.0]) + 3.0 * k * normal), InstanceNumber=k + 1)
+        ds = dcmread(io.BytesIO(blob))
+        ds.SeriesInstanceUID, ds.FrameOfReferenceUID = series_uid, frame_uid
+        ds.StudyInstanceUID = images[0].StudyInstanceUID if images else ds.StudyInstanceUID
+        images.append(ds)
+    study = read_study([_bytes(d) for d in images])
+    volume = study.volumes[0]
+    region = np.zeros(volume.voxels.shape, np.uint8)
+    region[1:3, 20:60, 30:90] = 1                       # canonical slices 1 and 2
+    oedema = np.zeros_like(region)
+    oedema[2, 30:40, 40:50] = 1
+    (tmp_path / "region.nii.gz").write_bytes(volume.nifti_bytes(region))
+    (tmp_path / "oedema.nii.gz").write_bytes(volume.nifti_bytes(oedema))
+    facts = RunFacts("b" * 32, "sacroiliac_study", [
+        ModelFacts("sij-study-region-attention-unet", "1.0.0", SHA, "segmenter",
+                   {"found": True, "region_ml": 1.0, "oedema": {"measured": False}})], [], b"%PDF-1.4 r",
+        {"region.nii.gz": tmp_path / "region.nii.gz", "oedema.nii.gz": tmp_path / "oedema.nii.gz"})
+    shuffled = [images[2], images[0], images[3], images[1]]
+    objects = _round_trip(build(images[1], facts, shuffled))
+    assert kinds(objects)["SEG"] == 1
+    seg = hd.seg.Segmentation.from_dataset(objects[0])
+    referenced = {str(i.ReferencedSOPInstanceUID) for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {str(d.SOPInstanceUID) for d in images}
+    assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == ["Sacroiliac disease region", "Bone marrow oedema"]
+    # The reader put the slices in order along the normal: the image stored k-th along it carries frame k.
+    by_position = sorted(images, key=lambda d: float(normal @ np.asarray(d.ImagePositionPatient, float)))
+    for k, image in enumerate(by_position):
+        got = np.asarray(seg.get_pixels_by_source_instance([image.SOPInstanceUID], segment_numbers=[1, 2],
+                                                           ignore_spatial_locations=True))[0]
+        assert np.array_equal(got[..., 0].astype(bool), region[k] > 0), k
+        assert np.array_equal(got[..., 1].astype(bool), oedema[k] > 0), k
+
+
+def _bytes(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

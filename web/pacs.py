@@ -22,7 +22,7 @@ from database import Run, RunStatus
 from jobs import wait_until_settled
 from pacs.client import Pacs, PacsError, PacsSettings, pick_image
 from pacs.export import ModelFacts, RunFacts, build, kinds
-from predict import Analysis, ImageReadError, PredictionError
+from predict import STUDY_KIND, Analysis, ImageReadError, PredictionError
 from reports.pdf import render
 from storage import results_dir
 from tasks import all_tasks, get_task
@@ -166,7 +166,8 @@ def run_facts(run: Run) -> RunFacts:
     models = [ModelFacts(mr.model_id, str(mr.model_version), mr.model_sha256 or "", mr.role, mr.result or {},
                          {k: folder / v for k, v in (mr.images or {}).items()}) for mr in run.results]
     pictures = [(p.path, p.caption) for section in report.models for p in section.pictures]
-    return RunFacts(run.public_id, run.task, models, pictures, render(report))
+    volumes = {name: folder / stored for name, stored in ((run.summary or {}).get("files") or {}).items()}
+    return RunFacts(run.public_id, run.task, models, pictures, render(report), volumes)
 
 
 def store_results(run: Run, user) -> dict[str, int]:
@@ -177,8 +178,10 @@ def store_results(run: Run, user) -> dict[str, int]:
         raise PacsError("Only a finished analysis of an image from the PACS can go back to it.", 409)
     pacs = Pacs(pacs_settings())
     image = pacs.retrieve_instance(source["study_uid"], source["series_uid"], source["sop_uid"])
+    # A study's run: its masks go back over the whole analysed series, retrieved again (held in memory only).
+    series = pacs.retrieve_series(source["study_uid"], source["series_uid"]) if run.input_kind == STUDY_KIND else None
     try:
-        objects = build(image, run_facts(run))
+        objects = build(image, run_facts(run), series)
     except (ValueError, KeyError) as exc:
         raise PacsError(f"The results could not be written as DICOM ({exc}).", 422) from exc
     pacs.store(objects, source["study_uid"])
