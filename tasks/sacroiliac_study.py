@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from imaging.gradcam import grad_cam_class_sum
-from imaging.overlay import gradcam_overlays, mask_overlay
+from imaging.gradcam import batch_grad_cams, focus, grad_cam_class_sum
+from imaging.overlay import gradcam_overlays, heatmap_overlay, mask_overlay
 from imaging.volume import Study, Volume
 from model_loader import LoadedModel
 from tasks.base import (PSEUDONYM_OPTION, TIMEPOINT_OPTION, Findings, Measure, ModelOutput, OptionSpec, RoleSpec,
@@ -159,6 +159,9 @@ class SacroiliacStudyTask(TaskBase):
                             sdc_setting="SIJ_BME_SDC_ML", sdc=0.5, worse_when="higher",
                             columns=(("ASAS", "status"), ("Lesions", "oedema.lesions"))),)
 
+    def is_explanation(self, image_name: str) -> bool:
+        return image_name in self.explanation_images or image_name.endswith("_gradcam")     # a slice's Grad-CAM
+
     def check_study(self, study: Study) -> None:
         super().check_study(study)
         for volume in study.volumes:
@@ -192,8 +195,13 @@ class SacroiliacStudyTask(TaskBase):
             method = INTENSITY
             figures = next((o.result.get("oedema") for o in outputs if o.model_id == focus_id), None) or {}
         images: dict[str, np.ndarray] = {}
+        cams = self._slice_cams(models["segmenter"][0], anatomy[0]) if focus_id else None
         per_slice = []
         for k in range(shown.n_slices):
+            if cams is not None:
+                cam = cv2.resize(cams[k], picture.shape[2:0:-1], interpolation=cv2.INTER_LINEAR)
+                images[f"s{k:02d}_gradcam"] = (heatmap_overlay(picture[k], focus(cam, region[k]), mask=region[k])
+                                               if region[k].any() else heatmap_overlay(picture[k], cam))
             images[f"s{k:02d}_image"] = (picture[k] * 255).astype(np.uint8)
             images[f"s{k:02d}_region"] = mask_overlay(picture[k], region[k].astype(np.uint8), REGION_COLOURS)
             layered = region[k].astype(np.uint8) + oedema[k].astype(np.uint8)
@@ -258,6 +266,16 @@ class SacroiliacStudyTask(TaskBase):
             cam = cv2.resize(cam, picture.shape[2:0:-1], interpolation=cv2.INTER_LINEAR)
             images.update(gradcam_overlays(picture[key], cam, region[key]))
         return ModelOutput(model.entry.id, "segmenter", result, images), (region, oedema_mask_)
+
+    def _slice_cams(self, model: LoadedModel, volume: Volume) -> np.ndarray | None:
+        """The focus segmenter's Grad-CAM of its region on every slice, in one pass (feature-map size)."""
+        if not model.entry.gradcam_layer:
+            return None
+        import tensorflow as tf
+
+        explaining(model)
+        stacks = slice_stacks(normalise_volume(volume.voxels), int(model.entry.input_shape[0]))
+        return batch_grad_cams(model.gradcam_model(), stacks, [lambda out: tf.reduce_sum(out[..., 0], axis=(1, 2))])[0]
 
     def _lesions(self, model: LoadedModel, stir: Volume | None, t1: Volume | None, region: np.ndarray,
                  focus_id: str | None) -> tuple[ModelOutput, np.ndarray]:

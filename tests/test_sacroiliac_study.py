@@ -202,6 +202,10 @@ def test_upload_a_study_see_it_slice_by_slice_and_download_its_masks(study_clien
     with app.app_context():
         assert picture.endswith(Run.query.filter_by(public_id=run_id).one().images["s04_region"])
     assert client.get(picture).status_code == 200
+    cam = client.get(f"/runs/{run_id}?slice=3&gradcam=on").get_data(as_text=True)
+    picture = re.search(r'<img id="slice-picture" src="([^"]+)"', cam).group(1)
+    with app.app_context():
+        assert picture.endswith(Run.query.filter_by(public_id=run_id).one().images["s02_gradcam"])
     assert "slice 6 of 6" in client.get(f"/runs/{run_id}?slice=99").get_data(as_text=True)   # clamped
     assert client.get(f"/runs/{run_id}?slice=-3").status_code == 200                        # the key slice
     # The masks as NIfTI on the input's grid, the region's on the shown (STIR) series.
@@ -239,10 +243,12 @@ def test_the_api_returns_the_study_per_slice_with_mask_links(study_client):
     study = body["study"]
     assert len(study["per_slice"]) == SLICES and study["series"][0]["sequence"] == "STIR"
     assert [r["lesions"] for r in study["per_slice"]][2:4] == [1, 1] and study["per_slice"][2]["oedema_ml"] > 0
-    assert set(study["per_slice"][2]["images"]) == {"image", "region", "oedema"}
+    assert set(study["per_slice"][2]["images"]) == {"image", "region", "oedema", "gradcam"}
     assert not any(name.startswith("s0") for name in body["images"])       # slices are listed per slice only
     assert set(study["files"]) == {"region.nii.gz", "oedema.nii.gz"}
     assert body["results"][0]["result"]["oedema"]["asas"]["positive"] is True
+    plain = client.get(f"/api/v1/runs/{body['id']}?include_heatmaps=false", headers=headers).get_json()
+    assert set(plain["study"]["per_slice"][2]["images"]) == {"image", "region", "oedema"}    # no Grad-CAM
     other = client.post("/api/v1/analyze?wait=true", headers=headers, content_type="multipart/form-data",
                         data={"task": "sacroiliac", "file": [(io.BytesIO(b"a"), "a.png"), (io.BytesIO(b"b"), "b.png")]})
     assert other.status_code == 400 and "single file" in other.get_json()["error"]["message"]

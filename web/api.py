@@ -176,23 +176,23 @@ def run_json(run: Run, include_heatmaps: bool = True) -> dict[str, Any]:
                   "html": url_for("scans.result", public_id=run.public_id, _external=True)},
     }
     if run.input_kind == STUDY_KIND:
-        body["study"] = study_json(run, meta, done)
+        body["study"] = study_json(run, meta, done, task, include_heatmaps)
     if run.status == RunStatus.FAILED:
         body["error"] = run.error
     return body
 
 
-SLICE_IMAGE = re.compile(r"s(\d{2,3})_(image|region|oedema)")
+SLICE_IMAGE = re.compile(r"s(\d{2,3})_(image|region|oedema|gradcam)")
 
 
-def study_json(run: Run, meta: dict[str, Any], done: bool) -> dict[str, Any]:
+def study_json(run: Run, meta: dict[str, Any], done: bool, task: Any, include_heatmaps: bool) -> dict[str, Any]:
     """A study's run: its series (coded facts), one row per slice with the slice viewer's pictures, and the
     masks as NIfTI volumes on the input's grid."""
     summary = run.summary or {}
     pictures: dict[int, dict[str, str]] = {}
     for name, file_name in (run.images or {}).items() if done else ():
         match = SLICE_IMAGE.fullmatch(name)
-        if match:
+        if match and (include_heatmaps or not is_heatmap(task, name)):
             pictures.setdefault(int(match.group(1)) + 1, {})[match.group(2)] = image_url(run, file_name,
                                                                                        external=True)
     return {"series": meta.get("series") or [], "slices": meta.get("slices"),

@@ -15,17 +15,24 @@
   var caption = document.getElementById("slice-caption");
   var region = document.getElementById("layer-region");
   var oedema = document.getElementById("layer-oedema");
+  var gradcam = document.getElementById("layer-gradcam");     // absent when the segmenter has no Grad-CAM
   var show = document.getElementById("slice-show");
   if (show) { show.hidden = true; }     // the controls act at once
 
-  function layer() { return oedema.checked ? "oedema" : (region.checked ? "region" : "image"); }
+  function layer() {
+    if (gradcam && gradcam.checked) { return "gradcam"; }
+    return oedema.checked ? "oedema" : (region.checked ? "region" : "image");
+  }
 
   function render() {
     var urls = info.urls[current - 1];
     picture.src = urls[layer()];
     var parts = ["Slice " + current + " of " + n];
-    if (region.checked) { parts.push("disease region"); }
-    if (oedema.checked) { parts.push("oedema"); }
+    if (layer() === "gradcam") { parts.push("Grad-CAM of the region"); }
+    else {
+      if (region.checked) { parts.push("disease region"); }
+      if (oedema.checked) { parts.push("oedema"); }
+    }
     picture.alt = parts.join(", ");
     range.value = String(current);
     range.setAttribute("aria-valuetext", "slice " + current + " of " + n);
@@ -58,6 +65,7 @@
   range.addEventListener("input", function () { go(parseInt(range.value, 10)); });
   region.addEventListener("change", render);
   oedema.addEventListener("change", render);
+  if (gradcam) { gradcam.addEventListener("change", render); }
   viewer.addEventListener("keydown", function (event) {
     if (event.target === range) { return; }          // the slider handles its own arrow keys
     if (event.key === "ArrowLeft" || event.key === "ArrowUp") { event.preventDefault(); go(current - 1); }
