@@ -438,7 +438,7 @@ def _end_failed(run_id: int, attempt: int, reason: str, queued: Path) -> None:
         log.exception("could not mark run %d failed", run_id)
 
 
-def analyze(user: User, data: bytes, request: Analysis, *, registry: ModelRegistry, results_dir: Path,
+def analyze(user: User, data: UploadFiles, request: Analysis, *, registry: ModelRegistry, results_dir: Path,
             limits: Limits = Limits(), settings: JobSettings = JobSettings()) -> Run:
     """Submit and run at once, in this thread (the batch command without workers). The stored run, done or
     failed; raises PredictionError (with the run's id) when it failed, as an upload's page would show."""

@@ -99,8 +99,8 @@ def test_the_label_names_the_dicom_headers_coded_body_part_only():
 
 def test_every_task_names_the_kind_it_reads():
     kinds = {name: task.recognised_as for name, task in all_tasks().items()}
-    assert kinds == {"sacroiliac": "sacroiliac_mri", "spine": "spine_mri", "knee": "knee_radiograph",
-                     "hand": "hand_radiograph"}
+    assert kinds == {"sacroiliac": "sacroiliac_mri", "sacroiliac_study": "sacroiliac_mri", "spine": "spine_mri",
+                     "knee": "knee_radiograph", "hand": "hand_radiograph"}
     assert set(kinds.values()) <= set(KINDS)
 
 
@@ -347,3 +347,25 @@ def test_a_tiny_training_run_registers_a_recogniser_with_its_held_out_figures(tm
     model = registry.load(MODEL_ID)
     assert np.asarray(model(recogniser_input(np.random.default_rng(0).random((80, 60))))).shape == (1, len(KINDS))
     assert "## Metrics on held-out data" in (tmp_path / entry.card).read_text()
+
+
+def test_a_study_is_recognised_from_its_middle_slice_and_goes_to_the_study_task(make_app, damaged_models_dir,
+                                                                                scan_png):
+    """A NIfTI volume (or a zip) is read as a study for the recogniser; sacroiliac MRI then suggests the task that
+    reads whole studies, while one slice still suggests the slice task."""
+    import gzip
+
+    import nibabel as nib
+
+    wired_recogniser(damaged_models_dir, "sacroiliac_mri")
+    app = make_app(MODELS_DIR=str(damaged_models_dir))
+    create_user(app, "alice")
+    client = app.test_client()
+    headers = _api_token(app)
+    volume = gzip.compress(nib.Nifti1Image(np.random.default_rng(0).random((40, 48, 6)).astype(np.float32),
+                                           np.diag([0.6, 0.6, 3.3, 1.0])).to_bytes())
+    study = _post_api(client, "/api/v1/recognise", volume, headers).get_json()
+    assert study["recognised"]["kind"] == "sacroiliac_mri" and study["suggested_task"] == "sacroiliac_study"
+    assert study["input"]["width"] == 40 or study["input"]["height"] == 40
+    one = _post_api(client, "/api/v1/recognise", scan_png, headers).get_json()
+    assert one["suggested_task"] == "sacroiliac"

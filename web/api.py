@@ -328,7 +328,8 @@ def recognise_scan(user):
         return json_error(400, "Send the scan as the multipart form field 'file' (repeat it for the files of a "
                                "study).")
     try:
-        found = recognise_upload(upload.read(), registry=current_registry(), limits=upload_limits())
+        # A study's files are alike: the first one tells what the upload is.
+        found = recognise_upload(uploads[0].read(), registry=current_registry(), limits=upload_limits())
     except (ImageReadError, PredictionError) as exc:
         record("recognise", "failed", user=user, detail=f"HTTP {exc.status} ({type(exc).__name__})")
         return json_error(exc.status, exc.message)
