@@ -202,12 +202,7 @@ class Task(Protocol):
         """One line for the history list; `results` are dicts with model_id, role and result."""
 
     def check_study(self, study: Any) -> None:
-        """A study task's input checks (the modality); tasks with further limits extend this."""
-        for volume in study.volumes:
-            modality = volume.meta.get("modality")
-            if modality not in self.accepted_modalities and modality is not None:
-                raise TaskInputError(f"This task reads {self.reads}; the file is a {modality} image. "
-                                     "Choose the task that matches the scan.")
+        """Raise TaskInputError when a study (a task that reads studies) does not suit the task."""
 
     def is_explanation(self, image_name: str) -> bool:
         """Whether the image named so is one of `explanation_images`."""
@@ -359,19 +354,21 @@ class TaskBase:
 
     def check_input(self, image: DecodedImage) -> None:
         """The right modality and one grey image; tasks with further limits extend this."""
-        if image.modality not in self.accepted_modalities:
-            raise TaskInputError(f"This task reads {self.reads}; the file is a {image.modality} image. "
-                                 "Choose the task that matches the scan.")
+        self._check_modality(image.modality)
         if image.pixels.ndim != 2:
             raise TaskInputError(f"Expected a single grey {self.single_image}.")
 
     def check_study(self, study: Any) -> None:
-        """A study task's input checks (the modality); tasks with further limits extend this."""
+        """A study task's input checks (the modality of every series; a NIfTI volume has none to read);
+        tasks with further limits extend this."""
         for volume in study.volumes:
-            modality = volume.meta.get("modality")
-            if modality not in self.accepted_modalities and modality is not None:
-                raise TaskInputError(f"This task reads {self.reads}; the file is a {modality} image. "
-                                     "Choose the task that matches the scan.")
+            if volume.meta.get("modality") is not None:
+                self._check_modality(volume.meta["modality"])
+
+    def _check_modality(self, modality: str | None) -> None:
+        if modality not in self.accepted_modalities:
+            raise TaskInputError(f"This task reads {self.reads}; the file is a {modality} image. "
+                                 "Choose the task that matches the scan.")
 
     def is_explanation(self, image_name: str) -> bool:
         """Whether a stored image explains a decision (the API leaves these out on include_heatmaps=false)."""

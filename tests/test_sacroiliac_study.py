@@ -65,40 +65,34 @@ def nifti(canonical: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def study_models_dir(tmp_path_factory) -> Path:
     from training import architectures as arch
-    from training.export import register_model, save_for_shipping, write_model_card
 
     root = tmp_path_factory.mktemp("study_models")
-    for mid, build, reference, cam in ((ATT, arch.attention_unet, False, "dec0_2_relu"),
-                                       (REF, arch.unet, True, "dec0_conv2")):
-        model = build(input_shape=(SIZE, SIZE, 3), filters=(4, 8))
-        last = model.get_layer("mask")
-        kernel, bias = last.get_weights()
-        last.set_weights([np.zeros_like(kernel), np.full_like(bias, 6.0)])     # region everywhere
-        save_for_shipping(model, root / f"{mid}.keras")
-        entry = register_model(root, {
-            "id": mid, "task": "sacroiliac_study", "role": "segmenter", "version": "0.0.1",
-            "title": f"Tiny study segmenter {mid}", "architecture": "tiny", "reference": reference, "default": True,
-            "file": f"{mid}.keras", "input": {"shape": [SIZE, SIZE, 3], "channels": ["before", "slice", "after"],
-                                              "crop": "full"},
-            "outputs": ["mask"], "gradcam_layer": cam, "training": {"command": "none", "seed": 0, "epochs": 0},
-            "metrics": {}, "description": "Untrained, region forced everywhere, for tests.",
-        }, model=model)
-        write_model_card(root, entry, {})
-    model = arch.unet(input_shape=(None, None, 3), filters=(4, 8))
+    size = (SIZE, SIZE, 3)
+    for mid, model, role, reference, default, cam in (
+            (ATT, arch.attention_unet(input_shape=size, filters=(4, 8)), "segmenter", False, True, "dec0_2_relu"),
+            (REF, arch.unet(input_shape=size, filters=(4, 8)), "segmenter", True, True, "dec0_conv2"),
+            (LESION_MODEL, arch.unet(input_shape=(None, None, 3), filters=(4, 8)), "lesion", False, False, None)):
+        _ship_forced_everywhere(root, mid, model, role, reference, default, cam)
+    return root
+
+
+def _ship_forced_everywhere(root: Path, mid: str, model, role: str, reference: bool, default: bool,
+                            cam: str | None) -> None:
+    """An untrained model whose mask is forced to "everywhere" (zero last kernel, large bias), registered."""
+    from training.export import register_model, save_for_shipping, write_model_card
+
     last = model.get_layer("mask")
     kernel, bias = last.get_weights()
-    last.set_weights([np.zeros_like(kernel), np.full_like(bias, 6.0)])         # oedema everywhere in the region
-    save_for_shipping(model, root / f"{LESION_MODEL}.keras")
+    last.set_weights([np.zeros_like(kernel), np.full_like(bias, 6.0)])
+    save_for_shipping(model, root / f"{mid}.keras")
     entry = register_model(root, {
-        "id": LESION_MODEL, "task": "sacroiliac_study", "role": "lesion", "version": "0.0.1",
-        "title": "Tiny learned oedema", "architecture": "tiny", "reference": False, "default": False,
-        "file": f"{LESION_MODEL}.keras", "input": {"shape": [None, None, 3], "channels": ["stir", "region", "t1"],
-                                                   "crop": "region box"},
-        "outputs": ["mask"], "gradcam_layer": None, "training": {"command": "none", "seed": 0, "epochs": 0},
-        "metrics": {}, "description": "Untrained, oedema forced everywhere, for tests.",
+        "id": mid, "task": "sacroiliac_study", "role": role, "version": "0.0.1", "title": f"Tiny {role} {mid}",
+        "architecture": "tiny", "reference": reference, "default": default, "file": f"{mid}.keras",
+        "input": {"shape": list(model.input_shape[1:]), "channels": ["c0", "c1", "c2"], "crop": "full"},
+        "outputs": ["mask"], "gradcam_layer": cam, "training": {"command": "none", "seed": 0, "epochs": 0},
+        "metrics": {}, "description": "Untrained, its mask forced everywhere, for tests.",
     }, model=model)
     write_model_card(root, entry, {})
-    return root
 
 
 @pytest.fixture
