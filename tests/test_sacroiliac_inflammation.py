@@ -123,3 +123,28 @@ def test_sparcc_intensity_and_depth_bonuses():
     assert on5.score == 3 and result.total == 3
     # At half a millimetre per column the same lesion is 6 mm deep: no depth bonus.
     assert sparcc_like(mask, region, stir, col_spacing_mm=0.5).total == 2
+
+
+# -- the learned segmenter's frame ------------------------------------------------------
+def test_the_lesion_frame_crops_the_region_box_at_the_training_pixel_size_and_maps_back():
+    from tasks.sacroiliac_inflammation import (LESION_CROP_MARGIN, LESION_MULTIPLE, LESION_PIXEL_MM, lesion_frame,
+                                               lesion_input, lesion_mask, lesion_target)
+
+    stir, region, lesion = synthetic_stir()
+    frame = lesion_frame(region, LESION_PIXEL_MM)            # at the training pixel size: no rescaling
+    low, high = max(0, 8 - LESION_CROP_MARGIN), min(64, 56 + LESION_CROP_MARGIN)     # the box and its margin
+    assert frame.scale == 1.0 and frame.box == (low, high, low, high)
+    assert all(n % LESION_MULTIPLE == 0 for n in frame.shape)
+    x = lesion_input(stir, region, frame)
+    assert x.shape == (12, *frame.shape, 3) and not x[..., 2].any()          # no T1: zeros
+    in_lesion = lesion_target(lesion, frame)[..., 0] > 0.5
+    in_region = x[..., 1] > 0.5
+    # STIR in lower spreads above normal marrow, / 10: marrow about 0, the lesions over 3 spreads above it.
+    assert abs(np.median(x[..., 0][in_region & ~in_lesion])) < 0.05 and x[..., 0][in_lesion].min() > 0.3
+    # A perfect answer maps back onto the lesions, inside the region.
+    assert np.array_equal(lesion_mask(lesion_target(lesion, frame), region, frame), lesion & region)
+    # At twice the pixel size the crop is rescaled up and still maps back.
+    coarse = lesion_frame(region, 2 * LESION_PIXEL_MM)
+    assert coarse.scale == 2.0 and coarse.shape[0] >= 2 * (coarse.box[1] - coarse.box[0])
+    back = lesion_mask(lesion_target(lesion, coarse), region, coarse)
+    assert (back == (lesion & region)).mean() > 0.999
