@@ -217,6 +217,17 @@ def test_upload_a_study_see_it_slice_by_slice_and_download_its_masks(study_clien
     assert stored[to_stored(lesion) == 1].all()            # the lesion is where it lies on the input's grid
     assert stored.sum() * np.prod(SPACING) / 1000 == pytest.approx(ml, abs=1e-3)
     assert client.get(links[0].replace("oedema", "secrets")).status_code == 404
+    # Comparison, history and the report work for a study as for a slice.
+    compare = client.get(f"/runs/{run_id}/compare")
+    assert compare.status_code == 200 and "1.00" in compare.get_data(as_text=True)
+    history = client.get("/history").get_data(as_text=True)
+    assert "ASAS-positive MRI (active sacroiliitis): oedema" in history
+    report = client.get(f"/runs/{run_id}/report.pdf")
+    assert report.status_code == 200 and report.mimetype == "application/pdf"
+    from pypdf import PdfReader
+
+    text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(report.data)).pages)
+    assert "Oedema per slice" in text and "ASAS MRI definition" in text and "not been validated on real MRI" in text
 
 
 def test_the_api_returns_the_study_per_slice_with_mask_links(study_client):
