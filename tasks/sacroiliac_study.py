@@ -156,7 +156,7 @@ class SacroiliacStudyTask(TaskBase):
                      ("lesions", SPEAKER, "oedema.lesions"), ("asas_positive", SPEAKER, "oedema.asas.positive"),
                      ("region_ml", "segmenter", "region_ml"))
     longitudinal = (Measure("bme", "Bone marrow oedema volume", "mL", role=SPEAKER, field="oedema.volume_ml",
-                            sdc_setting="SIJ_BME_SDC_ML", sdc=0.5, worse_when="higher",
+                            sdc_setting="SIJ_BME_SDC_ML", sdc=1.0, worse_when="higher",
                             columns=(("ASAS", "status"), ("Lesions", "oedema.lesions"))),)
 
     def is_explanation(self, image_name: str) -> bool:
