@@ -23,9 +23,11 @@ from database import Run, RunStatus, User, db
 from model_loader import ModelRegistry
 from predict import Analysis, ImageReadError, JobSettings, Limits, PredictionError, analyze, submit
 from tasks import get_task
+from tasks.base import SUMMARY_ROLE
 from web.audit import model_versions_of, record, run_resource
 
 SCAN_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", "")
+STUDY_SUFFIXES = (".nii", ".gz", ".zip")        # a task that reads studies: one study per file
 BASE_COLUMNS = ("file", "status", "run_id", "headline", "recognised", "message", "seconds")
 
 
@@ -44,10 +46,18 @@ class BatchSummary:
         return analysed / self.seconds if self.seconds > 0 else 0.0
 
 
-def scan_files(folder: Path) -> list[Path]:
-    """Every file under `folder` that may be a scan (by suffix; DICOM files often have none), sorted."""
+def scan_files(folder: Path, studies: bool = False) -> list[Path]:
+    """Every file under `folder` that may be a scan (by suffix; DICOM files often have none), sorted; for a task
+    that reads studies also NIfTI volumes and zips, each one study."""
+    suffixes = SCAN_SUFFIXES + (STUDY_SUFFIXES if studies else ())
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in SCAN_SUFFIXES and p.name != "DICOMDIR")
+                  and p.suffix.lower() in suffixes and p.name != "DICOMDIR")
+
+
+def upload_of(task: Any, path: Path):
+    """What one file of a batch is as an upload: a study task gets it with its name (which tells a NIfTI volume's
+    sequence, and is never stored)."""
+    return [(path.read_bytes(), path.name)] if getattr(task, "reads_studies", False) else path.read_bytes()
 
 
 def already_done(out: Path) -> set[str]:
@@ -63,13 +73,12 @@ def columns_of(task: Any) -> tuple[str, ...]:
 
 def figures_of(task: Any, run: Run) -> dict[str, Any]:
     """The task's headline figures (its `batch_columns`: column, role, dotted key) from the first model of
-    that role whose result has the key."""
+    that role whose result has the key (from the run's summary for SUMMARY_ROLE)."""
     out: dict[str, Any] = {}
     for column, role, key in getattr(task, "batch_columns", ()):
-        for result in run.results:
-            if result.role != role:
-                continue
-            value: Any = result.result or {}
+        sources = [run.summary or {}] if role == SUMMARY_ROLE else [r.result or {} for r in run.results if r.role == role]
+        for source in sources:
+            value: Any = source
             for part in key.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
             if value is not None:
@@ -87,7 +96,7 @@ def run_batch(folder: Path, task_name: str, user: User, out: Path, *, registry: 
     task = get_task(task_name)
     if task is None:
         raise ValueError(f"unknown task {task_name!r}")
-    files = scan_files(folder)
+    files = scan_files(folder, getattr(task, "reads_studies", False))
     seen = already_done(out)
     todo = [p for p in files if str(p.relative_to(folder)) not in seen]
     columns = columns_of(task)
@@ -131,7 +140,7 @@ class _Batch:
         """One file, analysed in this process: its row."""
         row, t0 = self._row(path), time.perf_counter()
         try:
-            run = analyze(self.user, path.read_bytes(), Analysis(self.task.name, self.model_ids),
+            run = analyze(self.user, upload_of(self.task, path), Analysis(self.task.name, self.model_ids),
                           registry=self.registry, results_dir=self.results_dir, limits=self.limits,
                           settings=self.settings)
         except (ImageReadError, PredictionError, OSError) as exc:
@@ -151,7 +160,7 @@ class _Batch:
                 path = pending.pop()
                 row, t0 = self._row(path), time.perf_counter()
                 try:
-                    run = submit(self.user, path.read_bytes(), Analysis(self.task.name, self.model_ids),
+                    run = submit(self.user, upload_of(self.task, path), Analysis(self.task.name, self.model_ids),
                                  registry=self.registry, results_dir=self.results_dir, limits=self.limits,
                                  enqueue=executor.submit, held_here=executor.holds_queue)
                 except (ImageReadError, PredictionError, OSError) as exc:

@@ -101,11 +101,17 @@ TIMEPOINT_OPTION = OptionSpec("timepoint", "Date of the scan (optional)", kind="
                               help="Orders the scans of one pseudonym over time; the upload date is used when empty.")
 
 
+# The "role" of a Measure or a batch column read from the run's summary (run-level figures a task computes from
+# several models, such as the study's oedema by whichever method speaks for it) instead of one model's result.
+SUMMARY_ROLE = "summary"
+
+
 @dataclass(frozen=True)
 class Measure:
     """A longitudinal measure of a task: a number read from each run, followed over time per pseudonym.
 
-    `field` is a dotted key in the result of the first model of `role`; `split_by` a result field that makes one
+    `field` is a dotted key in the result of the first model of `role` (or of the run's summary for SUMMARY_ROLE);
+    `split_by` a result field that makes one
     series per value (a knee's side). A change between consecutive points larger than the smallest detectable
     change (config `sdc_setting`, default `sdc`) is flagged: progression when it goes the way disease goes
     (`worse_when` "higher" or "lower"), improvement otherwise. `columns` are further (label, dotted key) values

@@ -56,3 +56,12 @@ def test_a_batch_needs_an_active_clinician(make_app, tmp_path):
     create_user(app, "watcher", role="reviewer")
     result = app.test_cli_runner().invoke(args=["batch", str(tmp_path), "--task", "knee", "--user", "watcher"])
     assert result.exit_code != 0 and "not an active clinician" in result.output
+
+
+def test_no_task_figure_overwrites_a_batch_column():
+    from ops.batch import BASE_COLUMNS
+    from tasks import all_tasks
+
+    for name, task in all_tasks().items():
+        figures = [column for column, _role, _key in task.batch_columns]
+        assert not set(figures) & set(BASE_COLUMNS) and len(set(figures)) == len(figures), name

@@ -263,22 +263,22 @@ def test_the_learned_method_runs_beside_the_intensity_one_and_speaks_when_chosen
     app, client, _ = study_client
     stir = nifti(stir_canonical())
     run_ids = []
-    for method in ("", "learned"):
+    for method in ("intensity", ""):           # the intensity method chosen; the default (learned)
         form = {"task": "sacroiliac_study", "model_ids": [ATT, LESION_MODEL], "option-sacroiliac_study-oedema_method":
                 method, "scan": [(io.BytesIO(stir), "case_STIR.nii.gz")]}
         response = client.post("/upload", data=form, content_type="multipart/form-data")
         assert response.status_code == 302, response.data[:400]
         run_ids.append(re.search(r"/runs/([0-9a-f]{32})$", response.headers["Location"]).group(1))
     with app.app_context():
-        default, learned = (Run.query.filter_by(public_id=r).one() for r in run_ids)
+        intensity, learned = (Run.query.filter_by(public_id=r).one() for r in run_ids)
         voxel_ml = np.prod(SPACING) / 1000
-        for run in (default, learned):
+        for run in (intensity, learned):
             lesion = next(r for r in run.results if r.role == "lesion").result["oedema"]
             # Forced everywhere: the learned mask is the whole region (every slice, whole), the intensity one the block.
             assert lesion["method"] == "learned" and lesion["volume_ml"] == pytest.approx(SLICES * ROWS * COLS * voxel_ml,
                                                                                          abs=1e-2)
             assert "intensity_vs_learned_dice" in run.summary["comparison"]
-        assert default.summary["oedema_method"] == "intensity" and default.summary["oedema"]["volume_ml"] < 1
+        assert intensity.summary["oedema_method"] == "intensity" and intensity.summary["oedema"]["volume_ml"] < 1
         assert learned.summary["oedema_method"] == "learned"
         assert learned.summary["oedema"]["volume_ml"] == pytest.approx(SLICES * ROWS * COLS * voxel_ml, abs=1e-2)
         assert sum(r["oedema_ml"] for r in learned.summary["per_slice"]) == pytest.approx(
@@ -354,14 +354,41 @@ def test_the_timeline_follows_the_oedema_volume_and_flags_a_change(app, client):
             run = Run(user_id=alice, task="sacroiliac_study", status=RunStatus.DONE, created_at=datetime(2026, 1, 1),
                       options={"pseudonym": "SIJ-7", "timepoint": when}, input_image="input.png", input_kind="study")
             oedema = {"measured": True, "volume_ml": ml, "lesions": 2, "asas": {"positive": positive}}
+            run.summary = {"oedema": oedema, "status": "ASAS-positive MRI", "oedema_method": "learned"}
             run.results.append(ModelResult(model_id=ATT, model_version="1", model_sha256="0" * 64, role="segmenter",
-                                           position=0, result={"oedema": oedema, "status": "ASAS-positive MRI"}))
+                                           position=0, result={"oedema": {"measured": True, "volume_ml": 99.0}}))
             db.session.add(run)
         db.session.commit()
     assert login(client, "alice").status_code == 302
     response = client.post("/timeline/", data={"pseudonym": "SIJ-7"})
     key = re.search(r"/timeline/([0-9a-f]{32})$", response.headers["Location"]).group(1)
     html = client.get(f"/timeline/{key}").get_data(as_text=True)
+    # The study's figures by the method that spoke for it (the summary), not one model's.
     assert "Bone marrow oedema volume" in html and "progression (+1.40)" in html and "stable (-0.20)" in html
+    assert "99.00" not in html
     chart = client.get(f"/timeline/{key}/sacroiliac_study/bme.png")
     assert chart.status_code == 200 and chart.mimetype == "image/png"
+
+
+def test_a_batch_of_studies_gives_a_row_per_study_with_its_oedema(study_client, tmp_path):
+    import csv
+
+    app, _client, _ = study_client
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    (folder / "p1_STIR.nii.gz").write_bytes(nifti(stir_canonical()))
+    (folder / "p2_STIR.nii.gz").write_bytes(nifti(stir_canonical(2)))
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not a volume")
+    out = tmp_path / "studies.csv"
+    result = app.test_cli_runner().invoke(args=["batch", str(folder), "--task", "sacroiliac_study", "--user", "carol",
+                                                "--out", str(out), "--models", ATT])
+    assert result.exit_code == 0, result.output
+    with out.open(newline="") as fh:
+        rows = {r["file"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"p1_STIR.nii.gz", "p2_STIR.nii.gz", "broken.nii.gz"}
+    assert rows["broken.nii.gz"]["status"] == "refused"
+    for name in ("p1_STIR.nii.gz", "p2_STIR.nii.gz"):
+        row = rows[name]
+        assert row["status"] == "done" and row["asas_positive"] == "True" and row["oedema_method"] == "intensity"
+        assert row["mri_status"].startswith("ASAS-positive")
+        assert 200 * np.prod(SPACING) / 1000 <= float(row["oedema_ml"]) <= 400 * np.prod(SPACING) / 1000

@@ -24,7 +24,7 @@ from wtforms.validators import DataRequired, Length
 from database import Run, RunStatus
 from reports.charts import ChartSeries, timeline_png
 from tasks import all_tasks, get_task
-from tasks.base import Measure, dotted
+from tasks.base import SUMMARY_ROLE, Measure, dotted
 from web.access import no_store
 
 bp = Blueprint("timeline", __name__, url_prefix="/timeline")
@@ -118,7 +118,8 @@ def measure_series(measure: Measure, runs: list[Run], sdc: float) -> list[Timeli
     series' previous point classified."""
     by_label: dict[str, TimelineSeries] = {}
     for run in runs:
-        result = next((r.result or {} for r in run.results if r.role == measure.role), None)
+        result = (run.summary or {}) if measure.role == SUMMARY_ROLE else \
+            next((r.result or {} for r in run.results if r.role == measure.role), None)
         value = dotted(result, measure.field) if result is not None else None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue           # not measured (withheld, or another model role)
