@@ -4,7 +4,7 @@
 
 What it measures: SacroiliacStudyTask.run on a decoded real study (STIR and T1 of case 1007 when
 ../shared/data/sij_mri_nifti is there, else a synthetic 25-slice volume) with both registered disease-region
-segmenters (region on every slice of both sequences, oedema, ASAS, SPARCC-style count, the three slice-viewer
+segmenters and the learned oedema segmenter (region on every slice of both sequences, oedema, ASAS, SPARCC-style count, the three slice-viewer
 pictures per slice, both Grad-CAMs on the key slice), plus the PNG encoding of every picture and the NIfTI masks
 as the job stores them; after one warm-up run, TensorFlow limited to --threads CPU threads. Prints median and
 worst of --n runs, the cost per slice, and the ratio to the budget; exits 0 (SKIP when no model).
@@ -31,7 +31,8 @@ from tasks.sacroiliac_study import TASK  # noqa: E402
 from training.toolbox.runs import data_dir  # noqa: E402
 
 BUDGET_S = 3.0
-MODELS = ("sij-study-region-attention-unet", "sij-study-region-unet-ref")
+MODELS = {"segmenter": ("sij-study-region-attention-unet", "sij-study-region-unet-ref"),
+          "lesion": ("sij-study-oedema-unet",)}
 
 
 def a_study():
@@ -61,7 +62,7 @@ def main() -> int:
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     registry = ModelRegistry(args.models)
     try:
-        models = {"segmenter": [registry.load(m) for m in MODELS]}
+        models = {role: [registry.load(m) for m in ids] for role, ids in MODELS.items()}
     except ModelUnavailable as exc:
         print(f"SKIP: {exc.message}")
         return 0
@@ -82,7 +83,7 @@ def main() -> int:
     total_s = sorted(r[1] for r in runs)
     median = total_s[len(total_s) // 2]
     print(f"study: {what}, {n_slices} slices, {len(study.volumes)} series, {args.threads} threads, {args.n} runs")
-    print(f"task (both segmenters, oedema, ASAS, pictures, Grad-CAMs): median {task_s[len(task_s) // 2]:.2f} s")
+    print(f"task (both segmenters, both oedema methods, ASAS, pictures, Grad-CAMs): median {task_s[len(task_s) // 2]:.2f} s")
     print(f"with PNG encoding of every picture: median {median:.2f} s, worst {total_s[-1]:.2f} s")
     print(f"per slice: {1000 * median / n_slices:.0f} ms; scaled to 25 slices: {median * 25 / n_slices:.2f} s "
           f"(budget {BUDGET_S:.1f} s, {median * 25 / n_slices / BUDGET_S:.0%} of it)")

@@ -140,6 +140,27 @@ def grad_cam_class_sum(gradcam_model: Any, x: np.ndarray, class_index: int) -> n
     return _unit(fn(tf.convert_to_tensor(x, dtype=tf.float32), tf.constant(int(class_index), dtype=tf.int32)).numpy())
 
 
+def batch_grad_cam_class_sum(gradcam_model: Any, x: np.ndarray, class_index: int) -> np.ndarray:
+    """`grad_cam_class_sum` for every item of a batch (B, h, w), each scaled to its own peak: one compiled pass
+    (items are independent at inference, so the gradient of their summed scores is each item's own)."""
+    import tensorflow as tf
+
+    def build() -> Callable:
+        @tf.function(reduce_retracing=True)
+        def class_sum_cams(x, index):
+            with tf.GradientTape() as tape:
+                features, outputs = gradcam_model(x, training=False)
+                out = outputs["mask"] if isinstance(outputs, dict) else outputs
+                score = tf.reduce_sum(tf.gather(out, index, axis=-1))
+            return _cams(tape.gradient(score, features), features)
+
+        return class_sum_cams
+
+    fn = _cached(gradcam_model, ("__batch_class_sum__",), build)
+    maps = fn(tf.convert_to_tensor(x, dtype=tf.float32), tf.constant(int(class_index), dtype=tf.int32)).numpy()
+    return np.stack([_unit(m) for m in maps]) if len(maps) else maps.astype(np.float32)
+
+
 def focus(cam: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Restrict a CAM to a region (same size as `region`), rescaled so its peak inside the region is 1."""
     h, w = region.shape[:2]

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from imaging.gradcam import batch_grad_cams, focus, grad_cam_class_sum
+from imaging.gradcam import batch_grad_cam_class_sum, focus, grad_cam_class_sum
 from imaging.overlay import gradcam_overlays, heatmap_overlay, mask_overlay
 from imaging.volume import Study, Volume
 from model_loader import LoadedModel
@@ -106,7 +106,7 @@ def learned_oedema(model: LoadedModel, stir: Volume, region: np.ndarray, t1: Vol
     frame = lesion_frame(region, stir.spacing_mm[2])
     x = lesion_input(stir.voxels, region, frame, t1.voxels if t1 is not None and t1.voxels.shape == stir.voxels.shape
                      else None)
-    probs = np.concatenate([np.asarray(model(x[i:i + 4])) for i in range(0, len(x), 4)])
+    probs = np.concatenate([np.asarray(model(x[i:i + INFERENCE_BATCH])) for i in range(0, len(x), INFERENCE_BATCH)])
     mask = lesion_mask(probs, region, frame)
     return {**oedema_figures(stir, region, mask), "method": LEARNED}, mask
 
@@ -272,11 +272,9 @@ class SacroiliacStudyTask(TaskBase):
         """The focus segmenter's Grad-CAM of its region on every slice, in one pass (feature-map size)."""
         if not model.entry.gradcam_layer:
             return None
-        import tensorflow as tf
-
         explaining(model)
         stacks = slice_stacks(normalise_volume(volume.voxels), int(model.entry.input_shape[0]))
-        return batch_grad_cams(model.gradcam_model(), stacks, [lambda out: tf.reduce_sum(out[..., 0], axis=(1, 2))])[0]
+        return batch_grad_cam_class_sum(model.gradcam_model(), stacks, 0)
 
     def _lesions(self, model: LoadedModel, stir: Volume | None, t1: Volume | None, region: np.ndarray,
                  focus_id: str | None) -> tuple[ModelOutput, np.ndarray]:

@@ -30,7 +30,7 @@ from tasks.sacroiliac_inflammation import (LesionFrame, lesion_frame, lesion_inp
                                            marrow_reference, oedema_mask)
 from training.architectures import unet
 from training.sacroiliac.model import dice_bce_loss
-from training.sacroiliac.studies import studies_dir
+from training.sacroiliac.studies import STUDY_OOD_EXEMPT, studies_dir
 from training.toolbox.batches import ShuffledBatches
 from training.toolbox.runs import json_safe
 from training.toolbox.schedule import adam_cosine
@@ -264,6 +264,7 @@ def export(work: Path, out_dir: Path) -> dict[str, Any]:
         "input": {"shape": [None, None, 3], "channels": ["STIR in lower spreads above normal marrow / 10",
                                                          "disease region", "T1 (or zeros)"],
                   "crop": "disease-region box + 12 px, at 0.595 mm pixels"},
+        "ood_exempt": STUDY_OOD_EXEMPT,
         "outputs": ["mask"], "gradcam_layer": None,
         "training": {"data": "real STIR and T1W of 5 spondyloarthritis cases (sij_mri_nifti) with oedema masks of "
                              "4 reader sessions (2 readers x 2), inside the manual disease region",

@@ -31,7 +31,8 @@ from tasks.metrics import dice
 from tasks.sacroiliac_region import REGION_SIZE, normalise_volume, region_mask, slice_stacks
 from training.architectures import attention_unet, unet
 from training.sacroiliac.model import dice_bce_loss
-from training.sacroiliac.studies import (CASE_FOLDS, Case, RegionExamples, folds_of, labelled_cases, read_volume,
+from training.sacroiliac.studies import (CASE_FOLDS, STUDY_OOD_EXEMPT, Case, RegionExamples, folds_of,
+                                         labelled_cases, read_volume,
                                          region_examples)
 from training.toolbox.batches import ShuffledBatches
 from training.toolbox.runs import json_safe
@@ -201,6 +202,7 @@ def export_region(work: Path, config: RegionConfig, out_dir: Path, cases: list[C
                   "crop": "full", "normalisation": "volume percentiles 1-99.5 to 0-1 (clipped at 1.5)"},
         "outputs": ["mask"],
         "gradcam_layer": GRADCAM_LAYERS[config.architecture],
+        "ood_exempt": STUDY_OOD_EXEMPT,
         "training": {"data": "real semi-coronal SIJ MRI of spondyloarthritis patients (sij_mri_nifti: 9 cases with a "
                              "manual disease-region mask, T1W and STIR on one grid), every slice of every sequence",
                      "split": "figures: 3-fold cross-validation by case " + "; ".join(
