@@ -242,8 +242,9 @@ def sacroiliac_study_groups(model: ModelFacts, source: Dataset) -> list:
     r = model.result
     site = [hd.sr.FindingSite(codes.SCT.SacroiliacJoint)]
     ml = ucum("ml", "milliliter")
+    # A region segmenter reports its region and the intensity method's oedema in it; a learned oedema model its own.
     measurements = [_measure(local("SIJREGION", "Sacroiliac disease region volume"), r.get("region_ml") or 0.0, ml,
-                             model)]
+                             model)] if model.role == "segmenter" else []
     evaluations = []
     oedema = r.get("oedema") or {}
     if oedema.get("measured"):
@@ -256,8 +257,10 @@ def sacroiliac_study_groups(model: ModelFacts, source: Dataset) -> list:
         evaluations.append(hd.sr.QualitativeEvaluation(
             local("ASASMRI", "ASAS definition of active sacroiliitis on MRI"),
             codes.SCT.Positive if oedema["asas"]["positive"] else codes.SCT.Negative))
-    return [_group("Sacroiliac disease region and oedema", model, source, sites=site, measurements=measurements,
-                   evaluations=evaluations)]
+    if not measurements:
+        return []
+    title = "Sacroiliac disease region and oedema" if model.role == "segmenter" else "Bone marrow oedema (learned)"
+    return [_group(title, model, source, sites=site, measurements=measurements, evaluations=evaluations)]
 
 
 GROUPS = {"knee": knee_groups, "hand": hand_groups, "spine": spine_groups, "sacroiliac": sacroiliac_groups,

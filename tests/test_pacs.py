@@ -311,10 +311,13 @@ def test_a_series_from_the_pacs_is_analysed_as_a_study_and_its_oedema_goes_back(
     stored = client.post(f"/pacs/runs/{public_id}/store")
     assert stored.status_code == 302
     reports = [d for d in _held(orthanc, study_uid) if d.Modality == "SR"]
-    numbers = [dict((name, value) for name, value, _ in _numbers(sr)) for sr in reports]
-    ours = [n for n in numbers if n.get("Sacroiliac disease region volume") == pytest.approx(result["region_ml"],
-                                                                                              abs=1e-3)]
+    numbers = [[(name, round(value, 3)) for name, value, _ in _numbers(sr)] for sr in reports]
+    ours = [n for n in numbers if ("Sacroiliac disease region volume", round(result["region_ml"], 3)) in n]
     assert ours, numbers
-    if (result["oedema"] or {}).get("measured"):
-        assert ours[0]["Volume of hyperintense bone marrow oedema"] == pytest.approx(result["oedema"]["volume_ml"],
-                                                                                      abs=1e-3)
+    with app.app_context():
+        run = Run.query.filter_by(public_id=public_id).one()
+        oedema_volumes = {round(r.result["oedema"]["volume_ml"], 3) for r in run.results
+                          if (r.result.get("oedema") or {}).get("measured")}
+    # Each method's oedema volume (the segmenter's intensity, the learned model's own) is in the report.
+    assert oedema_volumes <= {v for name, v in ours[0] if name == "Volume of hyperintense bone marrow oedema"}
+    assert ("Sacroiliac disease region volume", 0.0) not in ours[0]
