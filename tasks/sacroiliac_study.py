@@ -184,7 +184,7 @@ class SacroiliacStudyTask(TaskBase):
         # The learned oedema segmenters read inside the focus region; the chosen method speaks for the study.
         lesion_outputs, learned = run_role(models, "lesion",
                                            lambda model: self._lesions(model, stir, study.by_sequence("T1"), region,
-                                                                       focus_id))
+                                                                       focus_id, picture))
         outputs += lesion_outputs
         method = options.get("oedema_method") or DEFAULT_METHOD
         measured = {o.model_id: o for o in lesion_outputs if (o.result.get("oedema") or {}).get("measured")}
@@ -277,7 +277,8 @@ class SacroiliacStudyTask(TaskBase):
         return batch_grad_cam_class_sum(model.gradcam_model(), stacks, 0)
 
     def _lesions(self, model: LoadedModel, stir: Volume | None, t1: Volume | None, region: np.ndarray,
-                 focus_id: str | None) -> tuple[ModelOutput, np.ndarray]:
+                 focus_id: str | None, picture: np.ndarray) -> tuple[ModelOutput, np.ndarray]:
+        """`picture`: the shown series windowed (the STIR whenever there is one, the only case that draws)."""
         if stir is None:
             oedema = {"measured": False, "reason": "the study has no STIR series: oedema is measured on STIR only"}
             mask = np.zeros(region.shape, bool)
@@ -289,8 +290,7 @@ class SacroiliacStudyTask(TaskBase):
         key = int(np.argmax(mask.sum(axis=(1, 2)))) if mask.any() else None
         images = {}
         if key is not None:
-            picture = display_slices(stir)[key]
-            images["oedema_overlay"] = mask_overlay(picture, region[key].astype(np.uint8) + mask[key].astype(np.uint8),
+            images["oedema_overlay"] = mask_overlay(picture[key], region[key].astype(np.uint8) + mask[key].astype(np.uint8),
                                                     OEDEMA_COLOURS)
             result["key_slice"] = key + 1
         return ModelOutput(model.entry.id, "lesion", result, images), mask
