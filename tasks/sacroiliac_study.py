@@ -31,7 +31,7 @@ from imaging.overlay import gradcam_overlays, heatmap_overlay, mask_overlay
 from imaging.volume import Study, Volume
 from model_loader import LoadedModel
 from tasks.base import (PSEUDONYM_OPTION, SUMMARY_ROLE, TIMEPOINT_OPTION, Findings, Measure, ModelOutput, OptionSpec, RoleSpec,
-                        TaskBase, TaskInputError, TaskOutput, explaining, run_role)
+                        TaskBase, TaskInputError, TaskOutput, explaining, run_role, timed_model)
 from tasks.metrics import dice
 from tasks.sacroiliac_inflammation import (DEFAULT_MARGIN_SD, DEFAULT_MIN_LESION_VOXELS, asas_positive,
                                            lesion_frame, lesion_input, lesion_mask, lesions_on_slice,
@@ -229,6 +229,7 @@ class SacroiliacStudyTask(TaskBase):
         return TaskOutput(summary=summary, models=outputs, images=images, input_picture=picture[shown.n_slices // 2],
                           files=files)
 
+    @timed_model
     def _segment(self, model: LoadedModel, anatomy: list[Volume], stir: Volume | None, shown: Volume,
                  picture: np.ndarray, key_hint: dict[str, Any]) -> tuple[ModelOutput, tuple[np.ndarray, np.ndarray]]:
         probs = region_probabilities(model, anatomy)
@@ -276,6 +277,7 @@ class SacroiliacStudyTask(TaskBase):
         stacks = slice_stacks(normalise_volume(volume.voxels), int(model.entry.input_shape[0]))
         return batch_grad_cam_class_sum(model.gradcam_model(), stacks, 0)
 
+    @timed_model
     def _lesions(self, model: LoadedModel, stir: Volume | None, t1: Volume | None, region: np.ndarray,
                  focus_id: str | None, picture: np.ndarray) -> tuple[ModelOutput, np.ndarray]:
         """`picture`: the shown series windowed (the STIR whenever there is one, the only case that draws)."""

@@ -179,6 +179,7 @@ def test_upload_a_study_see_it_slice_by_slice_and_download_its_masks(study_clien
         run = Run.query.filter_by(public_id=run_id).one()
         assert run.status == "done", run.error
         assert run.input_kind == "study" and run.input_meta["slices"] == SLICES
+        assert all(r.elapsed_ms > 0 for r in run.results)          # each model's time is on the page
         assert [s["sequence"] for s in run.input_meta["series"]] == ["STIR", "T1"]
         result = run.results[0].result
         # At the default margin the marrow noise touching the lesion joins it.
