@@ -3,6 +3,7 @@
     python -m training.spine                                   # both models into models/ (~40 min, 2 cores)
     python -m training.spine --models spine-attention-unet     # the attention U-Net only
     python -m training.spine --quick --out /tmp/spine-models   # tiny smoke run (tests, notebook quick mode)
+    python -m training.spine --models ours --work /tmp/spine-work   # resumable: run it again to go on
 """
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import keras
+
+from training.export import sha256_file
 from training.spine.data import (SEED, VAL_FRACTION, dataset_dir, manifest_from_folder, patient_split,
                                  read_manifest, split_rows)
 from training.spine.export import _command, export_one, write_cards
 from training.spine.model import ALIASES, ATTENTION_UNET, REFERENCE_UNET, SPECS
-from training.spine.train import train_one
+from training.spine.train import cpu_computes_bfloat16, train_one
 from training.toolbox.runs import REPO_ROOT
 
 
@@ -32,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--budget-min", type=float,
                    help="wall-clock training budget per model in minutes (default: each model's own; "
                         "the epochs that fit, at most the model's maximum, are run and recorded)")
+    p.add_argument("--work", help="folder for a resumable run: a stopped run started again with the same "
+                                   "--work goes on from its last finished epoch (one subfolder per model)")
+    p.add_argument("--init", help="a model file that stands for a two-stage model's first stage (its "
+                                   "from-scratch training is skipped; the fine-tune starts from these weights)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
     p.add_argument("--cards-only", action="store_true", help="only rewrite the spine model cards in --out")
@@ -77,14 +85,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
+    mixed = cpu_computes_bfloat16()
     for mid in chosen:
         spec = SPECS[mid]
         hw = (64, 48) if args.quick else spec.input_hw
         epochs = args.epochs or (1 if args.quick else spec.epochs)
         budget_min = None if (args.epochs or args.quick) else (args.budget_min or spec.budget_min)
+        init, pre_wall, pretrain = None, 0.0, None
+        if spec.pretrain:
+            pre = spec.pretrain
+            if args.init:                              # the first stage's result is given
+                init = keras.models.load_model(args.init, compile=False).get_weights()
+                pretrain = {**pre, "from_file": Path(args.init).name, "sha256": sha256_file(Path(args.init))}
+                log(f"[{mid}] first stage from {args.init}")
+            else:
+                first, pre_hist, pre_wall, pre_ran = train_one(
+                    spec, train_rows, val_rows, epochs=1 if args.quick else pre["epochs"],
+                    input_hw=hw if args.quick else pre["input_hw"], seed=args.seed, mixed_precision=mixed,
+                    lr=pre["lr"], dice_weights=pre["dice_weights"],
+                    work=Path(args.work) / f"{mid}-pretrain" if args.work else None, log=log)
+                init = first.get_weights()
+                pretrain = {**pre, "epochs": pre_ran, "wall_time_s": round(pre_wall, 1)}
+                del first
         model, history, wall, ran = train_one(spec, train_rows, val_rows, epochs=epochs, input_hw=hw,
                                               seed=args.seed, budget_s=budget_min * 60 if budget_min else None,
-                                              log=log)
+                                              mixed_precision=mixed, init_weights=init,
+                                              work=Path(args.work) / mid if args.work else None, log=log)
+        wall += pre_wall
         # The command that reproduces this file: the epochs actually run, without a time budget.
         command = _command([mid], args.quick, "models" if not args.quick else str(out_dir),
                            (f" --seed {args.seed}" if args.seed != SEED else "")
@@ -92,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            + ("" if args.quick else f" --epochs {ran}"))
         entry = export_one(spec, model, out_dir, val_rows=val_rows, val_patients=val_p, train_patients=train_p,
                            input_hw=hw, epochs=ran, seed=args.seed, wall_s=wall, command=command,
-                           data_desc=data_desc, history=history, budget_min=budget_min, log=log)
+                           data_desc=data_desc, history=history, budget_min=budget_min,
+                           mixed_precision=mixed, pretrain=pretrain, log=log)
         log(f"[{mid}] wrote {out_dir / entry['file']} ({entry['size_bytes'] / 2**20:.2f} MiB, "
             f"{entry['params']:,} parameters), training {wall:.0f} s, {ran} epochs")
         del model

@@ -26,9 +26,19 @@ def _command(args_models: Sequence[str], quick: bool, out: str, extra: str = "")
     return " ".join(parts) + extra
 
 
+def _pretrain_text(pre: dict, epochs) -> str:
+    hw = "x".join(str(v) for v in pre.get("input_hw", ()))
+    first = (f"the given file `{pre['from_file']}` (sha256 `{pre['sha256'][:12]}...`), itself trained so"
+             if pre.get("from_file") else f"trained here ({pre.get('wall_time_s', 0):.0f} s, counted above)")
+    return (f"\n\nTwo stages: first {pre.get('epochs')} epochs from scratch at {hw}, learning rate "
+            f"{pre.get('lr')}, soft Dice weights {pre.get('dice_weights')} ({first}); then the {epochs} epochs "
+            "above fine-tune those weights at this input size with the loss above. The regenerate command runs "
+            "both; `--init FILE` starts from a first-stage file instead.")
+
+
 def export_one(spec: ModelSpec, model, out_dir: Path, *, val_rows, val_patients, train_patients, input_hw,
                epochs: int, seed: int, wall_s: float, command: str, data_desc: str, history: dict,
-               budget_min: float | None = None,
+               budget_min: float | None = None, mixed_precision: bool = True, pretrain: dict | None = None,
                log=print) -> dict[str, Any]:
     """save_for_shipping -> reload -> evaluate the shipped file -> register_model (card written later)."""
     if spec.int8_convolutions:
@@ -53,14 +63,20 @@ def export_one(spec: ModelSpec, model, out_dir: Path, *, val_rows, val_patients,
             "split": sorted(val_patients, key=patient_sort_key),
             "train_patients": sorted(train_patients, key=patient_sort_key),
             "seed": seed, "epochs": epochs, "command": command, "wall_time_s": round(wall_s, 1),
-            "loss": "categorical cross-entropy + soft Dice (vertebra, disc, canal)",
+            "loss": "categorical cross-entropy + soft Dice (vertebra, disc, canal"
+                    + (", weighted {:g} : {:g} : {:g})".format(*spec.dice_weights)
+                       if len(set(spec.dice_weights)) > 1 else ")"),
             "augmentation": "rotation <= 10 deg, scale <= 10 %, shift <= 5 %, gamma 0.7-1.5, contrast, "
                             "brightness, light noise; no flips",
             "budget": (spec.budget_note.format(epochs=epochs, h=input_hw[0], w=input_hw[1], budget=budget_min,
                                                epoch_min=wall_s / 60 / max(epochs, 1))
                        if spec.budget_note and budget_min else None),
             "budget_min": budget_min,
-            "precision": "trained in mixed bfloat16, shipped and evaluated in float32 (weights stored float16"
+            "pretrain": ({k: (list(v) if isinstance(v, tuple) else v) for k, v in pretrain.items()}
+                         if pretrain else None),
+            "input_hw": list(input_hw),
+            "precision": f"trained in {'mixed bfloat16' if mixed_precision else 'float32'}, shipped and evaluated "
+                         "in float32 (weights stored float16"
                          + (", convolution kernels int8 per output channel)" if spec.int8_convolutions else ")"),
             "final_train_loss": history.get("loss", [None])[-1],
             "final_val_loss": history.get("val_loss", [None])[-1],
@@ -100,7 +116,8 @@ def write_cards(out_dir: Path, log=print) -> None:
                 f"{tr.get('epochs')} epochs, {tr.get('wall_time_s', 0):.0f} s wall on 2 shared CPU cores"
                 + (f" (a {tr['budget_min']:.0f}-minute training budget decided how many epochs fit; the "
                    "regenerate command below repeats that number)" if tr.get("budget_min") else "") + "."
-                + (f"\n\n**{tr['budget']}**" if tr.get("budget") else "")),
+                + (f"\n\n**{tr['budget']}**" if tr.get("budget") else "")
+                + (_pretrain_text(tr["pretrain"], tr.get("epochs")) if tr.get("pretrain") else "")),
             "Metrics on held-out data": (
                 "Dice per structure on the validation patients, measured on the reloaded shipped file at the "
                 "dataset's resolution (probabilities resized bilinearly, then argmax, as the app does). "

@@ -35,6 +35,10 @@ class ModelSpec:
     budget_min: float | None = None      # wall-clock training budget; None: exactly `epochs`
     budget_note: str = ""
     int8_convolutions: bool = False      # ship the convolution kernels int8 (training.quantize)
+    dice_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)   # vertebra, disc, canal in the soft Dice
+    # a first stage trained from scratch before this spec's own epochs fine-tune it: input_hw, epochs, lr and
+    # dice_weights of that stage (None: the spec trains from scratch)
+    pretrain: dict[str, Any] | None = None
 
 
 SPECS: dict[str, ModelSpec] = {
@@ -43,8 +47,13 @@ SPECS: dict[str, ModelSpec] = {
         architecture="Attention U-Net, encoder 12-24-48-96, bottleneck 192, BN+ReLU double convs, "
                      "additive attention gates on the skips, softmax over 4 classes",
         builder="attention_unet", builder_kwargs={"filters": (12, 24, 48, 96, 192)},
-        input_hw=(240, 192), epochs=40, batch_size=8, lr=2e-3, gradcam_layer="dec0_2_relu",
-        reference=False, default=True, budget_min=24,
+        # Two stages: 33 epochs from scratch at 240x192 (cheap), then a fine-tune at the dataset's own
+        # resolution (320x256), where the thin discs keep their full height, with discs counting double in
+        # the soft Dice: they are the smallest structure and the one furthest from its target. A float32
+        # epoch at 320x256 costs twice one at 240x192 on 2 cores.
+        input_hw=(320, 256), epochs=8, batch_size=8, lr=6e-4, gradcam_layer="dec0_2_relu",
+        reference=False, default=True, dice_weights=(1.0, 2.0, 1.0),
+        pretrain={"input_hw": (240, 192), "epochs": 33, "lr": 2e-3, "dice_weights": (1.0, 1.0, 1.0)},
         description="Segments vertebrae, intervertebral discs and the spinal canal on a sagittal T2 lumbar "
                     "spine MRI slice (ours; the default)."),
     REFERENCE_UNET: ModelSpec(
@@ -69,11 +78,14 @@ def build(spec: ModelSpec, input_hw: tuple[int, int] | None = None):
     return BUILDERS[spec.builder]((hw[0], hw[1], 1), n_classes=N_CLASSES, **spec.builder_kwargs)
 
 
-def dice_ce_loss(background_weight: float = 0.0, smooth: float = 1.0):
+def dice_ce_loss(background_weight: float = 0.0, smooth: float = 1.0,
+                 foreground_weights: tuple[float, ...] = (1.0, 1.0, 1.0)):
     """Categorical cross-entropy + (1 - soft Dice), Dice averaged over classes computed on the whole
-    batch; background enters the Dice average with `background_weight` (0: foreground classes only)."""
+    batch; background enters the Dice average with `background_weight` (0: foreground classes only), each
+    foreground class with its weight in `foreground_weights` (vertebra, disc, canal)."""
     weights = np.ones(N_CLASSES, np.float32)
     weights[0] = background_weight
+    weights[1:] = np.asarray(foreground_weights, np.float32)
     weights = weights / weights.sum()
 
     def loss(y_true, y_pred):
