@@ -115,3 +115,49 @@ def test_split_is_by_patient_stratified_80_10_10_and_stable():
     # every visit of a patient lies in the patient's split
     visits = hand_phantoms.visits(groups["test"][:5])
     assert {split[p] for p, _ in visits} == {"test"}
+
+
+# -- children ------------------------------------------------------------------------------------------------
+def test_children_have_their_own_ids_and_leave_every_adult_as_it_was():
+    assert not set(hand_phantoms.PATIENT_POOL) & set(hand_phantoms.CHILD_POOL[:1000])
+    assert hand_phantoms.is_child(hand_phantoms.CHILD_POOL[0]) and not hand_phantoms.is_child(5)
+    adult = hand_phantoms.patient_plan(5)
+    assert "age_years" not in adult.anatomy and adult.anatomy["hand_scale"] >= 0.9
+
+
+def test_a_child_is_small_intact_and_fills_the_radiograph():
+    kid_ids = list(hand_phantoms.CHILD_POOL[:12])
+    plans = [hand_phantoms.patient_plan(p) for p in kid_ids]
+    ages = [p.anatomy["age_years"] for p in plans]
+    assert 1.5 <= min(ages) and max(ages) <= 14 and max(ages) - min(ages) > 4
+    for plan in plans:
+        assert (plan.guss == 200).all() and plan.peak_label == "peak"       # no erosive OA in children
+        assert plan.anatomy["hand_scale"] == pytest.approx(
+            hand_phantoms.child_hand_scale(plan.anatomy["age_years"]), rel=0.07)
+    young = min(zip(ages, kid_ids))[1]
+    case = hand_phantoms.generate_hand(young, 0)
+    adult = hand_phantoms.generate_hand(5, 0)
+    h, w = case.image.shape
+    for j in case.joints:
+        x1, y1, x2, y2 = j.box
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+    # framed on the hand: the joints are drawn bigger than an adult's, though the child's hand is smaller
+    assert np.mean(case.boxes[:, 2] - case.boxes[:, 0]) > np.mean(adult.boxes[:, 2] - adult.boxes[:, 0])
+    assert case.params["age_years"] == pytest.approx(min(ages))
+
+
+def test_a_childs_joint_centre_lies_in_the_gap_before_the_epiphysis():
+    """Along the finger, the joint's centre (the label) is darker than the bone ends on either side of it: the
+    cartilage gap between the proximal bone's head and the next bone's epiphysis."""
+    case = hand_phantoms.generate_hand(hand_phantoms.CHILD_POOL[3], 0)
+    img = case.image.astype(np.float32)
+    darker = 0
+    for f in range(4):
+        pip, dip = np.array(case.joints[f].center), np.array(case.joints[4 + f].center)
+        axis = (dip - pip) / np.linalg.norm(dip - pip)
+        reach = 0.45 * (case.joints[f].box[2] - case.joints[f].box[0])
+        at = lambda p: img[int(round(p[1])), int(round(p[0]))]      # noqa: E731
+        centre = np.mean([at(pip + t * axis) for t in (-1, 0, 1)])
+        ends = min(np.mean([at(pip + s * reach * axis + t * axis) for t in (-1, 0, 1)]) for s in (-1, 1))
+        darker += centre < ends
+    assert darker >= 3

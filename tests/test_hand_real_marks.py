@@ -1,11 +1,11 @@
 """The joint centres marked by eye on the five real children's hands (benchmarks/data/hand_real_joints.csv), as
-benchmarks/hand_real_joints.py reads them: every joint of every hand, in anatomical order, inside its image."""
+the detector's export and benchmarks/hand_real_joints.py read them: every joint of every hand, in anatomical order, inside its image."""
 from __future__ import annotations
 
 import cv2
 import pytest
 
-from benchmarks.hand_real_joints import Mark, distance_in_widths, read_marks
+from training.hand.real_hands import Mark, distance_in_widths, read_marks
 from tasks.hand import JOINT_NAMES
 from tests.data_gate import data_dir, need
 

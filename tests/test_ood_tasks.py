@@ -122,11 +122,19 @@ def test_hand_phantoms_are_scored_and_the_detector_check_comes_from_the_registry
 
 @real_data(DATA / "hand_xray_paediatric")
 def test_a_childs_hand_gets_boxes_but_no_score(tmp_path):
+    """The detector and the scorer answer separately: the detector (which has seen child phantoms) boxes the
+    joints it finds, and the scorer's own check, which knows only adult joints, withholds every GUSS score
+    with that reason, even where the detector's check lets the radiograph through."""
     registry = copy_of(tmp_path, HAND_MODELS)
+    passed_the_detector = 0
     for path in CHILD_HANDS:
         out, detector, scorer = hand_run(registry, read_image(path.read_bytes()))
         assert scorer["n_scored"] == 0 and scorer["guss_total"] is None, path.name
         assert "detections" in out.models[0].images      # the boxes are still shown
+        assert any(j["status"] != "missing" and j["box"] for j in detector["joints"]), path.name
+        assert scorer["withheld"] and "scorer" in scorer["withheld"] and "adult" in scorer["withheld"], path.name
+        passed_the_detector += not detector["out_of_distribution"]
+    assert passed_the_detector >= 1
 
 
 def test_the_result_page_says_what_was_withheld_and_why(make_app):

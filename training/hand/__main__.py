@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="cache the generated phantoms here (development)")
     ap.add_argument("--reuse", action="store_true",
                     help="load the models not being trained from --out and evaluate/ship everything together")
+    ap.add_argument("--init-detector", type=Path, default=None,
+                    help="a detector file that stands for the detector's first stage (adult phantoms); only its "
+                         "second stage, with children and the wide augmentation, is trained")
     a = ap.parse_args(argv)
     out = a.out or (Path(tempfile.mkdtemp(prefix="hand_quick_")) if a.quick else COMMITTED_MODELS_DIR)
     ids = [m.strip() for m in a.models.split(",") if m.strip()]
@@ -31,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown model ids: {', '.join(sorted(unknown))}")
     run(out, quick=a.quick, patients=a.patients, seed=a.seed, model_ids=ids, cache=a.cache, reuse=a.reuse,
-        log=lambda s: print(s, flush=True))
+        init_detector=a.init_detector, log=lambda s: print(s, flush=True))
     print(f"models in {out}")
     return 0
 

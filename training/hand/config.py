@@ -22,7 +22,15 @@ class Budget:
     eval_every: int
     det_lr: float = 2e-3
     scorer_lr: float = 2e-3
+    # The detector's second stage: the first (det_epochs on adult phantoms, narrow augmentation) fine-tuned on
+    # adults and children (training.phantoms.hand.CHILD_POOL, the detector's only) with the wide augmentation
+    # of real radiographs (scale 0.8-1.3, side markers, collimator edges).
+    children: int = 0
+    det_finetune_epochs: int = 0
+    det_finetune_lr: float = 5e-4
 
 
-FULL_BUDGET = Budget(patients=1000, det_epochs=14, det_batch=16, scorer_steps=1800, scorer_batch=48, eval_every=300)
-QUICK_BUDGET = Budget(patients=24, det_epochs=1, det_batch=8, scorer_steps=6, scorer_batch=8, eval_every=3)
+FULL_BUDGET = Budget(patients=1000, det_epochs=14, det_batch=16, scorer_steps=1800, scorer_batch=48, eval_every=300,
+                     children=300, det_finetune_epochs=4)
+QUICK_BUDGET = Budget(patients=24, det_epochs=1, det_batch=8, scorer_steps=6, scorer_batch=8, eval_every=3,
+                      children=10, det_finetune_epochs=1)

@@ -18,7 +18,7 @@ import numpy as np
 
 from imaging.normalize import percentile_scale
 from tasks.hand import BOX_UNIT, CROP_MARGIN, DETECTOR_STRIDE, JOINT_NAMES, crop_square, detector_input
-from training.phantoms.hand import PATIENT_POOL, generate_hand, split_patients, visits
+from training.phantoms.hand import CHILD_POOL, PATIENT_POOL, generate_hand, split_patients, visits
 
 
 DET_SIZE = 256
@@ -99,11 +99,24 @@ class HandSplits:
     test: HandSet
     n_patients: int
     split_counts: dict
+    # children's hands (open growth plates, no OA): the detector trains on child_train beside the adults and
+    # is measured on child_test; the scorers never see them
+    child_train: HandSet | None = None
+    child_test: HandSet | None = None
+    n_children: int = 0
 
 
-def generate_data(n_patients: int, log: Callable[[str], None] | None = print, cache: Path | None = None) -> HandSplits:
+def detector_training_set(data: HandSplits, children: bool = True
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, centres, sizes, side) of the radiographs the detector trains on: adults, and children too."""
+    sets = [s for s in (data.train, data.child_train if children else None) if s is not None and len(s)]
+    return tuple(np.concatenate([getattr(s, k) for s in sets]) for k in ("det_x", "det_centres", "det_sizes", "side"))
+
+
+def generate_data(n_patients: int, log: Callable[[str], None] | None = print, cache: Path | None = None,
+                  n_children: int = 0) -> HandSplits:
     if cache is not None:
-        path = Path(cache) / f"hand_data_{n_patients}.npz"
+        path = Path(cache) / f"hand_data_{n_patients}_{n_children}.npz"
         if path.exists():
             with open(path, "rb") as fh:
                 data = pickle.load(fh)
@@ -118,12 +131,19 @@ def generate_data(n_patients: int, log: Callable[[str], None] | None = print, ca
     if log:
         log(f"generated {sum(len(v) for v in sets.values())} radiographs in {time.perf_counter() - t0:.0f} s: {counts}")
     data = HandSplits(sets["train"], sets["val"], sets["test"], n_patients, counts)
+    if n_children:
+        kids = split_patients(list(CHILD_POOL[:n_children]))
+        data.child_train = generate_split("train", kids["train"], log)
+        data.child_test = generate_split("test", kids["test"], log)
+        data.n_children = n_children
+        counts["children"] = {s: {"patients": len(kids[s]), "radiographs": len(getattr(data, f"child_{s}"))}
+                              for s in ("train", "test")}
     if cache is not None:
         Path(cache).mkdir(parents=True, exist_ok=True)
-        tmp = Path(cache) / f".hand_data_{n_patients}.tmp"
+        tmp = Path(cache) / f".hand_data_{n_patients}_{n_children}.tmp"
         with open(tmp, "wb") as fh:
             pickle.dump(data, fh, protocol=4)
-        tmp.replace(Path(cache) / f"hand_data_{n_patients}.npz")        # readers never see half a file
+        tmp.replace(Path(cache) / f"hand_data_{n_patients}_{n_children}.npz")   # readers never see half a file
     return data
 
 
@@ -154,16 +174,42 @@ def detector_targets(centres: np.ndarray, sizes: np.ndarray, out_size: int,
     return heat, reg
 
 
+def _radiograph_marks(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What real radiographs carry beside the hand: a lead side marker ("L" or "R", bright, in a corner
+    region) and the bright wedge of a tilted collimator edge; each on some images only."""
+    s = img.shape[0]
+    if rng.random() < 0.3:
+        letter = "L" if rng.random() < 0.5 else "R"
+        scale = rng.uniform(0.5, 1.1)
+        x0 = int(rng.choice([rng.uniform(4, 0.25 * s), rng.uniform(0.7 * s, 0.9 * s)]))
+        y0 = int(rng.choice([rng.uniform(0.12 * s, 0.3 * s), rng.uniform(0.75 * s, 0.95 * s)]))
+        ink = np.zeros(img.shape, np.uint8)             # OpenCV draws text on 8-bit images only
+        cv2.putText(ink, letter, (x0, y0), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, int(rng.integers(1, 3)), cv2.LINE_AA)
+        img = np.maximum(img, ink.astype(np.float32) * np.float32(rng.uniform(0.85, 1.0) / 255.0))
+    if rng.random() < 0.2:
+        angle = rng.uniform(-0.5, 0.5) + (0.0 if rng.random() < 0.5 else np.pi / 2)
+        offset = rng.uniform(0.82, 0.97) * s / 2
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) - s / 2
+        outside = (xx * np.cos(angle) + yy * np.sin(angle)) * (1 if rng.random() < 0.5 else -1) > offset
+        img[outside] = np.maximum(img[outside], rng.uniform(0.75, 1.0))
+    return img
+
+
 def augment_detector_batch(x: np.ndarray, centres: np.ndarray, sizes: np.ndarray, side: np.ndarray,
-                           rng: np.random.Generator):
-    """Flip (a mirrored left hand is a right hand), scale 0.9-1.1 and shift, intensity changes."""
+                           rng: np.random.Generator, wide: bool = False):
+    """Flip (a mirrored left hand is a right hand), scale 0.9-1.1 and shift, intensity changes; `wide`: scale
+    0.8-1.3 (real hands fill more of the image than most phantoms), side markers and collimator edges."""
     b, s = x.shape[0], x.shape[1]
     xo = np.empty((b, s, s), np.float32)
     co, so, sideo = centres.copy(), sizes.copy(), side.astype(np.float32).copy()
     for i in range(b):
         img = x[i].astype(np.float32) / 255.0
-        sc = rng.uniform(0.9, 1.1)
-        tx, ty = rng.uniform(-12, 12, 2)
+        if wide:
+            sc = float(np.exp(rng.uniform(np.log(0.8), np.log(1.3))))
+            tx, ty = rng.uniform(-12, 12, 2) * sc
+        else:
+            sc = rng.uniform(0.9, 1.1)
+            tx, ty = rng.uniform(-12, 12, 2)
         flip = rng.random() < 0.5
         fx = -sc if flip else sc
         M = np.array([[fx, 0, (s / 2) * (1 - fx) + tx], [0, sc, (s / 2) * (1 - sc) + ty]], np.float32)
@@ -180,7 +226,7 @@ def augment_detector_batch(x: np.ndarray, centres: np.ndarray, sizes: np.ndarray
             img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.2))
         if rng.random() < 0.5:
             img = img + rng.normal(0, rng.uniform(0.005, 0.03), img.shape).astype(np.float32)
-        xo[i] = np.clip(img, 0, 1)
+        xo[i] = _radiograph_marks(np.clip(img, 0, 1), rng) if wide else np.clip(img, 0, 1)
     return xo[..., None], co, so, sideo
 
 

@@ -201,6 +201,13 @@ def evaluate_all(models: dict[str, Any], data: HandSplits, thresholds: dict[str,
     out["detector"] = json_safe(dm)
     log(f"test detection: all eight correct {100 * dm['all_eight_correct']:.1f}% of {dm['n_hands']} hands, "
         f"mAP50 {dm['map50']:.4f}, anatomy flagged {100 * dm['hands_anatomy_flagged']:.1f}%")
+    if data.child_test is not None and len(data.child_test):
+        kids = detection_metrics(detect_images(det, data.child_test.images, thresholds), data.child_test)
+        for k in ("_correct", "_sure", "_anat_ok"):
+            kids.pop(k)
+        out["detector_children"] = json_safe(kids)
+        log(f"test detection, child phantoms: all eight correct {100 * kids['all_eight_correct']:.1f}% of "
+            f"{kids['n_hands']} hands, mAP50 {kids['map50']:.4f}, joints unsure {100 * kids['joints_unsure']:.1f}%")
     scored = {}
     for mid in (SCORER_ID, POSITION_ID):
         if mid in models:

@@ -13,6 +13,7 @@ from training.export import register_model, save_for_shipping, write_model_card
 from training.hand.config import DETECTOR_ID, FULL_BUDGET, POSITION_ID, SCORER_ID
 from training.hand.data import CROP_SIZE, DET_SIZE, N_CLASSES, HandSplits
 from training.hand.evaluate import evaluate_all
+from training.hand.real_hands import FOLDER as REAL_FOLDER, joints_against_marks, task_detector
 from training.toolbox.runs import repo_relative
 
 
@@ -90,13 +91,18 @@ def export_models(models: dict[str, Any], infos: dict[str, dict], data: HandSpli
         meta = META[mid]
         test = evaluation.get("detector") if mid == DETECTOR_ID else evaluation["scorers"].get(mid)
         metrics = {"test": test or {}, "split": data.split_counts}
+        if mid == DETECTOR_ID and evaluation.get("detector_children"):
+            metrics["test_children"] = evaluation["detector_children"]
         entry = {
             "id": mid, "task": TASK, "role": meta["role"], "version": VERSION, "title": meta["title"],
             "architecture": meta["architecture"], "reference": False, "default": meta["default"],
             "file": f"{mid}.keras", "input": input_spec(mid), "outputs": meta["outputs"],
             "gradcam_layer": meta["gradcam_layer"],
             "training": {"data": f"hand phantoms (training.phantoms.hand), first {data.n_patients} patients of the "
-                                 "pool, all visits; split by patient 80/10/10 stratified on peak/non-peak",
+                                 "pool, all visits; split by patient 80/10/10 stratified on peak/non-peak"
+                                 + (f"; and {data.n_children} child phantoms (open growth plates, no OA) split "
+                                    "the same way, for the detector only" if mid == DETECTOR_ID and data.n_children
+                                    else ""),
                          "seed": seed, "patients": data.n_patients,
                          "command": command_for(out_dir, quick, data.n_patients, seed),
                          **{k: v for k, v in infos[mid].items() if k not in ("val_history", "thresholds")}},
@@ -113,6 +119,17 @@ def export_models(models: dict[str, Any], infos: dict[str, dict], data: HandSpli
         fit_checks(out_dir, tuple(entries), patients=8 if quick else 200, log=log)
         registry = json.loads((Path(out_dir) / "registry.json").read_text())
         entries = {m["id"]: m for m in registry["models"] if m["id"] in entries}
+        # The detector as served (its check in place) on the real children's hands, against the marks.
+        real = joints_against_marks(task_detector(out_dir, DETECTOR_ID))
+        if real is not None:
+            evaluation["detector_real"] = {k: v for k, v in real.items() if k != "rows"}
+            entry = dict(entries[DETECTOR_ID])
+            entry["metrics"] = {**entry["metrics"], "real_children": evaluation["detector_real"]}
+            entries[DETECTOR_ID] = register_model(out_dir, entry)
+            write_model_card(out_dir, entries[DETECTOR_ID],
+                             card_sections(DETECTOR_ID, entries[DETECTOR_ID], evaluation, infos[DETECTOR_ID], data))
+            log(f"real children's hands: {real['found']} found, {real['unsure']} unsure, {real['missing']} missing "
+                f"of {real['joints']}; {real['located']} located within a quarter finger width")
     return entries
 
 
@@ -137,17 +154,38 @@ def card_sections(mid: str, entry: dict[str, Any], evaluation: dict[str, Any], i
                    f"- mean IoU {m.get('mean_iou')}, joints missing {m.get('joints_missing')}, unsure "
                    f"{m.get('joints_unsure')}, hands flagged by the anatomy check {m.get('hands_anatomy_flagged')}, "
                    f"laterality accuracy {m.get('side_accuracy')}")
+        kids = evaluation.get("detector_children")
+        if kids:
+            metrics += (f"\n\nChild phantoms of held-out patients ({kids.get('n_hands')} radiographs): all eight "
+                        f"correct **{100 * (kids.get('all_eight_correct') or 0):.1f}%** of hands, mAP@0.5 "
+                        f"{kids.get('map50')}, joints unsure {kids.get('joints_unsure')}, missing "
+                        f"{kids.get('joints_missing')}.")
+        real = evaluation.get("detector_real") or (entry.get("metrics") or {}).get("real_children")
+        if real:
+            metrics += (f"\n\nReal children's hands ({real['hands']} radiographs of "
+                        f"`../shared/data/{REAL_FOLDER}`, {real['joints']} joints against centres marked by eye in "
+                        f"`benchmarks/data/hand_real_joints.csv`): {real['found']} found, {real['unsure']} unsure, "
+                        f"{real['missing']} missing; {real['located']} located within a quarter of a finger width "
+                        f"({real['located_and_found']} of them found with confidence), median distance "
+                        f"{real['median_distance']} finger widths. Per joint: `python benchmarks/hand_real_joints.py`.")
+        n_kids = info.get("train_child_radiographs") or 0
+        first = info.get("first_stage") or {}
         training = (f"Penalty-reduced focal loss on the heatmaps, L1 on box size and offset at the centres, "
-                    f"binary cross-entropy on laterality; Adam with cosine decay, {info.get('epochs')} epochs of "
-                    f"{info.get('train_radiographs')} radiographs, batch {info.get('batch_size')}; augmentation: "
-                    f"mirror (which turns a left hand into a right one), scale 0.9-1.1, shift, gamma, blur, noise. "
-                    f"The out-of-distribution output is the mean squared whitened distance of the pooled bottleneck "
-                    f"features to those of the training radiographs; its threshold is set from the validation "
-                    f"radiographs.")
-        failure = ("Trained on adult phantom hands only. Real radiographs, children's hands (open growth plates, "
-                   "wide physes), hands with missing or amputated fingers, severe deformity, casts, or several "
-                   "hands in one image are outside what it has seen: the out-of-distribution check and the anatomy "
-                   "check are meant to flag them, and the app then withholds scores. Not validated on patients.")
+                    f"binary cross-entropy on laterality; Adam with cosine decay, batch {info.get('batch_size')}. "
+                    f"Two stages: {first.get('epochs_run')} epochs on the adult training radiographs with mirror (which "
+                    "turns a left hand into a right one), scale 0.9-1.1, shift, gamma, blur and noise"
+                    + (f" (here taken from `{first['from_file']}`, sha256 `{first['sha256'][:12]}...`)"
+                       if first.get("from_file") else "")
+                    + f"; then {info.get('finetune_epochs') or 0} epochs at a lower learning rate on "
+                    f"{info.get('train_radiographs')} radiographs"
+                    + (f" ({n_kids} of them children's)" if n_kids else "")
+                    + " with scale 0.8-1.3, lead side markers and collimator edges added. The training-data check "
+                    "(below) compares its stem features with those of the training radiographs.")
+        failure = ("Trained on phantom hands: adults and, for this detector only, children with open growth plates. "
+                   "Hands with missing or amputated fingers, severe deformity, casts, strongly oblique projections "
+                   "or several hands in one image are outside what it has seen: the training-data check and the "
+                   "anatomy check are meant to flag them. A child's hand gets boxes, never GUSS scores (the scorers' "
+                   "own check refuses its joints). Not validated on patients.")
     else:
         m = evaluation.get("scorers", {}).get(mid, {})
         a = m.get("baseline_a", {})

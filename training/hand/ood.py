@@ -26,7 +26,7 @@ from tasks.hand import (JOINT_NAMES, classify_detection, crop_square, decode_det
                         scorer_input)
 from training.hand.config import DETECTOR_ID, POSITION_ID, SCORER_ID
 from training.ood import attach, describe, fit_check, model_features, probe_images
-from training.phantoms.hand import PATIENT_POOL, generate_hand, split_patients, visits
+from training.phantoms.hand import CHILD_POOL, PATIENT_POOL, generate_hand, split_patients, visits
 from training.toolbox.runs import data_dir
 
 # Chosen by the share of real children's hands and other images refused at the same false-refusal rate.
@@ -34,11 +34,14 @@ LAYERS = {DETECTOR_ID: "stem_relu", SCORER_ID: "block2b_relu", POSITION_ID: "blo
 # Cross-fitted by patient, a 1% quantile refuses about 1.2% of unseen patients' inputs; 0.5% keeps it under 1%.
 RATE = 0.005
 DATA = "synthetic adult hand phantoms"
+DETECTOR_DATA = "synthetic adult and child hand phantoms"
+CHILD_SHARE = 0.3           # the detector's check: children among its phantoms, as in its training set
 
 
-def phantoms(split: str, n_patients: int) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+def phantoms(split: str, n_patients: int, pool: range = PATIENT_POOL
+             ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """(radiographs 0-1, their true joint boxes, patient ids) of the split's first patients, every visit."""
-    patients = split_patients(list(PATIENT_POOL[:n_patients * 10]))[split][:n_patients]
+    patients = split_patients(list(pool[:n_patients * 10]))[split][:n_patients]
     images, boxes, groups = [], [], []
     for pid, t in visits(patients):
         case = generate_hand(pid, t)
@@ -100,8 +103,11 @@ def fit_checks(out_dir: Path, model_ids=tuple(LAYERS), patients: int = 200, rate
     if not dry_run and strip_builtin_check(out_dir):
         log(f"{DETECTOR_ID}: re-saved without its built-in ood output")
     registry = ModelRegistry(out_dir)
-    sets = {split: phantoms(split, n) for split, n in
-            (("train", patients), ("val", max(4, patients // 4)), ("test", max(4, patients // 4)))}
+    sizes = (("train", patients), ("val", max(4, patients // 4)), ("test", max(4, patients // 4)))
+    sets = {split: phantoms(split, n) for split, n in sizes}
+    # The detector also trains on children: its check knows them (the scorers' checks must not)
+    kids = {split: phantoms(split, max(2, int(n * CHILD_SHARE)), CHILD_POOL) for split, n in sizes}
+    with_kids = {s: tuple(a + b for a, b in zip(sets[s], kids[s])) for s in sets}
     probes = probe_images(data_dir(), own=set())
     detector = registry.load(DETECTOR_ID)
     figures = {}
@@ -112,8 +118,8 @@ def fit_checks(out_dir: Path, model_ids=tuple(LAYERS), patients: int = 200, rate
         if model_id == DETECTOR_ID:
             def inputs(images):
                 return [detector_input(i, size)[0][0] for i in images]
-            feats = {s: model_features(model, inputs(sets[s][0]), chosen) for s in sets}
-            groups = sets["val"][2]
+            feats = {s: model_features(model, inputs(with_kids[s][0]), chosen) for s in with_kids}
+            groups = with_kids["val"][2]
             probe_feats = {k: model_features(model, inputs(v), chosen) for k, v in probes.items()}
             what = "radiographs"
         else:
@@ -136,7 +142,7 @@ def fit_checks(out_dir: Path, model_ids=tuple(LAYERS), patients: int = 200, rate
             attach(out_dir, dataclasses.asdict(registry.get(model_id)), chosen, fit.distribution, fit.threshold,
                    rate, f"{len(feats['train'])} training-patient phantom {what}", fit.figures,
                    f"python -m training.hand.ood --out models --models {model_id} --patients {patients} "
-                   f"--layer {chosen} --rate {rate}", data=DATA)
+                   f"--layer {chosen} --rate {rate}", data=DETECTOR_DATA if model_id == DETECTOR_ID else DATA)
     return figures
 
 

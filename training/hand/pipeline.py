@@ -15,14 +15,14 @@ from training.toolbox.runs import is_committed_models_dir, json_safe
 
 def run(out_dir: Path, quick: bool = False, patients: int | None = None, seed: int = 0,
         model_ids: Sequence[str] = ALL_MODELS, cache: Path | None = None, log: Callable[[str], None] = print,
-        reuse: bool = False) -> dict[str, dict[str, Any]]:
+        reuse: bool = False, init_detector: Path | None = None) -> dict[str, dict[str, Any]]:
     budget = QUICK_BUDGET if quick else FULL_BUDGET
     n = patients or budget.patients
     out_dir = Path(out_dir)
     if quick and is_committed_models_dir(out_dir):
         raise SystemExit("--quick refuses to write tiny models into the committed models/ directory")
     t0 = time.perf_counter()
-    data = generate_data(n, log=log, cache=cache)
+    data = generate_data(n, log=log, cache=cache, n_children=budget.children)
     # Imported once the phantoms exist: these load TensorFlow, and the phantom workers are forked only
     # while it is not loaded.
     import keras
@@ -34,7 +34,7 @@ def run(out_dir: Path, quick: bool = False, patients: int | None = None, seed: i
     for mid in ALL_MODELS:
         if mid in model_ids:
             if mid == DETECTOR_ID:
-                models[mid], infos[mid] = train_detector(data, budget, seed, log, quick)
+                models[mid], infos[mid] = train_detector(data, budget, seed, log, quick, init=init_detector)
             else:
                 models[mid], infos[mid] = train_scorer(mid, data, budget, seed, log, quick)
             out_dir.mkdir(parents=True, exist_ok=True)

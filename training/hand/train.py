@@ -4,6 +4,7 @@ out-of-distribution calibration, and the two-stage GUSS scorers (two streams per
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import keras
@@ -11,25 +12,55 @@ import numpy as np
 import tensorflow as tf
 
 from tasks.hand import DETECTOR_STRIDE
+from training.export import sha256_file
 from training.hand.config import POSITION_ID, Budget
 from training.hand.data import (CROP_SIZE, CTX_SIZE, DET_SIZE, N_CLASSES, HandSplits, augment_crop,
-                                augment_detector_batch, coral_targets, detector_targets, peak_class_weights,
-                                sampling_weights, with_position)
+                                augment_detector_batch, coral_targets, detector_targets, detector_training_set,
+                                peak_class_weights, sampling_weights, with_position)
 from training.hand.evaluate import evaluate_scorer_on_crops
 from training.hand.model import (COMPARTMENT_THRESHOLDS, GUSS_THRESHOLDS, focal_loss,
                                  guss_scorer, joint_detector)
 from training.toolbox.schedule import adam_cosine
 
 
-def train_detector(data: HandSplits, budget: Budget, seed: int = 0, log: Callable[[str], None] = print, quick: bool = False):
+def train_detector(data: HandSplits, budget: Budget, seed: int = 0, log: Callable[[str], None] = print,
+                   quick: bool = False, init: Path | None = None):
+    """The joint detector in two stages: `det_epochs` on the adult phantoms with the narrow augmentation, then
+    `det_finetune_epochs` on adults and children with the wide one (lower learning rate). `init`: a detector
+    file that stands for the first stage (its training is skipped)."""
     keras.utils.set_random_seed(seed)
     model = joint_detector(DET_SIZE, widths=(8, 8, 8, 8, 8) if quick else (16, 24, 32, 48, 64),
                            head_width=8 if quick else 32)
+    rng = np.random.default_rng(seed)
+    info: dict = {"batch_size": budget.det_batch}
+    t0 = time.perf_counter()
+    if init is not None:
+        model.set_weights(keras.models.load_model(init, compile=False).get_weights())
+        info["first_stage"] = {"from_file": Path(init).name, "sha256": sha256_file(init),
+                               "epochs_run": budget.det_epochs}
+        log(f"  detector: first stage from {init}")
+    else:
+        adults = detector_training_set(data, children=False)
+        _fit_detector(model, adults, budget.det_epochs, budget.det_lr, budget.det_batch, False, rng, log, "stage 1")
+        info["first_stage"] = {"epochs_run": budget.det_epochs, "radiographs": len(adults[0]), "lr": budget.det_lr,
+                               "wall_time_s": round(time.perf_counter() - t0, 1)}
+        t0 = time.perf_counter()
+    everyone = detector_training_set(data, children=True)
+    if budget.det_finetune_epochs:
+        _fit_detector(model, everyone, budget.det_finetune_epochs, budget.det_finetune_lr, budget.det_batch, True,
+                      rng, log, "stage 2")
+    info.update(epochs=budget.det_finetune_epochs, finetune_epochs=budget.det_finetune_epochs,
+                wall_time_s=round(time.perf_counter() - t0, 1), train_radiographs=len(everyone[0]),
+                train_child_radiographs=len(data.child_train) if data.child_train is not None else 0)
+    return model, info
+
+
+def _fit_detector(model, arrays, epochs: int, lr: float, batch: int, wide: bool, rng: np.random.Generator,
+                  log: Callable[[str], None], tag: str) -> None:
+    det_x, det_centres, det_sizes, det_side = arrays
     out_size = DET_SIZE // DETECTOR_STRIDE
-    tr = data.train
-    steps_per_epoch = max(1, len(tr) // budget.det_batch)
-    total = steps_per_epoch * budget.det_epochs
-    opt = adam_cosine(budget.det_lr, total, alpha=0.01)
+    steps_per_epoch = max(1, len(det_x) // batch)
+    opt = adam_cosine(lr, steps_per_epoch * epochs, alpha=0.01)
 
     @tf.function(reduce_retracing=True)
     def step(x, heat, reg, side):
@@ -46,22 +77,19 @@ def train_detector(data: HandSplits, budget: Budget, seed: int = 0, log: Callabl
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss, l_heat, l_wh, l_off, l_side
 
-    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    for epoch in range(budget.det_epochs):
-        order = rng.permutation(len(tr))
+    for epoch in range(epochs):
+        order = rng.permutation(len(det_x))
         acc = np.zeros(5)
         for k in range(steps_per_epoch):
-            idx = order[k * budget.det_batch:(k + 1) * budget.det_batch]
-            x, c, s, sd = augment_detector_batch(tr.det_x[idx], tr.det_centres[idx], tr.det_sizes[idx],
-                                                 tr.side[idx], rng)
+            idx = order[k * batch:(k + 1) * batch]
+            x, c, s, sd = augment_detector_batch(det_x[idx], det_centres[idx], det_sizes[idx], det_side[idx], rng,
+                                                 wide=wide)
             heat, reg = detector_targets(c, s, out_size)
             acc += np.array([float(v) for v in step(x, heat, reg, sd)])
         acc /= steps_per_epoch
-        log(f"  detector epoch {epoch + 1}/{budget.det_epochs}: loss {acc[0]:.3f} (heat {acc[1]:.3f} wh {acc[2]:.3f} "
-            f"off {acc[3]:.3f} side {acc[4]:.3f}) {time.perf_counter() - t0:.0f} s")
-    return model, {"epochs": budget.det_epochs, "batch_size": budget.det_batch, "wall_time_s": round(time.perf_counter() - t0, 1),
-                   "train_radiographs": len(tr)}
+        log(f"  detector {tag} epoch {epoch + 1}/{epochs} ({len(det_x)} radiographs): loss {acc[0]:.3f} (heat "
+            f"{acc[1]:.3f} wh {acc[2]:.3f} off {acc[3]:.3f} side {acc[4]:.3f}) {time.perf_counter() - t0:.0f} s")
 
 
 def train_scorer(model_id: str, data: HandSplits, budget: Budget, seed: int = 0, log: Callable[[str], None] = print,

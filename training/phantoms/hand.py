@@ -51,6 +51,12 @@ N_JOINTS = len(JOINT_NAMES)
 SIDES = ("left", "right")
 IMAGE_SHAPE = (768, 640)            # (height, width): at least 512 px on the long side
 PATIENT_POOL = range(0, 1_000_000)  # patient ids; the split is by patient (see `split_of`)
+# Children (1.5-14 years of bone age): ids of their own, so that every adult phantom stays what it was. A child
+# has open growth plates: each phalanx's base is a separate epiphysis beyond a lucent physis, the joint gap
+# between the ossified bones is wide (cartilage), few carpals are ossified, the fingers are short and stubby
+# under thick soft tissue, and the hand fills the radiograph. No erosive OA: every joint is intact. They teach
+# the joint detector to find joints on children's radiographs; the GUSS scorer never trains on them.
+CHILD_POOL = range(1_000_000, 2_000_000)
 SPLITS = ("train", "val", "test")
 SPLIT_PATTERN_BLOCK = 10            # per stratum, each block of 10 patients gives 8 train, 1 val, 1 test
 PX_PER_MM = 2.9                     # mean image scale (varies by visit)
@@ -147,17 +153,33 @@ _BASE = dict(
 _INVOLVE = np.array([0.50, 0.47, 0.37, 0.37, 0.70, 0.66, 0.54, 0.52])
 
 
+def is_child(patient: int) -> bool:
+    return int(patient) in CHILD_POOL
+
+
+def child_hand_scale(age_years: float) -> float:
+    """Hand length of a child relative to the adult mean: about 0.58 at 2 years, 0.73 at 6, 0.95 at 14."""
+    return float(np.clip(0.52 + 0.031 * age_years, 0.52, 0.97))
+
+
 def patient_plan(patient: int) -> PatientPlan:
     """Anatomy and the per-visit GUSS labels of one patient; no image is drawn."""
     seq = _streams(patient)
     ra, rd = _rng(seq, "anatomy"), _rng(seq, "disease")
     U = ra.uniform
     hs = U(0.9, 1.08)                                   # hand size
+    child = is_child(patient)
+    wf = 1.0                                            # widths relative to lengths
+    if child:                                           # its own stream: the adult draws stay as they were
+        rc = _rng(seq, "child")
+        age = float(rc.uniform(1.5, 14.0))
+        hs = child_hand_scale(age) * rc.uniform(0.94, 1.06)
+        wf = hs ** -0.6                                 # short, stubby fingers
     anatomy = dict(
         hand_scale=round(hs, 4),
         lengths=[[round(hs * L * U(0.95, 1.05), 3) for L in Ls]
                  for Ls in zip(_BASE["mc_len"], _BASE["p1_len"], _BASE["p2_len"], _BASE["p3_len"])],
-        widths=[[round(hs * w * U(0.94, 1.06), 3) for w in ws]
+        widths=[[round((wf if k else 1.0) * hs * w * U(0.94, 1.06), 3) for k, w in enumerate(ws)]
                 for ws in zip(_BASE["mc_w"], _BASE["p1_w"], _BASE["p2_w"], _BASE["p3_w"])],
         mc_base=[[round(hs * (x + U(-1, 1)), 3), round(hs * (y + U(-1, 1)), 3)] for x, y in _BASE["mc_base"]],
         mc_dir=[round(d + U(-0.025, 0.025), 4) for d in _BASE["mc_dir"]],
@@ -168,6 +190,22 @@ def patient_plan(patient: int) -> PatientPlan:
         bone_density=round(U(0.85, 1.1), 4),
     )
     side = SIDES[int(ra.integers(0, 2))]
+    if child:
+        anatomy.update(
+            age_years=round(age, 2),
+            # maturity 0..1 of the ossification centres: epiphyses grow from small flat discs to the width
+            # of their metaphysis; the cartilage gap narrows with age
+            maturity=round(float(np.clip((age - 1.0) / 12.0, 0.0, 1.0)), 4),
+            cortex=round(rc.uniform(0.16, 0.28), 4),
+            soft=round(rc.uniform(1.15, 1.55), 4),
+            bone_density=round(rc.uniform(0.62, 0.92), 4),
+            physis_mm=round(rc.uniform(0.5, 1.1), 4),
+            soft_density=round(rc.uniform(1.2, 1.8), 4),   # a child's soft tissue is bright beside its bones
+        )
+        # short metacarpals in a broad palm
+        anatomy["lengths"] = [[round(L * (0.85 if k == 0 else 1.0), 3) for k, L in enumerate(Ls)]
+                              for Ls in anatomy["lengths"]]
+        anatomy["mc_base"] = [[round(1.2 * x, 3), y] for x, y in anatomy["mc_base"]]
 
     # visits
     T = int(rd.choice([2, 3, 4], p=[0.3, 0.4, 0.3]))
@@ -178,7 +216,7 @@ def patient_plan(patient: int) -> PatientPlan:
     plate = np.full((T, N_JOINTS), 100, np.int64)
     space = np.full((T, N_JOINTS), 100, np.int64)
     phase = [["intact"] * N_JOINTS for _ in range(T)]
-    if rd.random() < 0.7:                               # an affected patient
+    if rd.random() < 0.7 and not child:                 # an affected patient (children: none)
         activity = rd.uniform(0.6, 1.4)
         involved = rd.random(N_JOINTS) < np.clip(_INVOLVE * activity, 0, 0.95)
         if not involved.any():
@@ -503,6 +541,10 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
     rp, rq, rt, rj = (_rng(seq, k) for k in ("pose", "acquisition", "texture", "joints"))
     A = plan.anatomy
     H, W = shape
+    child = "age_years" in A
+    # a child's own draws come from a stream of their own: the adults' streams are drawn exactly as before
+    rk = _rng(seq, "child") if child else None
+    maturity = A.get("maturity", 1.0)
 
     # ---- pose of this visit ----
     angle = math.radians(rp.uniform(-18, 18))
@@ -511,11 +553,16 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
     thumb_abd = rp.uniform(-0.12, 0.22)
     mirror = plan.side == "right"
     origin_img = np.array([W / 2 + rp.uniform(-0.05, 0.05) * W, H / 2 + rp.uniform(-0.04, 0.05) * H])
-    fr = _Frame(ppm, angle, mirror, origin_img, np.array([0.0, 82.0]))
+    origin_mm = np.array([0.0, 82.0])
+    if child:                               # a child's radiograph is framed on the hand: it fills the image
+        ppm *= rk.uniform(0.85, 1.2) / A["hand_scale"]
+        origin_mm = origin_mm * A["hand_scale"] + [0.0, rk.uniform(-8.0, 14.0)]
+    fr = _Frame(ppm, angle, mirror, origin_img, origin_mm)
     flex = rp.uniform(-0.05, 0.05, (4, 3))
 
     # ---- joint specs of the scored joints ----
-    gap_n_ratio = A["gap_ratio"]
+    # children: the gap between the ossified bones is mostly unossified cartilage, wide in the young
+    gap_n_ratio = A["gap_ratio"] * ((2.8 - 1.6 * maturity) if child else 1.0)
     widths, lengths = A["widths"], A["lengths"]
     specs: dict[str, _JointSpec] = {}
     for fi in range(4):
@@ -551,26 +598,62 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
         disc(p_a, r_a)
         disc(p_b, r_b)
 
+    physis = A.get("physis_mm", 0.0)
+
+    def epiphysis(joint_centre, axis, offset, r_end, kind):
+        """A child's separate ossification centre beyond the joint gap (`offset` mm from the joint centre
+        along `axis`, into the bone it belongs to); returns how far its metaphysis starts from the centre."""
+        flat = 0.16 + 0.16 * maturity if kind == "base" else 0.3 + 0.15 * maturity
+        half_h = max(0.3, flat * r_end)
+        half_w = r_end * (0.42 + 0.5 * maturity) * rk.uniform(0.9, 1.08)
+        if maturity * 12.0 + 1.0 > rk.uniform(1.2, 3.0):          # ossified by this bone age
+            centre = joint_centre + axis * (offset + half_h)
+            _ellipsoid(att, tex, fr, centre, half_h, half_w, math.atan2(axis[1], axis[0]), half_w * 0.9,
+                       dens * 0.85, shell=0.14, wobble=0.04, phase=rk.uniform(0, 6.3))
+        return offset + 2.0 * half_h + physis
+
     # ---- forearm: radius and ulna ----
     rad_end = np.array([8.0, 0.0]) * A["hand_scale"]
     uln_end = np.array([-13.5, -3.5]) * A["hand_scale"]
-    _tube(att, tex, fr, rad_end + [-4.0, -95.0], rad_end, 8.0 * A["hand_scale"], 9.0, 13.5 * A["hand_scale"],
-          cortex * 0.8, "flat", ("flat", 0.3, 0.5), dens)
-    _tube(att, tex, fr, uln_end + [3.0, -95.0], uln_end, 5.5 * A["hand_scale"], 6.0, 7.0 * A["hand_scale"],
-          cortex * 0.8, "flat", ("flat", -0.15, 1.2), dens)
-    _ellipsoid(att, tex, fr, uln_end + [-4.5, 1.0], 1.6, 1.3, 1.2, 2.5, dens * 0.7, shell=0.0)  # ulnar styloid
+    if child:                               # shafts end at their physes; distal epiphyses beyond them
+        up = np.array([0.0, -1.0])
+        start_r = epiphysis(rad_end + [0.0, 0.8], up, 0.8, 10.0 * A["hand_scale"], "head")
+        _tube(att, tex, fr, rad_end + [-4.0, -95.0], rad_end + [0.0, 0.8 - start_r], 7.0 * A["hand_scale"], 8.0,
+              11.0 * A["hand_scale"], cortex * 0.8, "flat", ("flat", 0.0, 0.1), dens)
+        if A["age_years"] > rk.uniform(5.0, 7.5):
+            epiphysis(uln_end + [0.0, 0.8], up, 0.8, 5.0 * A["hand_scale"], "head")
+        _tube(att, tex, fr, uln_end + [3.0, -95.0], uln_end + [0.0, -1.5], 5.0 * A["hand_scale"], 6.0,
+              6.0 * A["hand_scale"], cortex * 0.8, "flat", ("flat", 0.0, 0.1), dens)
+    else:
+        _tube(att, tex, fr, rad_end + [-4.0, -95.0], rad_end, 8.0 * A["hand_scale"], 9.0, 13.5 * A["hand_scale"],
+              cortex * 0.8, "flat", ("flat", 0.3, 0.5), dens)
+        _tube(att, tex, fr, uln_end + [3.0, -95.0], uln_end, 5.5 * A["hand_scale"], 6.0, 7.0 * A["hand_scale"],
+              cortex * 0.8, "flat", ("flat", -0.15, 1.2), dens)
+        _ellipsoid(att, tex, fr, uln_end + [-4.5, 1.0], 1.6, 1.3, 1.2, 2.5, dens * 0.7, shell=0.0)  # ulnar styloid
 
     # ---- carpals (proximal and distal rows) ----
     hs = A["hand_scale"]
     carpals = [((13.5, 7.5), 11.0, 6.8, 1.0), ((2.0, 6.5), 8.2, 7.6, 0.2), ((-10.5, 10.5), 7.6, 6.2, 0.5),
                ((-13.5, 13.5), 5.0, 4.4, 0.0), ((19.5, 21.5), 7.8, 6.6, 0.8), ((10.0, 24.0), 6.4, 6.0, 0.3),
                ((0.5, 21.0), 7.0, 10.8, 0.05), ((-10.0, 22.0), 7.8, 8.6, -0.2)]
-    for (cx, cy), a, b, ang in carpals:
+    # a child's carpals ossify one by one (scaphoid, lunate, triquetrum, pisiform, trapezium, trapezoid,
+    # capitate, hamate: the years at which each appears), small and round at first
+    carpal_onset = (5.5, 4.0, 2.5, 10.0, 5.0, 5.5, 0.3, 0.5)
+    for k, ((cx, cy), a, b, ang) in enumerate(carpals):
         jit = rp.uniform(-0.5, 0.5, 2)
-        _ellipsoid(att, tex, fr, np.array([cx, cy]) * hs + jit, a * hs, b * hs, ang + rp.uniform(-0.1, 0.1),
-                   8.5 * hs, dens * 0.75, shell=0.08, wobble=0.07, phase=rp.uniform(0, 6.3))
-    _ellipsoid(att, tex, fr, np.array([-10.5, 23.0]) * hs, 1.6 * hs, 1.4 * hs, 0.0, 4.0 * hs, dens * 0.5,
-               shell=0.0)                                                                # hook of the hamate
+        ang_k, phase_k = ang + rp.uniform(-0.1, 0.1), rp.uniform(0, 6.3)
+        if child:
+            grown = (A["age_years"] - carpal_onset[k]) / 6.0 + 0.3
+            if grown <= 0.3:
+                continue
+            g = min(1.0, grown)
+            r = (a + b) / 2
+            a, b = (r + (a - r) * g) * g, (r + (b - r) * g) * g
+        _ellipsoid(att, tex, fr, np.array([cx, cy]) * hs + jit, a * hs, b * hs, ang_k,
+                   8.5 * hs, dens * 0.75, shell=0.08, wobble=0.07, phase=phase_k)
+    if not child:
+        _ellipsoid(att, tex, fr, np.array([-10.5, 23.0]) * hs, 1.6 * hs, 1.4 * hs, 0.0, 4.0 * hs, dens * 0.5,
+                   shell=0.0)                                                            # hook of the hamate
 
     # ---- metacarpals and fingers 2-5 ----
     centres: dict[str, np.ndarray] = {}
@@ -590,11 +673,28 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
         d3 = _dir(ang_f + flex[fi, 1] + flex[fi, 2])
         tip = dip + L3 * d3
         pip_spec, dip_spec = specs[f"PIP{fi + 2}"], specs[f"DIP{fi + 2}"]
-        mcp_spec = _JointSpec(gap=1.7 * hs, curv=0.05, r_end=1.5 * w_mc)
-        _tube(att, tex, fr, base, mcp, w_mc, 1.3 * w_mc, 1.6 * w_mc, cortex, ("flat", 0.0, -0.05), mcp_spec, dens)
-        _tube(att, tex, fr, mcp, pip, w1, 1.6 * w1, pip_spec.r_end, cortex, mcp_spec, pip_spec, dens)
-        _tube(att, tex, fr, pip, dip, w2, pip_spec.r_end, dip_spec.r_end, cortex, pip_spec, dip_spec, dens)
-        _tube(att, tex, fr, dip, tip, w3, dip_spec.r_end * 0.95, 1.25 * w3, cortex * 0.9, dip_spec, "tuft", dens)
+        mcp_spec = _JointSpec(gap=1.7 * hs * ((2.2 - 1.2 * maturity) if child else 1.0), curv=0.05, r_end=1.5 * w_mc)
+        if child:
+            # the metacarpal's head and each phalanx's base are epiphyses: the shafts start beyond a physis
+            flat = ("flat", 0.0, 0.04)
+            head_off = epiphysis(mcp, -d_mc, mcp_spec.gap / 2, 1.3 * w_mc, "head")
+            _tube(att, tex, fr, base, mcp - head_off * d_mc, w_mc, 1.3 * w_mc, 1.3 * w_mc, cortex,
+                  ("flat", 0.0, -0.05), flat, dens)
+            s1 = epiphysis(mcp, d1, mcp_spec.gap / 2, 1.5 * w1, "base")
+            _tube(att, tex, fr, mcp + s1 * d1, pip, w1, 1.45 * w1, pip_spec.r_end, cortex, flat, pip_spec, dens)
+            s2 = epiphysis(pip, d2, pip_spec.gap / 2, pip_spec.r_end * 0.9, "base")
+            _tube(att, tex, fr, pip + s2 * d2, dip, w2, pip_spec.r_end * 0.9, dip_spec.r_end, cortex, flat,
+                  dip_spec, dens)
+            s3 = epiphysis(dip, d3, dip_spec.gap / 2, dip_spec.r_end * 0.85, "base")
+            _tube(att, tex, fr, dip + s3 * d3, tip, w3, dip_spec.r_end * 0.85, 1.15 * w3, cortex * 0.9, flat,
+                  "tuft", dens)
+        else:
+            _tube(att, tex, fr, base, mcp, w_mc, 1.3 * w_mc, 1.6 * w_mc, cortex, ("flat", 0.0, -0.05), mcp_spec,
+                  dens)
+            _tube(att, tex, fr, mcp, pip, w1, 1.6 * w1, pip_spec.r_end, cortex, mcp_spec, pip_spec, dens)
+            _tube(att, tex, fr, pip, dip, w2, pip_spec.r_end, dip_spec.r_end, cortex, pip_spec, dip_spec, dens)
+            _tube(att, tex, fr, dip, tip, w3, dip_spec.r_end * 0.95, 1.25 * w3, cortex * 0.9, dip_spec, "tuft",
+                  dens)
         centres[f"PIP{fi + 2}"], centres[f"DIP{fi + 2}"] = pip, dip
         axes[f"PIP{fi + 2}"], axes[f"DIP{fi + 2}"] = (d1 + d2) / 2, (d2 + d3) / 2
         r_ends[f"PIP{fi + 2}"], r_ends[f"DIP{fi + 2}"] = pip_spec.r_end, dip_spec.r_end
@@ -615,12 +715,13 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
     t_mcp = t_base + L1t * _dir(ang_t)
     t_ip = t_mcp + L2t * _dir(ang_t - 0.12)
     t_tip = t_ip + L3t * _dir(ang_t - 0.18)
-    tj1 = _JointSpec(gap=1.6 * hs, curv=0.05, r_end=6.2 * hs)
-    tj2 = _JointSpec(gap=1.4 * hs, curv=0.05, r_end=5.2 * hs)
+    widen = (2.2 - 1.2 * maturity) if child else 1.0
+    tj1 = _JointSpec(gap=1.6 * hs * widen, curv=0.05, r_end=6.2 * hs)
+    tj2 = _JointSpec(gap=1.4 * hs * widen, curv=0.05, r_end=5.2 * hs)
     _tube(att, tex, fr, t_base, t_mcp, 4.4 * hs, 6.0 * hs, 6.2 * hs, cortex, "flat", tj1, dens)
     _tube(att, tex, fr, t_mcp, t_ip, 4.1 * hs, 6.2 * hs, 5.2 * hs, cortex, tj1, tj2, dens)
     _tube(att, tex, fr, t_ip, t_tip, 3.1 * hs, 5.0 * hs, 3.6 * hs, cortex * 0.9, tj2, "tuft", dens)
-    for sgn in (-1, 1):                                 # sesamoids at the thumb MCP
+    for sgn in (-1, 1) if not child else ():            # sesamoids at the thumb MCP (ossified in adolescence)
         off = _rot(_dir(ang_t), sgn * math.pi / 2) * 4.8 * hs
         _ellipsoid(att, tex, fr, t_mcp - 3.5 * _dir(ang_t) + off, 2.2 * hs, 1.9 * hs, 0.0, 2.2 * hs, dens * 0.9)
     soft = A["soft"]
@@ -648,7 +749,7 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
     bulk = _blur_large(cv2.pow(dmm * f32(1.0 / r0), 4), 12 * ppm / 2.9, 4)
     soft_tex = 1.0 + 0.04 * _smooth_field(rt, (H // 8, W // 8), 5)
     soft_tex = cv2.resize(soft_tex, (W, H), interpolation=cv2.INTER_LINEAR)
-    att_total = att + (thick * f32(2 * 0.68) + bulk * f32(0.68 * 10.0 * soft)) * soft_tex
+    att_total = att + (thick * f32(2 * 0.68) + bulk * f32(0.68 * 10.0 * soft)) * soft_tex * f32(A.get("soft_density", 1.0))
 
     # ---- acquisition: attenuation -> display, heel effect, scatter, noise, blur ----
     a0 = rq.uniform(26.0, 40.0)
@@ -699,6 +800,7 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
                                  plate=int(plan.plate[timepoint, j]), space=int(plan.space[timepoint, j]),
                                  phase=plan.phase[timepoint][j]))
     params = dict(patient=int(patient), timepoint=int(timepoint), side=plan.side,
+                  age_years=A.get("age_years"),
                   pose=dict(rotation_deg=round(math.degrees(angle), 3), px_per_mm=round(ppm, 4),
                             spread=round(spread, 4), thumb_abduction=round(thumb_abd, 4)),
                   acquisition=dict(a0=round(a0, 3), quanta=round(n0, 1), sharpen=round(sharpen, 3),

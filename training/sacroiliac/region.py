@@ -196,7 +196,8 @@ def export_region(work: Path, config: RegionConfig, out_dir: Path, cases: list[C
         "title": ("SIJ study disease region, attention U-Net (real MRI)" if config.architecture == "attention_unet"
                   else "SIJ study disease region, reference U-Net (real MRI)"),
         "architecture": ARCHITECTURES[config.architecture].format(enc=enc, bottom=config.filters[-1]),
-        "reference": config.architecture == "unet", "default": True,
+        # a reference is not run unless chosen for a side-by-side comparison, as in every task
+        "reference": config.architecture == "unet", "default": config.architecture != "unet",
         "file": path.name,
         "input": {"shape": [config.size, config.size, 3], "channels": ["slice before", "slice", "slice after"],
                   "crop": "full", "normalisation": "volume percentiles 1-99.5 to 0-1 (clipped at 1.5)"},
