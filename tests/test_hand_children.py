@@ -25,6 +25,9 @@ def test_children_train_the_detector_and_never_the_scorers(data):
     assert len(x) == len(data.train) + len(data.child_train) == len(centres) == len(sizes) == len(side)
     adults_only = detector_training_set(data, children=False)
     assert len(adults_only[0]) == len(data.train)
+    twice = detector_training_set(data, child_repeat=2)
+    assert len(twice[0]) == len(data.train) + 2 * len(data.child_train)
+    assert np.array_equal(twice[1][-len(data.child_train):], data.child_train.det_centres)
     assert (data.child_train.guss == 200).all()
     # the scorers read data.train, which holds adults only
     assert not set(data.train.patient) & set(CHILD_POOL)

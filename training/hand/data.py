@@ -106,10 +106,12 @@ class HandSplits:
     n_children: int = 0
 
 
-def detector_training_set(data: HandSplits, children: bool = True
+def detector_training_set(data: HandSplits, children: bool = True, child_repeat: int = 1
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(inputs, centres, sizes, side) of the radiographs the detector trains on: adults, and children too."""
-    sets = [s for s in (data.train, data.child_train if children else None) if s is not None and len(s)]
+    """(inputs, centres, sizes, side) of the radiographs the detector trains on: adults, and children too
+    (each child radiograph `child_repeat` times: fewer of them, and fresh augmentation each time)."""
+    kids = [data.child_train] * child_repeat if children else []
+    sets = [s for s in (data.train, *kids) if s is not None and len(s)]
     return tuple(np.concatenate([getattr(s, k) for s in sets]) for k in ("det_x", "det_centres", "det_sizes", "side"))
 
 

@@ -178,7 +178,8 @@ def card_sections(mid: str, entry: dict[str, Any], evaluation: dict[str, Any], i
                        if first.get("from_file") else "")
                     + f"; then {info.get('finetune_epochs') or 0} epochs at a lower learning rate on "
                     f"{info.get('train_radiographs')} radiographs"
-                    + (f" ({n_kids} of them children's)" if n_kids else "")
+                    + (f" ({n_kids} children's radiographs, each {info.get('child_repeat') or 1} time(s) per "
+                       "epoch)" if n_kids else "")
                     + " with scale 0.8-1.3, lead side markers and collimator edges added. The training-data check "
                     "(below) compares its stem features with those of the training radiographs.")
         failure = ("Trained on phantom hands: adults and, for this detector only, children with open growth plates. "

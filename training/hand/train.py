@@ -45,13 +45,14 @@ def train_detector(data: HandSplits, budget: Budget, seed: int = 0, log: Callabl
         info["first_stage"] = {"epochs_run": budget.det_epochs, "radiographs": len(adults[0]), "lr": budget.det_lr,
                                "wall_time_s": round(time.perf_counter() - t0, 1)}
         t0 = time.perf_counter()
-    everyone = detector_training_set(data, children=True)
+    everyone = detector_training_set(data, children=True, child_repeat=budget.child_repeat)
     if budget.det_finetune_epochs:
         _fit_detector(model, everyone, budget.det_finetune_epochs, budget.det_finetune_lr, budget.det_batch, True,
                       rng, log, "stage 2")
     info.update(epochs=budget.det_finetune_epochs, finetune_epochs=budget.det_finetune_epochs,
                 wall_time_s=round(time.perf_counter() - t0, 1), train_radiographs=len(everyone[0]),
-                train_child_radiographs=len(data.child_train) if data.child_train is not None else 0)
+                train_child_radiographs=len(data.child_train) if data.child_train is not None else 0,
+                child_repeat=budget.child_repeat)
     return model, info
 
 
