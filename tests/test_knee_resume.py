@@ -5,28 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import keras
 import pytest
 
 from training.knee.config import QUICK_CONFIG
 from training.knee.data import load_data
 from training.knee.train import train
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAfter(keras.callbacks.Callback):
-    """Kills the run at the end of an epoch (after its backup is written), as a stopped machine would."""
-
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epoch:
-            raise Stop
+from tests.stopped_runs import Stop, StopAfter
 
 
 def test_a_stopped_run_resumes_where_it_stopped(tmp_path):

@@ -7,13 +7,13 @@ import dataclasses
 import json
 
 import cv2
-import keras
 import numpy as np
 import pytest
 
 from tasks.spine import DATASET_VALUES
 from training.spine.model import ATTENTION_UNET, SPECS, dice_ce_loss
 from training.spine.train import cpu_computes_bfloat16, train_one
+from tests.stopped_runs import Stop, StopAfter
 
 HW = (32, 32)
 TINY = dataclasses.replace(SPECS[ATTENTION_UNET], builder_kwargs={"filters": (4, 4, 4, 4, 4)}, batch_size=2)
@@ -38,22 +38,6 @@ def _rows(folder, n: int, patient: str):
         cv2.imwrite(str(mask_path), mask)
         rows.append({"image_path": str(img_path), "mask_path": str(mask_path), "patient": patient})
     return rows
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAfter(keras.callbacks.Callback):
-    """Kills the run at the end of an epoch (after its backup is written), as a stopped machine would."""
-
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epoch:
-            raise Stop
 
 
 @pytest.fixture()
