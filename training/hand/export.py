@@ -176,7 +176,7 @@ def card_sections(mid: str, entry: dict[str, Any], evaluation: dict[str, Any], i
                     "turns a left hand into a right one), scale 0.9-1.1, shift, gamma, blur and noise"
                     + (f" (here taken from `{first['from_file']}`, sha256 `{first['sha256'][:12]}...`)"
                        if first.get("from_file") else "")
-                    + f"; then {info.get('finetune_epochs') or 0} epochs at a lower learning rate on "
+                    + f"; then {info.get('epochs') or 0} epochs at a lower learning rate on "
                     f"{info.get('train_radiographs')} radiographs"
                     + (f" ({n_kids} children's radiographs, each {info.get('child_repeat') or 1} time(s) per "
                        "epoch)" if n_kids else "")

@@ -49,7 +49,7 @@ def train_detector(data: HandSplits, budget: Budget, seed: int = 0, log: Callabl
     if budget.det_finetune_epochs:
         _fit_detector(model, everyone, budget.det_finetune_epochs, budget.det_finetune_lr, budget.det_batch, True,
                       rng, log, "stage 2")
-    info.update(epochs=budget.det_finetune_epochs, finetune_epochs=budget.det_finetune_epochs,
+    info.update(epochs=budget.det_finetune_epochs,                # the second stage's (first_stage: the first's)
                 wall_time_s=round(time.perf_counter() - t0, 1), train_radiographs=len(everyone[0]),
                 train_child_radiographs=len(data.child_train) if data.child_train is not None else 0,
                 child_repeat=budget.child_repeat)

@@ -91,27 +91,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         hw = (64, 48) if args.quick else spec.input_hw
         epochs = args.epochs or (1 if args.quick else spec.epochs)
         budget_min = None if (args.epochs or args.quick) else (args.budget_min or spec.budget_min)
-        init, pre_wall, pretrain = None, 0.0, None
+        init, pretrain = None, None
         if spec.pretrain:
             pre = spec.pretrain
+            recorded = {k: v for k, v in pre.items() if k != "epochs"}      # epochs_run says what ran
             if args.init:                              # the first stage's result is given
                 init = keras.models.load_model(args.init, compile=False).get_weights()
-                pretrain = {**pre, "from_file": Path(args.init).name, "sha256": sha256_file(Path(args.init))}
+                pretrain = {**recorded, "epochs_run": pre["epochs"], "from_file": Path(args.init).name,
+                            "sha256": sha256_file(Path(args.init))}
                 log(f"[{mid}] first stage from {args.init}")
             else:
-                first, pre_hist, pre_wall, pre_ran = train_one(
+                pre_hw = hw if args.quick else pre["input_hw"]
+                first, _, pre_wall, pre_ran = train_one(
                     spec, train_rows, val_rows, epochs=1 if args.quick else pre["epochs"],
-                    input_hw=hw if args.quick else pre["input_hw"], seed=args.seed, mixed_precision=mixed,
+                    input_hw=pre_hw, seed=args.seed, mixed_precision=mixed,
                     lr=pre["lr"], dice_weights=pre["dice_weights"],
                     work=Path(args.work) / f"{mid}-pretrain" if args.work else None, log=log)
                 init = first.get_weights()
-                pretrain = {**pre, "epochs": pre_ran, "wall_time_s": round(pre_wall, 1)}
+                pretrain = {**recorded, "input_hw": pre_hw, "epochs_run": pre_ran, "wall_time_s": round(pre_wall, 1)}
                 del first
         model, history, wall, ran = train_one(spec, train_rows, val_rows, epochs=epochs, input_hw=hw,
                                               seed=args.seed, budget_s=budget_min * 60 if budget_min else None,
                                               mixed_precision=mixed, init_weights=init,
                                               work=Path(args.work) / mid if args.work else None, log=log)
-        wall += pre_wall
         # The command that reproduces this file: the epochs actually run, without a time budget.
         command = _command([mid], args.quick, "models" if not args.quick else str(out_dir),
                            (f" --seed {args.seed}" if args.seed != SEED else "")

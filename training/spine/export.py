@@ -29,8 +29,8 @@ def _command(args_models: Sequence[str], quick: bool, out: str, extra: str = "")
 def _pretrain_text(pre: dict, epochs) -> str:
     hw = "x".join(str(v) for v in pre.get("input_hw", ()))
     first = (f"the given file `{pre['from_file']}` (sha256 `{pre['sha256'][:12]}...`), itself trained so"
-             if pre.get("from_file") else f"trained here ({pre.get('wall_time_s', 0):.0f} s, counted above)")
-    return (f"\n\nTwo stages: first {pre.get('epochs')} epochs from scratch at {hw}, learning rate "
+             if pre.get("from_file") else f"trained here in {pre.get('wall_time_s', 0):.0f} s")
+    return (f"\n\nTwo stages: first {pre.get('epochs_run')} epochs from scratch at {hw}, learning rate "
             f"{pre.get('lr')}, soft Dice weights {pre.get('dice_weights')} ({first}); then the {epochs} epochs "
             "above fine-tune those weights at this input size with the loss above. The regenerate command runs "
             "both; `--init FILE` starts from a first-stage file instead.")
@@ -72,9 +72,9 @@ def export_one(spec: ModelSpec, model, out_dir: Path, *, val_rows, val_patients,
                                                epoch_min=wall_s / 60 / max(epochs, 1))
                        if spec.budget_note and budget_min else None),
             "budget_min": budget_min,
-            "pretrain": ({k: (list(v) if isinstance(v, tuple) else v) for k, v in pretrain.items()}
-                         if pretrain else None),
-            "input_hw": list(input_hw),
+            # a two-stage model's first stage, under the key every two-stage card reads (training.export)
+            "first_stage": ({k: (list(v) if isinstance(v, tuple) else v) for k, v in pretrain.items()}
+                            if pretrain else None),
             "precision": f"trained in {'mixed bfloat16' if mixed_precision else 'float32'}, shipped and evaluated "
                          "in float32 (weights stored float16"
                          + (", convolution kernels int8 per output channel)" if spec.int8_convolutions else ")"),
@@ -117,7 +117,7 @@ def write_cards(out_dir: Path, log=print) -> None:
                 + (f" (a {tr['budget_min']:.0f}-minute training budget decided how many epochs fit; the "
                    "regenerate command below repeats that number)" if tr.get("budget_min") else "") + "."
                 + (f"\n\n**{tr['budget']}**" if tr.get("budget") else "")
-                + (_pretrain_text(tr["pretrain"], tr.get("epochs")) if tr.get("pretrain") else "")),
+                + (_pretrain_text(tr["first_stage"], tr.get("epochs")) if tr.get("first_stage") else "")),
             "Metrics on held-out data": (
                 "Dice per structure on the validation patients, measured on the reloaded shipped file at the "
                 "dataset's resolution (probabilities resized bilinearly, then argmax, as the app does). "
