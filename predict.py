@@ -28,6 +28,7 @@ from imaging.volume import (ZIP_MAGIC, Study, StudyLimits, is_nifti, read_study,
                             study_from_bytes)
 
 from imaging.overlay import encode_png, grey_to_rgb
+from imaging.normalize import normalise_volume
 from model_loader import UNAVAILABLE_FOR_USERS, ModelEntry, ModelRegistry, ModelUnavailable
 from private_files import private_dir, write_private
 from tasks import TaskInputError, TaskOutput, all_tasks, get_task
@@ -291,9 +292,8 @@ def read_study_upload(files: list[tuple[bytes, str | None]], limits: Limits, opt
 def study_picture(study: Study) -> DecodedImage:
     """The study's middle slice as one image (what the recogniser looks at, and the run's input picture)."""
     volume = study.volumes[0]
-    middle = volume.voxels[volume.n_slices // 2]
-    lo, hi = np.percentile(volume.voxels, [1.0, 99.5])
-    pixels = np.clip((middle - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+    # Windowed over the whole volume, as the study's slice pictures are.
+    pixels = normalise_volume(volume.voxels, ceiling=1.0)[volume.n_slices // 2]
     return DecodedImage(pixels=pixels, kind=STUDY_KIND, modality=volume.meta.get("modality") or "MR",
                         meta={"format": study.kind})
 

@@ -42,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 from imaging.overlay import encode_png  # noqa: E402
 from imaging.volume import read_nifti  # noqa: E402
 from tasks import all_tasks  # noqa: E402
-from tasks.sacroiliac_region import normalise_volume  # noqa: E402
+from imaging.normalize import normalise_volume  # noqa: E402
 from training.toolbox.runs import data_dir  # noqa: E402
 
 

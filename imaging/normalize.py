@@ -1,14 +1,18 @@
 """Intensity normalisation shared by training and inference.
 
 Training and serving must see identical preprocessing, so both import these
-three functions; they are pure (no state, no I/O) and cheap.
+functions; they are pure (no state, no I/O) and cheap.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-__all__ = ["percentile_scale", "to_model_input", "to_uint8"]
+__all__ = ["normalise_volume", "percentile_scale", "to_model_input", "to_uint8"]
+
+# An MRI volume is windowed once as a whole, so that slices keep their relative brightness.
+VOLUME_LOW_PERCENTILE, VOLUME_HIGH_PERCENTILE = 1.0, 99.5
+VOLUME_CEILING = 1.5     # bright fluid may exceed the high percentile; the models keep some of it
 
 
 def percentile_scale(img: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
@@ -30,6 +34,14 @@ def percentile_scale(img: np.ndarray, low: float = 1.0, high: float = 99.0) -> n
             return np.zeros_like(arr)
     out = (arr - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def normalise_volume(voxels: np.ndarray, ceiling: float = VOLUME_CEILING) -> np.ndarray:
+    """A volume's intensities mapped so that its 1st percentile is 0 and its 99.5th is 1, clipped to 0-`ceiling`
+    (1.0 for display; the models' 1.5 by default)."""
+    voxels = np.asarray(voxels, dtype=np.float32)
+    lo, hi = np.percentile(voxels, [VOLUME_LOW_PERCENTILE, VOLUME_HIGH_PERCENTILE])
+    return np.clip((voxels - lo) / max(float(hi - lo), 1e-6), 0.0, ceiling).astype(np.float32)
 
 
 def to_model_input(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

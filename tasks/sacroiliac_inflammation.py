@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from imaging.normalize import normalise_volume
+
 # Chosen by cross-validation against the readers on the labelled cases (benchmarks/sacroiliac_oedema.py).
 DEFAULT_MARGIN_SD = 1.5          # threshold = reference mode + margin x lower spread
 DEFAULT_MIN_LESION_VOXELS = 30   # smaller 3D components are noise, vessels or partial volume
@@ -242,8 +244,7 @@ def lesion_input(stir: np.ndarray, region: np.ndarray, frame: LesionFrame, t1: n
     z = np.clip((np.asarray(stir, np.float32) - reference.mode) / spread / STIR_SCALE, -1.0, 3.0)
     channels = [_to_frame(z, frame, cv2.INTER_AREA), _to_frame(region.astype(np.float32), frame, cv2.INTER_NEAREST)]
     if t1 is not None:
-        lo, hi = np.percentile(t1, [1.0, 99.5])
-        channels.append(_to_frame(np.clip((t1 - lo) / max(float(hi - lo), 1e-6), 0.0, 1.5), frame, cv2.INTER_AREA))
+        channels.append(_to_frame(normalise_volume(t1), frame, cv2.INTER_AREA))
     else:
         channels.append(np.zeros_like(channels[0]))
     return np.stack(channels, axis=-1)

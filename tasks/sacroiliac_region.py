@@ -2,8 +2,8 @@
 
 The region segmenter reads 2.5D stacks: each slice with its two neighbours as channels (the slice
 before and after; the first and last slices repeat themselves), at REGION_SIZE x REGION_SIZE, from a
-volume normalised once as a whole (percentiles over the volume, never per slice, so that neighbouring
-slices keep their relative brightness). T1 and STIR of one study are on the same grid, so one region
+volume normalised once as a whole (`imaging.normalize.normalise_volume`: percentiles over the volume, never
+per slice, so that neighbouring slices keep their relative brightness). T1 and STIR of one study are on the same grid, so one region
 serves both.
 """
 from __future__ import annotations
@@ -12,15 +12,6 @@ import cv2
 import numpy as np
 
 REGION_SIZE = 128           # 336 px studies at 1.56 mm: the region is tens of mm wide; 2 CPU cores train it in minutes
-LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.5
-NORMALISED_CEILING = 1.5     # bright fluid may exceed the high percentile; keep some of it
-
-
-def normalise_volume(voxels: np.ndarray) -> np.ndarray:
-    """A volume's intensities mapped so that its 1st percentile is 0 and its 99.5th is 1 (clipped to 0-1.5)."""
-    voxels = np.asarray(voxels, dtype=np.float32)
-    lo, hi = np.percentile(voxels, [LOW_PERCENTILE, HIGH_PERCENTILE])
-    return np.clip((voxels - lo) / max(float(hi - lo), 1e-6), 0.0, NORMALISED_CEILING).astype(np.float32)
 
 
 def slice_stacks(volume01: np.ndarray, size: int = REGION_SIZE) -> np.ndarray:

@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from imaging.gradcam import batch_grad_cam_class_sum, focus, grad_cam_class_sum
 from imaging.overlay import gradcam_overlays, heatmap_overlay, mask_overlay
+from imaging.normalize import normalise_volume
 from imaging.volume import Study, Volume
 from model_loader import LoadedModel
 from tasks.base import (PSEUDONYM_OPTION, SUMMARY_ROLE, TIMEPOINT_OPTION, Findings, Measure, ModelOutput, OptionSpec, RoleSpec,
@@ -36,7 +37,7 @@ from tasks.metrics import dice
 from tasks.sacroiliac_inflammation import (DEFAULT_MARGIN_SD, DEFAULT_MIN_LESION_VOXELS, asas_positive,
                                            lesion_frame, lesion_input, lesion_mask, lesions_on_slice,
                                            marrow_reference, oedema_mask, sparcc_like)
-from tasks.sacroiliac_region import normalise_volume, region_mask, slice_stacks
+from tasks.sacroiliac_region import region_mask, slice_stacks
 
 REGION_COLOURS = {1: (255, 200, 0)}
 OEDEMA_COLOURS = {1: (255, 200, 0), 2: (255, 40, 40)}
@@ -67,7 +68,7 @@ CLASSIFIER_WITHHELD = ("The AS status and stage classifier was trained on synthe
 
 def display_slices(volume: Volume) -> np.ndarray:
     """The volume windowed once as a whole (1st to 99.5th percentile) to 0-1 for the slice pictures."""
-    return np.clip(normalise_volume(volume.voxels), 0.0, 1.0)
+    return normalise_volume(volume.voxels, ceiling=1.0)
 
 
 def region_probabilities(model: LoadedModel, volumes: list[Volume]) -> np.ndarray:

@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.sacroiliac_region import normalise_volume, region_mask, region_target, slice_stacks
+from imaging.normalize import normalise_volume
+from tasks.sacroiliac_region import region_mask, region_target, slice_stacks
 from tests.data_gate import real_data
 from training.sacroiliac import studies
 from training.sacroiliac.region import QUICK, RegionConfig, cross_validate, region_scores, train_region

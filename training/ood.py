@@ -87,7 +87,7 @@ def probe_images(root: Path, own: set[str], per_kind: int = 40, seed: int = 0) -
     """Images a check must refuse, grey 0-1 as the upload path decodes them, by kind: the real images of
     ../shared/data of every other kind, the other DICOM files, generated documents and noise. `own`: the
     kinds the model reads, left out."""
-    from tasks.sacroiliac_region import normalise_volume
+    from imaging.normalize import normalise_volume
     from imaging.volume import read_nifti
     from training.recogniser.data import document, texture
 

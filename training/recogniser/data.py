@@ -25,7 +25,7 @@ import numpy as np
 from imaging.io import ImageReadError, read_image
 from imaging.volume import read_nifti
 from tasks.recognition import KINDS
-from tasks.sacroiliac_region import normalise_volume
+from imaging.normalize import normalise_volume
 
 SOURCE_SIDE = 192
 # Held out (by patient / case / file), reported as the confusion matrix on the model card.

@@ -23,7 +23,7 @@ from imaging.volume import read_nifti
 from model_loader import ModelRegistry
 from tasks.ood import feature_statistics
 from tasks.sacroiliac import classifier_input, segmenter_input
-from tasks.sacroiliac_region import normalise_volume
+from imaging.normalize import normalise_volume
 from training.ood import attach, fit_distribution, refusal_threshold
 from training.sacroiliac.data import generate_split
 from training.sacroiliac.evaluate import predict_masks, served_mask

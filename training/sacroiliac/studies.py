@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from imaging.volume import read_nifti
-from tasks.sacroiliac_region import normalise_volume, region_target, slice_stacks
+from imaging.normalize import normalise_volume
+from tasks.sacroiliac_region import region_target, slice_stacks
 from training.toolbox.runs import data_dir
 
 SEQUENCES = ("T1W", "STIR")
