@@ -57,6 +57,7 @@ class ModelEntry:
     gradcam_layer: str | list[str] | None = None     # several: an ensemble's members (one map together)
     ood: dict[str, Any] | None = None                # the training-data check (tasks.ood), when declared
     calibration: dict[str, Any] | None = None        # head -> temperature spec (tasks.calibration), when fitted
+    mask_threshold: float = 0.5                      # a segmenter's output above it is in the mask (chosen on held-out data)
     size_bytes: int | None = None
     params: int | None = None
     training: dict[str, Any] = field(default_factory=dict)

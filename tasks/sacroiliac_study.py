@@ -108,7 +108,7 @@ def learned_oedema(model: LoadedModel, stir: Volume, region: np.ndarray, t1: Vol
     x = lesion_input(stir.voxels, region, frame, t1.voxels if t1 is not None and t1.voxels.shape == stir.voxels.shape
                      else None)
     probs = np.concatenate([np.asarray(model(x[i:i + INFERENCE_BATCH])) for i in range(0, len(x), INFERENCE_BATCH)])
-    mask = lesion_mask(probs, region, frame)
+    mask = lesion_mask(probs, region, frame, model.entry.mask_threshold)
     return {**oedema_figures(stir, region, mask), "method": LEARNED}, mask
 
 

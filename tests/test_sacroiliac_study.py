@@ -288,6 +288,35 @@ def test_the_learned_method_runs_beside_the_intensity_one_and_speaks_when_chosen
     assert "(learned oedema)" in page and "This method speaks for the study." in page
 
 
+@pytest.mark.parametrize("threshold, whole", [(0.5, True), (0.7, False)])
+def test_the_learned_mask_threshold_is_the_registry_entrys(tmp_path, threshold, whole):
+    """The lesion segmenter's output (0.6 everywhere here) is cut at the threshold chosen in cross-validation,
+    read from its registry entry: above 0.6 nothing is oedema, below it all of the region is."""
+    from model_loader import ModelRegistry
+    from tasks.sacroiliac_study import learned_oedema
+    from training import architectures as arch
+    from training.export import register_model, save_for_shipping
+
+    model = arch.unet(input_shape=(None, None, 3), filters=(4, 8))
+    kernel, bias = model.get_layer("mask").get_weights()
+    model.get_layer("mask").set_weights([np.zeros_like(kernel), np.full_like(bias, np.log(0.6 / 0.4))])
+    save_for_shipping(model, tmp_path / "lesion.keras")
+    register_model(tmp_path, {
+        "id": "lesion", "task": "sacroiliac_study", "role": "lesion", "version": "0.0.1", "title": "Tiny lesion",
+        "architecture": "tiny", "file": "lesion.keras", "mask_threshold": threshold,
+        "input": {"shape": [None, None, 3], "channels": ["c0", "c1", "c2"], "crop": "full"}, "outputs": ["mask"],
+        "training": {"command": "none", "seed": 0, "epochs": 0}, "metrics": {}, "description": "For tests."},
+        model=model)
+    loaded = ModelRegistry(tmp_path).load("lesion")
+    assert loaded.entry.mask_threshold == threshold
+    stir = read_study([nifti(stir_canonical())], names=["x_STIR.nii.gz"]).volumes[0]
+    region = np.zeros(stir.voxels.shape, bool)
+    region[:, 5:40, 5:35] = True
+    figures, mask = learned_oedema(loaded, stir, region, None)
+    assert np.array_equal(mask, region) if whole else not mask.any()
+    assert figures["volume_ml"] == pytest.approx(region.sum() * np.prod(SPACING) / 1000 if whole else 0.0, abs=1e-3)
+
+
 def test_a_corrupt_volume_is_refused_and_nothing_is_stored(study_client):
     app, client, _ = study_client
     blob = nifti(stir_canonical())
