@@ -112,3 +112,8 @@ def test_cross_validation_scores_only_held_out_cases(tmp_path):
     assert tested == set(CASE_FOLDS[0])
     assert set(result["summary"]) >= {"all", "T1W", "STIR"}
     assert (tmp_path / "fold0" / "scores.json").exists()
+    # Started again: the finished fold is read back (same scores), not trained again.
+    log: list[str] = []
+    again = cross_validate(config, tmp_path, folds=[0], log=log.append)
+    assert "fold0: finished earlier, read back" in log and not any(m.startswith("trained on") for m in log)
+    assert again["per_case"] == result["per_case"]

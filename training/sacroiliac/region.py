@@ -12,7 +12,8 @@ percentile over the slices where the reference or the prediction holds region) a
 Dice, for each sequence, on the study's own grid. `--final` trains on all nine cases (the model to
 ship). A stopped run continues from its last finished epoch when started again with the same --work
 (Keras' BackupAndRestore keeps the weights, the optimiser and the epoch; the augmentation stream of
-the remaining epochs starts afresh).
+the remaining epochs starts afresh); a fold that finished with the same configuration is read back, not
+trained again.
 """
 from __future__ import annotations
 
@@ -28,14 +29,15 @@ import keras
 import numpy as np
 
 from tasks.metrics import dice
-from tasks.sacroiliac_region import REGION_SIZE, normalise_volume, region_mask, slice_stacks
+from imaging.normalize import normalise_volume
+from tasks.sacroiliac_region import REGION_SIZE, region_mask, slice_stacks
 from training.architectures import attention_unet, unet
 from training.sacroiliac.model import dice_bce_loss
 from training.sacroiliac.studies import (CASE_FOLDS, STUDY_OOD_EXEMPT, Case, RegionExamples, folds_of,
                                          labelled_cases, read_volume,
                                          region_examples)
 from training.toolbox.batches import ShuffledBatches
-from training.toolbox.runs import json_safe
+from training.toolbox.runs import json_safe, trained_once
 from training.toolbox.schedule import adam_cosine
 
 
@@ -54,11 +56,21 @@ class RegionConfig:
 QUICK = RegionConfig(filters=(4, 8, 16), size=64, epochs=2, steps_per_epoch=2, batch_size=2)
 
 
+MODEL_NAMES = {"attention_unet": "sij_region_attention_unet", "unet": "sij_region_unet_ref"}
+
+
 def build_segmenter(config: RegionConfig) -> keras.Model:
     shape = (config.size, config.size, 3)
-    if config.architecture == "unet":
-        return unet(shape, filters=config.filters, name="sij_region_unet_ref")
-    return attention_unet(shape, filters=config.filters, name="sij_region_attention_unet")
+    build = unet if config.architecture == "unet" else attention_unet
+    return build(shape, filters=config.filters, name=MODEL_NAMES[config.architecture])
+
+
+def trained_region(cases: Sequence[Case], config: RegionConfig, work: Path, log: Callable[[str], None] = print
+                   ) -> keras.Model:
+    """The segmenter of `work` trained on `cases`: trained (or its stopped training continued), or read back when
+    a finished run with the same configuration is there."""
+    return trained_once(work, f"{MODEL_NAMES[config.architecture]}.keras", asdict(config),
+                        lambda: train_region(region_examples(cases, config.size), config, work, log)[0], log)
 
 
 class RegionBatches(ShuffledBatches):
@@ -158,8 +170,7 @@ def cross_validate(config: RegionConfig, work: Path, folds: Sequence[int], cases
     for fold in folds:
         train_ids, test_ids = folds_of(list(by_id), CASE_FOLDS)[fold]
         log(f"fold {fold}: train {', '.join(train_ids)}; test {', '.join(test_ids)}")
-        model, _ = train_region(region_examples([by_id[c] for c in train_ids], config.size), config,
-                                work / f"fold{fold}", log)
+        model = trained_region([by_id[c] for c in train_ids], config, work / f"fold{fold}", log)
         fold_scores = evaluate_cases(model, [by_id[c] for c in test_ids], config.size)
         (work / f"fold{fold}" / "scores.json").write_text(json.dumps(json_safe(fold_scores), indent=1))
         scores.update(fold_scores)
@@ -183,8 +194,8 @@ def export_region(work: Path, config: RegionConfig, out_dir: Path, cases: list[C
     # The configuration the final model was trained with (not the command line's), so the entry says what ran.
     config = RegionConfig(**{**record["config"], "filters": tuple(record["config"]["filters"])})
     model_id = MODEL_IDS[config.architecture]
-    trained = keras.models.load_model(work / "final" / f"{build_segmenter(config).name}.keras", compile=False)
-    path = save_for_shipping(trained, out_dir / f"{model_id}.keras")
+    final = keras.models.load_model(work / "final" / f"{MODEL_NAMES[config.architecture]}.keras", compile=False)
+    path = save_for_shipping(final, out_dir / f"{model_id}.keras")
     shipped = keras.models.load_model(path, compile=False)
     cv = json.loads((work / "cross_validation.json").read_text()) if (work / "cross_validation.json").exists() else {}
     # The shipped file's own figures on the cases it learnt (a check that the export kept the model, not a
@@ -294,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:5} n={row['n']:2d} mean per-slice Dice {row['slice_dice_mean']:.3f}, "
                   f"p5 {row['slice_dice_p5']:.3f}, volume Dice {row['volume_dice']:.3f}")
     if args.final:
-        model, _ = train_region(region_examples(cases, config.size), config, work / "final")
-        model.save(work / "final" / f"{model.name}.keras")
+        model = trained_region(cases, config, work / "final")
         print(f"saved {work / 'final' / (model.name + '.keras')}")
     if args.export is not None:
         entry = export_region(work, config, args.export, cases)

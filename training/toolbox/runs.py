@@ -1,6 +1,7 @@
-"""Small helpers for a training run's records: data folder, paths in commands, JSON-safe figures, logs."""
+"""Small helpers for a training run's records: data folder, paths in commands, JSON-safe figures, logs, finished runs read back."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -43,6 +44,24 @@ def json_safe(d: Any) -> Any:
     if isinstance(d, (np.integer,)):
         return int(d)
     return d
+
+
+def trained_once(work: Path, model_file: str, config: dict[str, Any], train: Callable[[], Any],
+                 log: Callable[[str], None] = print) -> Any:
+    """The Keras model of the run in `work`: read back from `work/model_file` when a finished run with the same
+    configuration (its run.json's "config") left it there, else `train()` (which continues a stopped run from
+    its checkpoint and writes run.json) and saved there. A cross-validation started again skips its finished
+    folds this way."""
+    import keras
+
+    record_path = work / "run.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if (work / model_file).exists() and record.get("config") == json_safe(config):
+        log(f"{work.name}: finished earlier, read back")
+        return keras.models.load_model(work / model_file, compile=False)
+    model = train()
+    model.save(work / model_file)
+    return model
 
 
 def file_logger(path: Path) -> Callable[[str], None]:
