@@ -6,10 +6,13 @@
 Five cases (1007, 1012, 1013, 1016, 3002) carry oedema masks from two readers who each segmented twice.
 Leave-one-case-out: each fold trains on four cases and is scored on the fifth, inside the manual disease
 region (as the readers read it), against each of the four sessions: Dice and volume similarity, beside the
-readers against each other on the same case, and the lesion volume beside the readers' range. Each training
-batch takes one reader session at random per slice, so the model learns what the readers share, not one
-reader's habits. `--final` trains on all five (the model to ship); training resumes from its last finished
-epoch when started again with the same --work.
+readers against each other on the same case, and the lesion volume beside the readers' range. The training
+target is the readers' consensus, the share of the four sessions that marked each pixel (`target="session"`:
+one session at random per tile instead), so the model learns what the readers share, not one reader's habits.
+The mask threshold on the model's output is chosen the way the intensity method's margin is: for each held-out
+case on the other four cases' held-out outputs; the shipped model's threshold on all five (its registry entry's
+`mask_threshold`, read by serving). `--final` trains on all five (the model to ship); training resumes from its
+last finished epoch when started again with the same --work, and a finished fold is not trained again.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -32,7 +35,7 @@ from training.architectures import unet
 from training.sacroiliac.model import dice_bce_loss
 from training.sacroiliac.studies import STUDY_OOD_EXEMPT, studies_dir
 from training.toolbox.batches import ShuffledBatches
-from training.toolbox.runs import json_safe
+from training.toolbox.runs import json_safe, trained_once
 from training.toolbox.schedule import adam_cosine
 
 CASES = ("1007", "1012", "1013", "1016", "3002")
@@ -43,16 +46,19 @@ MODEL_ID = "sij-study-oedema-unet"
 @dataclass(frozen=True)
 class OedemaConfig:
     filters: tuple[int, ...] = (8, 16, 32)
-    epochs: int = 15
+    epochs: int = 25
     steps_per_epoch: int = 20
     batch_size: int = 8
     crop: int = 128               # training tiles (pixels at the training pixel size)
-    lr: float = 2e-3
+    lr: float = 1e-3              # 2e-3 collapsed one fold to an empty mask (seed 0, without case 1013)
     t1_dropout: float = 0.3       # train without the T1 channel this often: a study may come without T1
+    target: str = "consensus"     # the share of reader sessions marking a pixel; "session": one at random per tile
     seed: int = 0
 
 
 QUICK = OedemaConfig(filters=(4, 8), epochs=2, steps_per_epoch=2, batch_size=2, crop=64)
+# Mask thresholds on the model's output tried in cross-validation (0.5: a majority of the readers' sessions).
+THRESHOLDS = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
 
 @dataclass
@@ -108,8 +114,8 @@ def examples_of(cases: list[OedemaCase]) -> Examples:
 
 
 class OedemaBatches(ShuffledBatches):
-    """Random tiles (oedema slices drawn three times as often), a random reader session per tile, left-right
-    mirror, gain, and the T1 channel dropped at `t1_dropout`."""
+    """Random tiles (oedema slices drawn three times as often), the readers' consensus (or one session at random)
+    as target, left-right mirror, gain, and the T1 channel dropped at `t1_dropout`."""
 
     def __init__(self, examples: Examples, config: OedemaConfig):
         self.examples, self.config = examples, config
@@ -124,7 +130,9 @@ class OedemaBatches(ShuffledBatches):
         c = self.config.crop
         xs, ys = [], []
         for i in idx:
-            x, y = self.examples.x[i], self.examples.y[i][..., rng.integers(len(SESSIONS))]
+            x = self.examples.x[i]
+            y = (self.examples.y[i].mean(axis=-1) if self.config.target == "consensus"
+                 else self.examples.y[i][..., rng.integers(len(SESSIONS))])
             rows, cols = x.shape[:2]
             if y.any() and rng.random() < 0.7:     # centre most oedema tiles on oedema
                 ys_, xs_ = np.nonzero(y > 0.5) if (y > 0.5).any() else np.nonzero(y)
@@ -174,13 +182,13 @@ def train(examples: Examples, config: OedemaConfig, work: Path, log: Callable[[s
     return model, record
 
 
-def predict_case(model: keras.Model, case: OedemaCase, region: np.ndarray | None = None) -> np.ndarray:
-    """The model's oedema mask on the case's grid, inside `region` (default: the manual region)."""
+def case_probabilities(model: keras.Model, case: OedemaCase, region: np.ndarray | None = None):
+    """The model's output on the case's lesion frame, with the frame and the region it read (default: manual)."""
     region = case.region if region is None else region
     frame = lesion_frame(region, case.stir.spacing_mm[2])
     x = lesion_input(case.stir.voxels, region, frame, case.t1, marrow_reference(case.stir.voxels, region))
     probs = np.concatenate([np.asarray(model(x[i:i + 4], training=False)) for i in range(0, len(x), 4)])
-    return lesion_mask(probs, region, frame)
+    return probs, region, frame
 
 
 def volume_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -232,17 +240,50 @@ def _summary(per_case: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+MODEL_FILE = "sij_oedema_unet.keras"
+
+
+def trained(examples: Callable[[], Examples], config: OedemaConfig, work: Path, log: Callable[[str], None] = print
+            ) -> keras.Model:
+    """The model of `work`: trained (or its stopped training continued), or read back when finished earlier."""
+    return trained_once(work, MODEL_FILE, asdict(config), lambda: train(examples(), config, work, log)[0], log)
+
+
+def held_out_thresholds(score: dict[tuple[float, str], float], folds: Sequence[str]) -> dict[str, float]:
+    """Each held-out case's mask threshold: the one of THRESHOLDS whose mean agreement `score[t, case]` is best
+    over the OTHER held-out cases, so no case's figure is tuned on its own readers (one fold alone: its own)."""
+    chosen = {}
+    for held in folds:
+        others = [h for h in folds if h != held] or [held]
+        chosen[held] = max(THRESHOLDS, key=lambda t: float(np.mean([score[t, h] for h in others])))
+    return chosen
+
+
 def cross_validate(config: OedemaConfig, work: Path, cases: list[OedemaCase], folds: list[str],
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    per_case = {}
+    """Leave-one-case-out; each held-out case's mask threshold chosen on the other held-out cases' outputs."""
+    masks: dict[tuple[float, str], np.ndarray] = {}
+    score: dict[tuple[float, str], float] = {}
     for held in folds:
         train_cases = [c for c in cases if c.case_id != held]
         test = next(c for c in cases if c.case_id == held)
         log(f"fold {held}: train {', '.join(c.case_id for c in train_cases)}")
-        model, _ = train(examples_of(train_cases), config, work / f"fold{held}", log)
-        per_case[held] = agreement(predict_case(model, test), test)
+        model = trained(lambda: examples_of(train_cases), config, work / f"fold{held}", log)
+        probs, region, frame = case_probabilities(model, test)
+        for t in THRESHOLDS:
+            masks[t, held] = lesion_mask(probs, region, frame, t)
+            score[t, held] = float(np.mean([dice(masks[t, held], test.readers[s]) for s in SESSIONS]))
+    by_threshold = {t: float(np.mean([score[t, h] for h in folds])) for t in THRESHOLDS}
+    chosen = held_out_thresholds(score, folds)
+    per_case = {}
+    for held in folds:
+        test = next(c for c in cases if c.case_id == held)
+        t = chosen[held]
+        per_case[held] = {**agreement(masks[t, held], test), "threshold": t}
         (work / f"fold{held}" / "scores.json").write_text(json.dumps(json_safe(per_case[held]), indent=1))
-    return {"per_case": per_case, "summary": _summary(per_case)}
+    # The shipped model's threshold: the one that agreed best over every held-out case.
+    return {"per_case": per_case, "summary": _summary(per_case), "by_threshold": by_threshold,
+            "threshold": max(THRESHOLDS, key=lambda v: by_threshold[v])}
 
 
 def export(work: Path, out_dir: Path) -> dict[str, Any]:
@@ -250,8 +291,8 @@ def export(work: Path, out_dir: Path) -> dict[str, Any]:
 
     record = json.loads((work / "final" / "run.json").read_text())
     config = OedemaConfig(**{**record["config"], "filters": tuple(record["config"]["filters"])})
-    trained = keras.models.load_model(work / "final" / "sij_oedema_unet.keras", compile=False)
-    path = save_for_shipping(trained, out_dir / f"{MODEL_ID}.keras")
+    final = keras.models.load_model(work / "final" / MODEL_FILE, compile=False)
+    path = save_for_shipping(final, out_dir / f"{MODEL_ID}.keras")
     shipped = keras.models.load_model(path, compile=False)
     cv = json.loads((work / "cross_validation.json").read_text())
     intensity = intensity_cross_validated(load_cases())
@@ -266,13 +307,17 @@ def export(work: Path, out_dir: Path) -> dict[str, Any]:
                   "crop": "disease-region box + 12 px, at 0.595 mm pixels"},
         "ood_exempt": STUDY_OOD_EXEMPT,
         "outputs": ["mask"], "gradcam_layer": None,
+        "mask_threshold": cv.get("threshold", 0.5),
         "training": {"data": "real STIR and T1W of 5 spondyloarthritis cases (sij_mri_nifti) with oedema masks of "
                              "4 reader sessions (2 readers x 2), inside the manual disease region",
                      "split": "figures: leave-one-case-out over the 5 cases; the shipped model: all 5",
                      "seed": config.seed, "epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch,
                      "batch_size": config.batch_size, "learning_rate": config.lr, "loss": "Dice + binary cross-entropy",
-                     "command": (f"python -m training.sacroiliac.oedema --epochs {config.epochs} --folds all --final "
-                                 "--work /tmp/jointscan_sij_oedema && python -m training.sacroiliac.oedema --folds none "
+                     "target": ("the readers' consensus: the share of the 4 sessions marking each pixel"
+                                if config.target == "consensus" else "one reader session at random per tile"),
+                     "command": (f"python -m training.sacroiliac.oedema --epochs {config.epochs} --lr {config.lr:g} "
+                                 f"--target {config.target} --folds all --final --work /tmp/jointscan_sij_oedema && "
+                                 "python -m training.sacroiliac.oedema --folds none "
                                  "--export models/ --work /tmp/jointscan_sij_oedema"),
                      "wall_time_s": record.get("wall_s"), "n_train": record.get("n_examples"), "quick": False},
         "metrics": {"leave_one_case_out": cv, "intensity_method_same_cases": intensity},
@@ -305,18 +350,23 @@ def card_sections(entry: dict[str, Any]) -> dict[str, str]:
         "Training data": (
             "Real semi-coronal STIR (and T1W) of 5 spondyloarthritis cases from `../shared/data/sij_mri_nifti` "
             "(Hepburn et al., supplemental data; never committed), oedema masks from two readers who each segmented "
-            "twice. **Every patient had spondyloarthritis.** Slices without the disease region are left out; each "
-            "training tile takes one reader session at random."),
+            "twice. **Every patient had spondyloarthritis.** Slices without the disease region are left out; the "
+            f"training target is {entry['training'].get('target', 'one reader session at random per tile')}."),
         "Metrics on held-out data": (
             "Leave-one-case-out, inside the manual disease region, on the study's own grid; beside it the readers "
             "against each other on the same case (the 6 pairs of sessions), computed from the same masks in the same "
             "run, and the intensity principle (its margin chosen on the other four cases each time) on the same "
             "cases (also printed by `benchmarks/sacroiliac_oedema.py`). The method that agrees better with the "
-            "readers is the study task's default (`tasks.sacroiliac_study.DEFAULT_METHOD`); neither reaches the "
-            "readers' agreement with each other.\n\n" + "\n".join(rows)),
+            "readers is the study task's default (`tasks.sacroiliac_study.DEFAULT_METHOD`). The learned mask's "
+            "threshold on the model's output is chosen like the intensity margin, for each case on the other four "
+            f"(the shipped threshold, on all five: {entry.get('mask_threshold', 0.5)}).\n\n" + "\n".join(rows)),
         "Known failure modes and limits": (
             "Five cases of one centre and protocol: the figures move a lot with one case. Small lesions near the "
-            "cortex and vessels are where it and the readers differ most. It reads only inside the disease region "
+            "cortex and vessels are where it and the readers differ most. Its volume misses the readers' range on "
+            "every held-out case, though by little on three of them (it over-reads the extensive oedema of 1013). "
+            "Training on four cases is fragile: without case 1013, training at learning rate 2e-3, or with one "
+            "reader session per tile at 1e-3, collapsed to an empty mask (the readers' consensus at 1e-3, shipped, "
+            "did not). It reads only inside the disease region "
             "it is given: a missed region misses its oedema. A research measurement, not a reading."),
     }
 
@@ -326,11 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", default="all", help="held-out cases, comma-separated, 'all' or 'none'")
     parser.add_argument("--final", action="store_true", help="also train on all five cases")
     parser.add_argument("--epochs", type=int, default=OedemaConfig.epochs)
+    parser.add_argument("--lr", type=float, default=OedemaConfig.lr)
+    parser.add_argument("--target", default=OedemaConfig.target, choices=("consensus", "session"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/jointscan_sij_oedema"))
     parser.add_argument("--export", type=Path, default=None)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    config = QUICK if args.quick else OedemaConfig(epochs=args.epochs)
+    config = QUICK if args.quick else OedemaConfig(epochs=args.epochs, lr=args.lr, target=args.target)
     if args.export is None or args.final or args.folds != "none":
         cases = load_cases()
         if not cases:
@@ -342,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             result = cross_validate(config, args.work, cases, folds)
             (args.work / "cross_validation.json").write_text(json.dumps(json_safe(result), indent=1))
             for case, r in result["per_case"].items():
-                print(f"{case}: Dice vs readers {r['dice_mean']:.3f} (readers {r['reader_dice_mean']:.3f}), VS "
+                print(f"{case} (threshold {r['threshold']}): Dice vs readers {r['dice_mean']:.3f} (readers {r['reader_dice_mean']:.3f}), VS "
                       f"{r['vs_mean']:.3f} (readers {r['reader_vs_mean']:.3f}), {r['ml']:.2f} mL "
                       f"(readers {r['readers_ml'][0]:.2f}-{r['readers_ml'][1]:.2f})")
             s = result["summary"]
@@ -350,8 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"VS {s['vs_mean']:.3f} (readers {s['reader_vs_mean']:.3f}), volume within the readers' range "
                   f"{s['within_readers']} of {s['n']}")
         if args.final:
-            model, _ = train(examples_of(cases), config, args.work / "final")
-            model.save(args.work / "final" / "sij_oedema_unet.keras")
+            trained(lambda: examples_of(cases), config, args.work / "final")
     if args.export is not None:
         entry = export(args.work, args.export)
         print(f"registered {entry['id']} ({entry['size_bytes'] / 1024:.0f} KiB)")
