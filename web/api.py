@@ -236,21 +236,30 @@ def list_tasks(user):
     return jsonify(tasks=tasks)
 
 
-@bp.post("/v1/analyze")
-@authenticated
-def analyze_scan(user):
+def _clinician_uploads(user):
+    """(refusal, uploads): the request's uploaded files, or why they are not taken (CSRF, role, rate, none sent)
+    as the response to give."""
     problem = _session_csrf_problem()
     if problem is not None:
-        return problem
+        return problem, []
     if user.role != "clinician":
-        return json_error(403, "Only clinician accounts can analyse scans.")
+        return json_error(403, "Only clinician accounts can analyse scans."), []
     retry_after = analysis_retry_after(user.id)
     if retry_after is not None:
-        return json_error(429, too_many_analyses(retry_after), {"Retry-After": str(retry_after)})
+        return json_error(429, too_many_analyses(retry_after), {"Retry-After": str(retry_after)}), []
     uploads = [f for f in request.files.getlist("file") if f]    # a body over MAX_CONTENT_LENGTH raises 413 here
     if not uploads:
         return json_error(400, "Send the scan as the multipart form field 'file' (repeat it for the files of a "
-                               "study).")
+                               "study)."), []
+    return None, uploads
+
+
+@bp.post("/v1/analyze")
+@authenticated
+def analyze_scan(user):
+    refusal, uploads = _clinician_uploads(user)
+    if refusal is not None:
+        return refusal
     task_name = (request.form.get("task") or "").strip()
     if not task_name:
         names = ", ".join(all_tasks())
@@ -315,18 +324,9 @@ def run_status(user, public_id: str):
 @authenticated
 def recognise_scan(user):
     """What an upload looks like and which task suits it. Stores nothing but the audit row."""
-    problem = _session_csrf_problem()
-    if problem is not None:
-        return problem
-    if user.role != "clinician":
-        return json_error(403, "Only clinician accounts can analyse scans.")
-    retry_after = analysis_retry_after(user.id)
-    if retry_after is not None:
-        return json_error(429, too_many_analyses(retry_after), {"Retry-After": str(retry_after)})
-    uploads = [f for f in request.files.getlist("file") if f]    # a body over MAX_CONTENT_LENGTH raises 413 here
-    if not uploads:
-        return json_error(400, "Send the scan as the multipart form field 'file' (repeat it for the files of a "
-                               "study).")
+    refusal, uploads = _clinician_uploads(user)
+    if refusal is not None:
+        return refusal
     try:
         # A study's files are alike: the first one tells what the upload is.
         found = recognise_upload(uploads[0].read(), registry=current_registry(), limits=upload_limits())
