@@ -3,7 +3,7 @@ joint centres marked by eye (benchmarks/data/hand_real_joints.csv: the gap betwe
 each PIP and DIP joint, read off zoomed views with a pixel grid, and each hand's finger width, the soft tissue
 of its middle finger at the PIP joint, in pixels). Numbers only: no image is committed.
 
-    .venv/bin/python benchmarks/hand_real_joints.py
+    .venv/bin/python benchmarks/hand_real_joints.py [--models DIR]
 
 Per joint: the detector's status (found, unsure, missing), its confidence, and the distance of its box centre
 from the mark in finger widths. The target (issue #19): all 40 within a quarter of a finger width, at least 36
@@ -12,6 +12,7 @@ not asserted).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -23,11 +24,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from training.hand.real_hands import MARKS, NEAR, folder, joints_against_marks, task_detector  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", type=Path, default=ROOT / "models", help="models directory (its default detector)")
+    args = ap.parse_args(argv)
     if not folder().is_dir():
         print(f"skipped: {folder()} is absent (set JOINTSCAN_DATA_DIR)")
         return 0
-    figures = joints_against_marks(task_detector(ROOT / "models"))
+    figures = joints_against_marks(task_detector(args.models))
     print(f"the default joint detector on {figures['hands']} real children's hands; marks: "
           f"{MARKS.relative_to(ROOT)}")
     print(f"{'file':6s} {'joint':5s} {'status':8s} {'conf':>5s} {'distance (finger widths)':>25s}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 
@@ -161,3 +162,34 @@ def test_a_childs_joint_centre_lies_in_the_gap_before_the_epiphysis():
         ends = min(np.mean([at(pip + s * reach * axis + t * axis) for t in (-1, 0, 1)]) for s in (-1, 1))
         darker += centre < ends
     assert darker >= 3
+
+
+def test_a_childs_phalangeal_head_is_a_dome_facing_the_joint():
+    """The proximal bone's head ends closest to the joint centre on the finger's axis and further away beside
+    it (the condyles of a real child's phalanx), so the label sits at the dome's apex, not inside a flat end."""
+    case = hand_phantoms.generate_hand(hand_phantoms.CHILD_POOL[3], 0)
+    img = cv2.GaussianBlur(case.image.astype(np.float32), (0, 0), 1.0)
+    domed = 0
+    for f in range(4):
+        pip, dip = np.array(case.joints[f].center), np.array(case.joints[4 + f].center)
+        axis = (dip - pip) / np.linalg.norm(dip - pip)
+        across = np.array([-axis[1], axis[0]])
+        half = 0.5 * (case.joints[f].box[2] - case.joints[f].box[0]) / 1.22 / 2   # about half the bone end
+
+        def head_starts(offset: float) -> float:
+            """Distance proximal of the centre at which the bone (the brightest part of the profile) begins."""
+            ts = np.arange(0.0, 3.0 * half, 0.5)
+            prof = np.array([img[int(round(p[1])), int(round(p[0]))]
+                             for p in (pip - t * axis + offset * across for t in ts)])
+            bone = prof.max()
+            return float(ts[np.argmax(prof > (prof[0] + bone) / 2)])
+
+        domed += head_starts(0.0) + 1.0 < min(head_starts(0.6 * half), head_starts(-0.6 * half))
+    assert domed >= 3
+
+
+def test_children_hold_their_fingers_together_and_the_thumb_in():
+    kids = [hand_phantoms.generate_hand(p, 0).params["pose"] for p in hand_phantoms.CHILD_POOL[:12]]
+    adults = [hand_phantoms.generate_hand(p, 0).params["pose"] for p in range(12)]
+    assert max(k["spread"] for k in kids) <= 0.8 < max(a["spread"] for a in adults)
+    assert np.mean([k["thumb_abduction"] for k in kids]) < np.mean([a["thumb_abduction"] for a in adults])

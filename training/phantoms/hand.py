@@ -38,7 +38,7 @@ import csv
 import math
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -174,7 +174,7 @@ def patient_plan(patient: int) -> PatientPlan:
         rc = _rng(seq, "child")
         age = float(rc.uniform(1.5, 14.0))
         hs = child_hand_scale(age) * rc.uniform(0.94, 1.06)
-        wf = hs ** -0.6                                 # short, stubby fingers
+        wf = hs ** -0.45                                # short fingers, bones a little wider for their length
     anatomy = dict(
         hand_scale=round(hs, 4),
         lengths=[[round(hs * L * U(0.95, 1.05), 3) for L in Ls]
@@ -197,15 +197,16 @@ def patient_plan(patient: int) -> PatientPlan:
             # of their metaphysis; the cartilage gap narrows with age
             maturity=round(float(np.clip((age - 1.0) / 12.0, 0.0, 1.0)), 4),
             cortex=round(rc.uniform(0.16, 0.28), 4),
-            soft=round(rc.uniform(1.15, 1.55), 4),
+            soft=round(rc.uniform(1.3, 1.8), 4),           # plump fingers that nearly touch
             bone_density=round(rc.uniform(0.62, 0.92), 4),
-            physis_mm=round(rc.uniform(0.5, 1.1), 4),
-            soft_density=round(rc.uniform(1.2, 1.8), 4),   # a child's soft tissue is bright beside its bones
+            physis_mm=round(rc.uniform(0.3, 0.7), 4),
+            soft_density=round(rc.uniform(0.45, 0.85), 4),  # a child's soft tissue: mid grey, its bones much brighter
         )
         # short metacarpals in a broad palm
         anatomy["lengths"] = [[round(L * (0.85 if k == 0 else 1.0), 3) for k, L in enumerate(Ls)]
                               for Ls in anatomy["lengths"]]
-        anatomy["mc_base"] = [[round(1.2 * x, 3), y] for x, y in anatomy["mc_base"]]
+        anatomy["mc_base"] = [[round(1.35 * x, 3), y] for x, y in anatomy["mc_base"]]
+        anatomy["thumb_len"] = [round(0.85 * L, 3) for L in anatomy["thumb_len"]]   # a short thumb, held in
 
     # visits
     T = int(rd.choice([2, 3, 4], p=[0.3, 0.4, 0.3]))
@@ -555,7 +556,11 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
     origin_img = np.array([W / 2 + rp.uniform(-0.05, 0.05) * W, H / 2 + rp.uniform(-0.04, 0.05) * H])
     origin_mm = np.array([0.0, 82.0])
     if child:                               # a child's radiograph is framed on the hand: it fills the image
-        ppm *= rk.uniform(0.85, 1.2) / A["hand_scale"]
+        ppm *= rk.uniform(0.95, 1.3) / A["hand_scale"]
+        # children are radiographed with the fingers close together and the thumb held in (the real
+        # paediatric radiographs): the adults' wide spreads and abducted thumbs are rare
+        spread = rk.uniform(-0.15, 0.8)
+        thumb_abd = rk.uniform(-0.3, 0.08)
         origin_mm = origin_mm * A["hand_scale"] + [0.0, rk.uniform(-8.0, 14.0)]
     fr = _Frame(ppm, angle, mirror, origin_img, origin_mm)
     flex = rp.uniform(-0.05, 0.05, (4, 3))
@@ -680,11 +685,16 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
             head_off = epiphysis(mcp, -d_mc, mcp_spec.gap / 2, 1.3 * w_mc, "head")
             _tube(att, tex, fr, base, mcp - head_off * d_mc, w_mc, 1.3 * w_mc, 1.3 * w_mc, cortex,
                   ("flat", 0.0, -0.05), flat, dens)
+            # a child's phalangeal head is a narrow dome (its condyles) facing the wide, flat epiphysis of
+            # the next phalanx; the joint centre is the gap at the dome's apex
+            pip_head = replace(pip_spec, curv=rk.uniform(0.6, 1.0) / pip_spec.r_end)
+            dip_head = replace(dip_spec, curv=rk.uniform(0.6, 1.0) / dip_spec.r_end)
             s1 = epiphysis(mcp, d1, mcp_spec.gap / 2, 1.5 * w1, "base")
-            _tube(att, tex, fr, mcp + s1 * d1, pip, w1, 1.45 * w1, pip_spec.r_end, cortex, flat, pip_spec, dens)
+            _tube(att, tex, fr, mcp + s1 * d1, pip, w1, 1.45 * w1, 0.8 * pip_spec.r_end, cortex, flat, pip_head,
+                  dens)
             s2 = epiphysis(pip, d2, pip_spec.gap / 2, pip_spec.r_end * 0.9, "base")
-            _tube(att, tex, fr, pip + s2 * d2, dip, w2, pip_spec.r_end * 0.9, dip_spec.r_end, cortex, flat,
-                  dip_spec, dens)
+            _tube(att, tex, fr, pip + s2 * d2, dip, w2, pip_spec.r_end * 0.9, 0.8 * dip_spec.r_end, cortex, flat,
+                  dip_head, dens)
             s3 = epiphysis(dip, d3, dip_spec.gap / 2, dip_spec.r_end * 0.85, "base")
             _tube(att, tex, fr, dip + s3 * d3, tip, w3, dip_spec.r_end * 0.85, 1.15 * w3, cortex * 0.9, flat,
                   "tuft", dens)
@@ -766,6 +776,11 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
     disp = cv2.log(np.maximum(noisy, f32(1e-3)))           # log detector response (negated below)
     sharpen = rq.uniform(0.2, 0.8)                           # CR-style unsharp masking
     disp = cv2.addWeighted(disp, -(1.0 + sharpen), cv2.GaussianBlur(disp, (0, 0), 3.0), sharpen, 0.0)
+    if child:
+        # dynamic-range compression of the paediatric radiographs: a share of a wide low-pass added back
+        # lifts the background around the hand to a dark grey and flattens soft tissue against bone
+        latitude = f32(rk.uniform(0.1, 0.4))
+        disp = disp + latitude * _blur_large(np.maximum(disp, 0), rk.uniform(25.0, 60.0) * ppm / 2.9)
     lo_bg = rq.uniform(0.18, 0.36)
     top = float(np.percentile(disp[::4, ::4], 99.7))
     gain = (1.0 - lo_bg) * rq.uniform(0.85, 0.97) / max(top, 1e-3)
