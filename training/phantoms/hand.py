@@ -172,7 +172,7 @@ def patient_plan(patient: int) -> PatientPlan:
     wf = 1.0                                            # widths relative to lengths
     if child:                                           # its own stream: the adult draws stay as they were
         rc = _rng(seq, "child")
-        age = float(rc.uniform(1.5, 14.0))
+        age = float(rc.uniform(1.0, 14.0))
         hs = child_hand_scale(age) * rc.uniform(0.94, 1.06)
         wf = hs ** -0.45                                # short fingers, bones a little wider for their length
     anatomy = dict(
@@ -199,7 +199,7 @@ def patient_plan(patient: int) -> PatientPlan:
             cortex=round(rc.uniform(0.16, 0.28), 4),
             soft=round(rc.uniform(1.3, 1.8), 4),           # plump fingers that nearly touch
             bone_density=round(rc.uniform(0.62, 0.92), 4),
-            physis_mm=round(rc.uniform(0.3, 0.7), 4),
+            physis_mm=round(rc.uniform(0.15, 0.45), 4),   # a thin line: the joint gap is the darker band
             soft_density=round(rc.uniform(0.45, 0.85), 4),  # a child's soft tissue: mid grey, its bones much brighter
         )
         # short metacarpals in a broad palm
@@ -561,13 +561,18 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
         # paediatric radiographs): the adults' wide spreads and abducted thumbs are rare
         spread = rk.uniform(-0.15, 0.8)
         thumb_abd = rk.uniform(-0.3, 0.08)
+        # a young child's hand is laid on the cassette as it comes: turned further, a finger off on its own
+        angle = math.radians(rk.uniform(-32, 32))
         origin_mm = origin_mm * A["hand_scale"] + [0.0, rk.uniform(-8.0, 14.0)]
     fr = _Frame(ppm, angle, mirror, origin_img, origin_mm)
     flex = rp.uniform(-0.05, 0.05, (4, 3))
+    if child:
+        flex[:, 0] += rk.uniform(-0.12, 0.12, 4)
+        flex[3, 0] -= rk.uniform(0.0, 0.3)          # the little finger often held off on its own
 
     # ---- joint specs of the scored joints ----
     # children: the gap between the ossified bones is mostly unossified cartilage, wide in the young
-    gap_n_ratio = A["gap_ratio"] * ((2.8 - 1.6 * maturity) if child else 1.0)
+    gap_n_ratio = A["gap_ratio"] * ((2.0 - 0.9 * maturity) if child else 1.0)
     widths, lengths = A["widths"], A["lengths"]
     specs: dict[str, _JointSpec] = {}
     for fi in range(4):
@@ -608,13 +613,13 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
     def epiphysis(joint_centre, axis, offset, r_end, kind):
         """A child's separate ossification centre beyond the joint gap (`offset` mm from the joint centre
         along `axis`, into the bone it belongs to); returns how far its metaphysis starts from the centre."""
-        flat = 0.16 + 0.16 * maturity if kind == "base" else 0.3 + 0.15 * maturity
+        flat = 0.22 + 0.16 * maturity if kind == "base" else 0.3 + 0.15 * maturity
         half_h = max(0.3, flat * r_end)
-        half_w = r_end * (0.42 + 0.5 * maturity) * rk.uniform(0.9, 1.08)
+        half_w = r_end * (0.6 + 0.4 * maturity) * rk.uniform(0.9, 1.08)
         if maturity * 12.0 + 1.0 > rk.uniform(1.2, 3.0):          # ossified by this bone age
             centre = joint_centre + axis * (offset + half_h)
             _ellipsoid(att, tex, fr, centre, half_h, half_w, math.atan2(axis[1], axis[0]), half_w * 0.9,
-                       dens * 0.85, shell=0.14, wobble=0.04, phase=rk.uniform(0, 6.3))
+                       dens * 0.95, shell=0.14, wobble=0.04, phase=rk.uniform(0, 6.3))
         return offset + 2.0 * half_h + physis
 
     # ---- forearm: radius and ulna ----
