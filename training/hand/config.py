@@ -32,6 +32,6 @@ class Budget:
 
 
 FULL_BUDGET = Budget(patients=1000, det_epochs=14, det_batch=16, scorer_steps=1800, scorer_batch=48, eval_every=300,
-                     children=300, det_finetune_epochs=6, child_repeat=2)
+                     children=400, det_finetune_epochs=8, child_repeat=2)
 QUICK_BUDGET = Budget(patients=24, det_epochs=1, det_batch=8, scorer_steps=6, scorer_batch=8, eval_every=3,
                       children=10, det_finetune_epochs=1)

@@ -187,9 +187,8 @@ def card_sections(mid: str, entry: dict[str, Any], evaluation: dict[str, Any], i
                    "or several hands in one image are outside what it has seen: the training-data check and the "
                    "anatomy check are meant to flag them. A child's hand gets boxes, never GUSS scores (the scorers' "
                    "own check refuses its joints). On the real children's hands many joints are found only as "
-                   "unsure, the boxes sit about a tenth of a finger width proximal of the joint gap, a little finger "
-                   "held off on its own can be named one joint too far proximal, and an infant's turned hand is "
-                   "mostly missed. Not validated on patients.")
+                   "unsure, the boxes sit about a tenth of a finger width proximal of the joint gap, and an infant's "
+                   "turned hand is mostly missed. Not validated on patients.")
     else:
         m = evaluation.get("scorers", {}).get(mid, {})
         a = m.get("baseline_a", {})

@@ -572,7 +572,7 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
 
     # ---- joint specs of the scored joints ----
     # children: the gap between the ossified bones is mostly unossified cartilage, wide in the young
-    gap_n_ratio = A["gap_ratio"] * ((2.0 - 0.9 * maturity) if child else 1.0)
+    gap_n_ratio = A["gap_ratio"] * ((2.6 - 1.5 * maturity) if child else 1.0)
     widths, lengths = A["widths"], A["lengths"]
     specs: dict[str, _JointSpec] = {}
     for fi in range(4):
@@ -615,7 +615,7 @@ def generate_hand(patient: int, timepoint: int, shape: tuple[int, int] = IMAGE_S
         along `axis`, into the bone it belongs to); returns how far its metaphysis starts from the centre."""
         flat = 0.22 + 0.16 * maturity if kind == "base" else 0.3 + 0.15 * maturity
         half_h = max(0.3, flat * r_end)
-        half_w = r_end * (0.6 + 0.4 * maturity) * rk.uniform(0.9, 1.08)
+        half_w = r_end * (0.45 + 0.55 * maturity) * rk.uniform(0.9, 1.08)
         if maturity * 12.0 + 1.0 > rk.uniform(1.2, 3.0):          # ossified by this bone age
             centre = joint_centre + axis * (offset + half_h)
             _ellipsoid(att, tex, fr, centre, half_h, half_w, math.atan2(axis[1], axis[0]), half_w * 0.9,
