@@ -83,3 +83,18 @@ def test_real_hands_are_scored_against_the_marks(tmp_path):
     assert rows[("b.png", "DIP2")]["distance"] is None
     assert figures["located"] == 2 and figures["located_and_found"] == 2
     assert joints_against_marks(detect, marks, tmp_path / "absent") is None
+
+
+def test_a_cache_of_phantoms_is_read_only_by_the_generator_that_wrote_it(tmp_path, monkeypatch):
+    from training.hand import data as hand_data
+
+    first = hand_data.generate_data(4, log=None, cache=tmp_path)
+    written = list(tmp_path.glob("hand_data_4_0_*.npz"))
+    assert len(written) == 1 and hand_data.generator_fingerprint() in written[0].name
+    again = hand_data.generate_data(4, log=None, cache=tmp_path)                  # read back, not generated
+    assert np.array_equal(again.train.det_centres, first.train.det_centres)
+    calls = []
+    monkeypatch.setattr(hand_data, "generator_fingerprint", lambda: "another-generator")
+    monkeypatch.setattr(hand_data, "generate_split", lambda *a, **k: calls.append(a) or first.train)
+    hand_data.generate_data(4, log=None, cache=tmp_path)                          # a changed generator: made anew
+    assert len(calls) == 3 and len(list(tmp_path.glob("hand_data_4_0_*.npz"))) == 2

@@ -5,6 +5,7 @@ No Keras here: phantom generation runs in forked worker processes while TensorFl
 """
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import pickle
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 
 from imaging.normalize import percentile_scale
 from tasks.hand import BOX_UNIT, CROP_MARGIN, DETECTOR_STRIDE, JOINT_NAMES, crop_square, detector_input
+from training.phantoms import hand as hand_phantoms
 from training.phantoms.hand import CHILD_POOL, PATIENT_POOL, generate_hand, split_patients, visits
 
 
@@ -115,10 +117,19 @@ def detector_training_set(data: HandSplits, children: bool = True, child_repeat:
     return tuple(np.concatenate([getattr(s, k) for s in sets]) for k in ("det_x", "det_centres", "det_sizes", "side"))
 
 
+def generator_fingerprint() -> str:
+    """A short hash of the phantom generator's source: a cache written by another generator is not read."""
+    return hashlib.sha256(Path(hand_phantoms.__file__).read_bytes()).hexdigest()[:12]
+
+
+def cache_path(cache: Path, n_patients: int, n_children: int) -> Path:
+    return Path(cache) / f"hand_data_{n_patients}_{n_children}_{generator_fingerprint()}.npz"
+
+
 def generate_data(n_patients: int, log: Callable[[str], None] | None = print, cache: Path | None = None,
                   n_children: int = 0) -> HandSplits:
     if cache is not None:
-        path = Path(cache) / f"hand_data_{n_patients}_{n_children}.npz"
+        path = cache_path(cache, n_patients, n_children)
         if path.exists():
             with open(path, "rb") as fh:
                 data = pickle.load(fh)
@@ -142,10 +153,11 @@ def generate_data(n_patients: int, log: Callable[[str], None] | None = print, ca
                               for s in ("train", "test")}
     if cache is not None:
         Path(cache).mkdir(parents=True, exist_ok=True)
-        tmp = Path(cache) / f".hand_data_{n_patients}_{n_children}.tmp"
+        path = cache_path(cache, n_patients, n_children)
+        tmp = path.with_name(f".{path.stem}.tmp")
         with open(tmp, "wb") as fh:
             pickle.dump(data, fh, protocol=4)
-        tmp.replace(Path(cache) / f"hand_data_{n_patients}_{n_children}.npz")   # readers never see half a file
+        tmp.replace(path)   # readers never see half a file
     return data
 
 
