@@ -27,14 +27,14 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from model_loader import ModelRegistry  # noqa: E402
+from tasks.knee import N_GRADES  # noqa: E402
 from tasks.metrics import accuracy, kappa_figure, mae  # noqa: E402
 from training.knee import data as knee_data  # noqa: E402
 from training.knee.evaluate import predict_tta  # noqa: E402
 from training.knee.train import set_threads  # noqa: E402
 
 MODEL_ID = "knee-kl-grader"
-SERVED_CUTS = (0.5, 1.5, 2.5, 3.5)
-N_GRADES = 5
+SERVED_CUTS = (0.5, 1.5, 2.5, 3.5)   # tasks.knee.decode_value's boundaries: round half up
 
 
 def warp(images: np.ndarray, scale: float, dx: float, dy: float) -> np.ndarray:

@@ -128,14 +128,13 @@ def cache_path(cache: Path, n_patients: int, n_children: int) -> Path:
 
 def generate_data(n_patients: int, log: Callable[[str], None] | None = print, cache: Path | None = None,
                   n_children: int = 0) -> HandSplits:
-    if cache is not None:
-        path = cache_path(cache, n_patients, n_children)
-        if path.exists():
-            with open(path, "rb") as fh:
-                data = pickle.load(fh)
-            if log:
-                log(f"loaded cached phantoms from {path}")
-            return data
+    path = cache_path(cache, n_patients, n_children) if cache is not None else None
+    if path is not None and path.exists():
+        with open(path, "rb") as fh:
+            data = pickle.load(fh)
+        if log:
+            log(f"loaded cached phantoms from {path}")
+        return data
     patients = list(PATIENT_POOL[:n_patients])
     splits = split_patients(patients)
     t0 = time.perf_counter()
@@ -151,9 +150,8 @@ def generate_data(n_patients: int, log: Callable[[str], None] | None = print, ca
         data.n_children = n_children
         counts["children"] = {s: {"patients": len(kids[s]), "radiographs": len(getattr(data, f"child_{s}"))}
                               for s in ("train", "test")}
-    if cache is not None:
-        Path(cache).mkdir(parents=True, exist_ok=True)
-        path = cache_path(cache, n_patients, n_children)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.tmp")
         with open(tmp, "wb") as fh:
             pickle.dump(data, fh, protocol=4)
